@@ -1,0 +1,171 @@
+//! The crate's one error type.
+//!
+//! Every public function that can be handed bad input returns [`Result`]; nothing panics on a
+//! wrong shape, an out-of-range id or a call out of order. Each variant names the layer (or
+//! kernel) that refused the input and, where shapes are involved, the expected and actual
+//! shapes.
+
+use std::fmt;
+
+/// Shorthand for `std::result::Result<T, baregpt::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `baregpt`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An array has the wrong shape.
+    #[error("{layer}: {what} has shape {actual:?}, expected {expected}")]
+    ShapeMismatch {
+        /// The layer or kernel that checked the shape (for example `"LayerNorm"`).
+        layer: &'static str,
+        /// Which argument was wrong (for example `"input"` or `"dy"`).
+        what: &'static str,
+        /// The expected shape; `*` stands for any size.
+        expected: ExpectedShape,
+        /// The shape that was passed.
+        actual: Vec<usize>,
+    },
+    /// A token id is not below the vocabulary size.
+    #[error(
+        "{layer}: token id {id} at (b, t) = {position:?} is out of range for vocabulary size {vocab_size}"
+    )]
+    TokenOutOfRange {
+        /// The layer that looked the id up.
+        layer: &'static str,
+        /// The offending id.
+        id: usize,
+        /// Its `(b, t)` position in the id array.
+        position: (usize, usize),
+        /// The vocabulary size; valid ids are `0..vocab_size`.
+        vocab_size: usize,
+    },
+    /// A target class is not below the number of classes.
+    #[error(
+        "{layer}: target {target} at (b, t) = {position:?} is out of range for {classes} classes"
+    )]
+    TargetOutOfRange {
+        /// The loss that read the target.
+        layer: &'static str,
+        /// The offending target.
+        target: usize,
+        /// Its `(b, t)` position in the target array.
+        position: (usize, usize),
+        /// The number of classes; valid targets are `0..classes`.
+        classes: usize,
+    },
+    /// A sequence is longer than the model's context (or is empty).
+    #[error("{layer}: sequence length {len} is not in 1..={context}")]
+    SequenceLength {
+        /// The layer that refused the sequence.
+        layer: &'static str,
+        /// The length passed.
+        len: usize,
+        /// The longest length accepted.
+        context: usize,
+    },
+    /// `backward` was called before any `forward`.
+    #[error("{layer}: backward called before forward (nothing cached)")]
+    BackwardBeforeForward {
+        /// The layer whose cache was empty.
+        layer: &'static str,
+    },
+    /// A configuration that cannot build a layer or model.
+    #[error("{layer}: invalid configuration: {reason}")]
+    InvalidConfig {
+        /// The layer or component being configured.
+        layer: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A named parameter does not match what was expected (missing, extra or reshaped).
+    #[error("parameter `{name}`: {reason}")]
+    ParamMismatch {
+        /// The dotted parameter name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A gradient contains NaN or infinity.
+    #[error("parameter `{name}` has a non-finite gradient")]
+    NonFiniteGradient {
+        /// The dotted name of the first parameter found with a non-finite gradient.
+        name: String,
+    },
+    /// A checkpoint file could not be read or does not match the model.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// An I/O error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// An expected shape in an error message: a size per axis, `None` for "any size".
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExpectedShape(pub Vec<Option<usize>>);
+
+impl fmt::Display for ExpectedShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, dim) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match dim {
+                Some(n) => write!(f, "{n}")?,
+                None => f.write_str("*")?,
+            }
+        }
+        f.write_str("]")
+    }
+}
+
+impl fmt::Debug for ExpectedShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Checks `actual` against `expected` (`None` matches any size, and the ranks must agree).
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] naming `layer` and `what` when they differ.
+pub fn check_shape(
+    layer: &'static str,
+    what: &'static str,
+    actual: &[usize],
+    expected: &[Option<usize>],
+) -> Result<()> {
+    let matches = actual.len() == expected.len()
+        && actual
+            .iter()
+            .zip(expected)
+            .all(|(a, e)| e.is_none_or(|e| e == *a));
+    if matches {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            layer,
+            what,
+            expected: ExpectedShape(expected.to_vec()),
+            actual: actual.to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_message_names_layer_and_shapes() {
+        let err =
+            check_shape("LayerNorm", "input", &[2, 3, 5], &[None, None, Some(4)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "LayerNorm: input has shape [2, 3, 5], expected [*, *, 4]"
+        );
+        assert!(check_shape("LayerNorm", "input", &[2, 3, 4], &[None, None, Some(4)]).is_ok());
+        assert!(check_shape("LayerNorm", "input", &[3, 4], &[None, None, Some(4)]).is_err());
+    }
+}

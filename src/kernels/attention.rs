@@ -1,0 +1,239 @@
+//! Causal multi-head scaled dot-product attention (the part between the projections).
+//!
+//! Shapes: `q (B, T_q, C)`, `k, v (B, T_k, C)` with `T_q ≤ T_k`, `H` heads of size
+//! `D = C / H` taken as contiguous column slices, `probs (B, H, T_q, T_k)`,
+//! `ctx (B, T_q, C)`. Query `i` sits at absolute position `T_k − T_q + i` and sees the keys up
+//! to and including its own position (for self-attention `T_q = T_k`; a key/value cache
+//! passes fewer queries than keys).
+//!
+//! Per batch `b` and head `h`: `S = Q_h·K_hᵀ / √D`, `P = causal_softmax(S)`, `ctx_h = P·V_h`.
+
+use ndarray::{Array3, Array4, ArrayView3, Axis, s};
+
+use super::matmul::{matmul, matmul_into};
+use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
+use crate::error::check_shape;
+use crate::{Error, Float, Result};
+
+const KERNEL: &str = "attention";
+
+/// Checks the attention shapes and returns `(B, T_q, T_k, C, D)`.
+fn check_dims<F>(
+    q: &ArrayView3<'_, F>,
+    k: &ArrayView3<'_, F>,
+    v: &ArrayView3<'_, F>,
+    n_heads: usize,
+) -> Result<(usize, usize, usize, usize, usize)> {
+    let (b, t_q, c) = q.dim();
+    if n_heads == 0 || c % n_heads != 0 {
+        return Err(Error::InvalidConfig {
+            layer: KERNEL,
+            reason: format!("{n_heads} heads do not divide the width {c}"),
+        });
+    }
+    check_shape(KERNEL, "k", k.shape(), &[Some(b), None, Some(c)])?;
+    let t_k = k.dim().1;
+    check_shape(KERNEL, "v", v.shape(), &[Some(b), Some(t_k), Some(c)])?;
+    if t_q > t_k {
+        return Err(Error::ShapeMismatch {
+            layer: KERNEL,
+            what: "q",
+            expected: crate::error::ExpectedShape(vec![Some(b), Some(t_k), Some(c)]),
+            actual: q.shape().to_vec(),
+        });
+    }
+    Ok((b, t_q, t_k, c, c / n_heads))
+}
+
+/// Causal attention over `n_heads` heads; returns `(ctx (B, T_q, C), probs (B, H, T_q, T_k))`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] when `n_heads` does not divide `C`;
+/// [`Error::ShapeMismatch`] when `k`, `v` do not match `q` or `T_q > T_k`.
+pub fn attention_forward<F: Float>(
+    q: ArrayView3<'_, F>,
+    k: ArrayView3<'_, F>,
+    v: ArrayView3<'_, F>,
+    n_heads: usize,
+) -> Result<(Array3<F>, Array4<F>)> {
+    let (b, t_q, t_k, c, d) = check_dims(&q, &k, &v, n_heads)?;
+    let scale = F::one() / F::of(d as f64).sqrt();
+    let offset = t_k - t_q;
+    let mut probs = Array4::zeros((b, n_heads, t_q, t_k));
+    let mut ctx = Array3::zeros((b, t_q, c));
+    for bi in 0..b {
+        for h in 0..n_heads {
+            let (lo, hi) = (h * d, (h + 1) * d);
+            let q_h = q.slice(s![bi, .., lo..hi]);
+            let k_h = k.slice(s![bi, .., lo..hi]);
+            let v_h = v.slice(s![bi, .., lo..hi]);
+            let mut p = probs.slice_mut(s![bi, h, .., ..]);
+            matmul_into(scale, q_h, k_h.t(), F::zero(), &mut p);
+            causal_softmax_forward(p.view_mut(), offset);
+            matmul_into(
+                F::one(),
+                p.view(),
+                v_h,
+                F::zero(),
+                &mut ctx.slice_mut(s![bi, .., lo..hi]),
+            );
+        }
+    }
+    Ok((ctx, probs))
+}
+
+/// Backward of [`attention_forward`]; returns `(dq, dk, dv)` shaped like `q`, `k`, `v`.
+///
+/// Per batch and head, with `G = d_ctx_h (T_q, D)`:
+///
+/// * `dV_h = Pᵀ·G` — *(dv)*
+/// * `dP = G·V_hᵀ` — *(dP)*
+/// * `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, the softmax backward — *(dS)*
+/// * with `S = Q_h·K_hᵀ/√D`: `dQ_h = dS·K_h/√D` and `dK_h = dSᵀ·Q_h/√D` — *(dq, dk)*
+///
+/// # Errors
+/// As [`attention_forward`], plus [`Error::ShapeMismatch`] when `probs` or `d_ctx` do not match.
+pub fn attention_backward<F: Float>(
+    q: ArrayView3<'_, F>,
+    k: ArrayView3<'_, F>,
+    v: ArrayView3<'_, F>,
+    probs: ndarray::ArrayView4<'_, F>,
+    d_ctx: ArrayView3<'_, F>,
+) -> Result<(Array3<F>, Array3<F>, Array3<F>)> {
+    let n_heads = probs.len_of(Axis(1));
+    let (b, t_q, t_k, c, d) = check_dims(&q, &k, &v, n_heads)?;
+    check_shape(
+        KERNEL,
+        "probs",
+        probs.shape(),
+        &[Some(b), Some(n_heads), Some(t_q), Some(t_k)],
+    )?;
+    check_shape(
+        KERNEL,
+        "d_ctx",
+        d_ctx.shape(),
+        &[Some(b), Some(t_q), Some(c)],
+    )?;
+    let scale = F::one() / F::of(d as f64).sqrt();
+    let mut dq = Array3::zeros((b, t_q, c));
+    let mut dk = Array3::zeros((b, t_k, c));
+    let mut dv = Array3::zeros((b, t_k, c));
+    for bi in 0..b {
+        for h in 0..n_heads {
+            let (lo, hi) = (h * d, (h + 1) * d);
+            let p = probs.slice(s![bi, h, .., ..]);
+            let g = d_ctx.slice(s![bi, .., lo..hi]);
+            // (dv)
+            matmul_into(
+                F::one(),
+                p.t(),
+                g,
+                F::zero(),
+                &mut dv.slice_mut(s![bi, .., lo..hi]),
+            );
+            // (dP), then (dS) in place
+            let mut d_scores = matmul(g, v.slice(s![bi, .., lo..hi]).t());
+            softmax_backward_in_place(p, d_scores.view_mut());
+            // (dq, dk)
+            matmul_into(
+                scale,
+                d_scores.view(),
+                k.slice(s![bi, .., lo..hi]),
+                F::zero(),
+                &mut dq.slice_mut(s![bi, .., lo..hi]),
+            );
+            matmul_into(
+                scale,
+                d_scores.t(),
+                q.slice(s![bi, .., lo..hi]),
+                F::zero(),
+                &mut dk.slice_mut(s![bi, .., lo..hi]),
+            );
+        }
+    }
+    Ok((dq, dk, dv))
+}
+
+/// Naive loops over every index: the reference the fast path is tested against.
+#[cfg(test)]
+pub(crate) fn attention_reference(
+    q: ArrayView3<'_, f64>,
+    k: ArrayView3<'_, f64>,
+    v: ArrayView3<'_, f64>,
+    n_heads: usize,
+) -> Array3<f64> {
+    let (b, t_q, c) = q.dim();
+    let t_k = k.dim().1;
+    let d = c / n_heads;
+    let offset = t_k - t_q;
+    let mut ctx = Array3::zeros((b, t_q, c));
+    for bi in 0..b {
+        for h in 0..n_heads {
+            for i in 0..t_q {
+                let visible = offset + i + 1;
+                let scores: Vec<f64> = (0..visible)
+                    .map(|j| {
+                        (0..d)
+                            .map(|e| q[[bi, i, h * d + e]] * k[[bi, j, h * d + e]])
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for e in 0..d {
+                    ctx[[bi, i, h * d + e]] = (0..visible)
+                        .map(|j| weights[j] / total * v[[bi, j, h * d + e]])
+                        .sum();
+                }
+            }
+        }
+    }
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_abs_diff_eq;
+
+    fn qkv(b: usize, t_q: usize, t_k: usize, c: usize) -> (Array3<f64>, Array3<f64>, Array3<f64>) {
+        let f = |seed: f64| {
+            move |(i, j, l): (usize, usize, usize)| ((i * 31 + j * 7 + l) as f64 * seed).sin()
+        };
+        (
+            Array3::from_shape_fn((b, t_q, c), f(0.37)),
+            Array3::from_shape_fn((b, t_k, c), f(0.53)),
+            Array3::from_shape_fn((b, t_k, c), f(0.71)),
+        )
+    }
+
+    #[test]
+    fn fast_path_matches_naive_reference() {
+        for &(b, t_q, t_k, c, h) in &[
+            (2, 5, 5, 6, 2),
+            (1, 1, 1, 4, 1),
+            (3, 2, 6, 9, 3),
+            (1, 7, 7, 12, 4),
+        ] {
+            let (q, k, v) = qkv(b, t_q, t_k, c);
+            let (ctx, probs) = attention_forward(q.view(), k.view(), v.view(), h).unwrap();
+            assert_abs_diff_eq!(
+                ctx,
+                attention_reference(q.view(), k.view(), v.view(), h),
+                epsilon = 1e-12
+            );
+            for row in probs.lanes(Axis(3)) {
+                assert_abs_diff_eq!(row.sum(), 1.0, epsilon = 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn heads_must_divide_width() {
+        let (q, k, v) = qkv(1, 2, 2, 6);
+        let err = attention_forward(q.view(), k.view(), v.view(), 4).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    }
+}

@@ -1,0 +1,110 @@
+//! Affine map `y = x·W + b`.
+//!
+//! Shapes: `x (N, C_in)`, `W (C_in, C_out)`, `b (C_out)`, `y (N, C_out)`. The weight is stored
+//! input-major, as in the NumPy original, so the forward is one plain product.
+
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+
+use super::matmul::{matmul, matmul_into};
+use crate::error::check_shape;
+use crate::{Float, Result};
+
+const KERNEL: &str = "linear";
+
+/// `y = x·W + b`: `x (N, C_in)`, `w (C_in, C_out)`, optional `b (C_out)` → `y (N, C_out)`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the shapes disagree.
+pub fn linear_forward<F: Float>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    b: Option<ArrayView1<'_, F>>,
+) -> Result<Array2<F>> {
+    let (c_in, c_out) = w.dim();
+    check_shape(KERNEL, "x", x.shape(), &[None, Some(c_in)])?;
+    if let Some(b) = &b {
+        check_shape(KERNEL, "b", b.shape(), &[Some(c_out)])?;
+    }
+    let mut y = matmul(x, w);
+    if let Some(b) = b {
+        y += &b;
+    }
+    Ok(y)
+}
+
+/// Backward of [`linear_forward`]; returns `dx (N, C_in)` and **adds** into `d_w` and `d_b`.
+///
+/// With `y_nj = Σ_i x_ni W_ij + b_j`:
+///
+/// * `dL/dW_ij = Σ_n x_ni dy_nj`, that is `dW += xᵀ·dy` — *(dW)*
+/// * `dL/db_j  = Σ_n dy_nj` — *(db)*
+/// * `dL/dx_ni = Σ_j dy_nj W_ij`, that is `dx = dy·Wᵀ` — *(dx)*
+///
+/// # Errors
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the shapes disagree.
+pub fn linear_backward<F: Float>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    dy: ArrayView2<'_, F>,
+    mut d_w: ArrayViewMut2<'_, F>,
+    d_b: Option<ArrayViewMut1<'_, F>>,
+) -> Result<Array2<F>> {
+    let (c_in, c_out) = w.dim();
+    let n = x.nrows();
+    check_shape(KERNEL, "x", x.shape(), &[None, Some(c_in)])?;
+    check_shape(KERNEL, "dy", dy.shape(), &[Some(n), Some(c_out)])?;
+    check_shape(KERNEL, "d_w", d_w.shape(), &[Some(c_in), Some(c_out)])?;
+    if let Some(d_b) = &d_b {
+        check_shape(KERNEL, "d_b", d_b.shape(), &[Some(c_out)])?;
+    }
+    // (dW)
+    matmul_into(F::one(), x.t(), dy, F::one(), &mut d_w);
+    // (db)
+    if let Some(mut d_b) = d_b {
+        d_b += &dy.sum_axis(Axis(0));
+    }
+    // (dx)
+    Ok(matmul(dy, w.t()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, array};
+
+    #[test]
+    fn hand_computed_forward_and_backward() {
+        let x = array![[1.0, 2.0], [3.0, 4.0]];
+        let w = array![[1.0, 0.0, -1.0], [2.0, 1.0, 0.5]];
+        let b = array![0.5, -0.5, 0.0];
+        let y = linear_forward(x.view(), w.view(), Some(b.view())).unwrap();
+        assert_eq!(y, array![[5.5, 1.5, 0.0], [11.5, 3.5, -1.0]]);
+
+        let dy = array![[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]];
+        let mut d_w = Array2::zeros((2, 3));
+        let mut d_b = Array1::zeros(3);
+        let dx = linear_backward(
+            x.view(),
+            w.view(),
+            dy.view(),
+            d_w.view_mut(),
+            Some(d_b.view_mut()),
+        )
+        .unwrap();
+        assert_eq!(dx, array![[0.0, 2.5], [0.0, 1.0]]);
+        assert_eq!(d_w, array![[1.0, 3.0, 1.0], [2.0, 4.0, 2.0]]);
+        assert_eq!(d_b, array![1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn mismatched_inner_dimension_is_an_error() {
+        let x = Array2::<f64>::zeros((2, 3));
+        let w = Array2::<f64>::zeros((2, 4));
+        let err = linear_forward(x.view(), w.view(), None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("linear: x has shape [2, 3], expected [*, 2]"),
+            "{err}"
+        );
+    }
+}

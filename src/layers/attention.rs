@@ -1,0 +1,172 @@
+//! [`Attention`]: causal multi-head self-attention with bias-free projections.
+
+use ndarray::{Array2, Array3, Array4};
+use rand::Rng;
+
+use super::util::{cached, check_activation, check_dy, glorot_uniform, rows, unrows};
+use crate::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
+use crate::param::{Param2, ParamPath, ParamVisitor, ParamVisitorMut};
+use crate::{Error, Float, Layer, Result};
+
+const LAYER: &str = "Attention";
+
+/// What the backward needs from the forward.
+#[derive(Clone, Debug)]
+struct AttentionCache<F> {
+    x_rows: Array2<F>,
+    q: Array3<F>,
+    k: Array3<F>,
+    v: Array3<F>,
+    probs: Array4<F>,
+    ctx_rows: Array2<F>,
+    batch: (usize, usize),
+}
+
+/// Causal multi-head self-attention, `(B, T, C)` → `(B, T, C)`.
+///
+/// `Q = x·W_q`, `K = x·W_k`, `V = x·W_v`; per head (a contiguous slice of `C / H`
+/// columns) `ctx = softmax_causal(Q·Kᵀ/√(C/H))·V`; `y = ctx·W_o`. Parameters
+/// `w_q, w_k, w_v, w_o`, each `(C, C)`, Glorot-uniform, no biases (as in the original).
+///
+/// # Example
+///
+/// ```
+/// use baregpt::{layers::Attention, Layer};
+/// use ndarray::Array3;
+/// use rand::SeedableRng;
+///
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+/// let mut attn = Attention::<f64>::new(8, 2, &mut rng)?;
+/// let y = attn.forward(&Array3::from_elem((1, 4, 8), 0.5))?;
+/// let dx = attn.backward(&Array3::ones(y.raw_dim()))?;
+/// assert_eq!(dx.shape(), &[1, 4, 8]);
+/// assert!(Attention::<f64>::new(8, 3, &mut rng).is_err()); // 3 heads do not divide 8
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Attention<F: Float> {
+    w_q: Param2<F>,
+    w_k: Param2<F>,
+    w_v: Param2<F>,
+    w_o: Param2<F>,
+    n_heads: usize,
+    cache: Option<AttentionCache<F>>,
+}
+
+impl<F: Float> Attention<F> {
+    /// A new attention layer of width `c` with `n_heads` heads, weights drawn from `rng`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `n_heads` is zero or does not divide `c`.
+    pub fn new<R: Rng + ?Sized>(c: usize, n_heads: usize, rng: &mut R) -> Result<Self> {
+        if n_heads == 0 || c % n_heads != 0 {
+            return Err(Error::InvalidConfig {
+                layer: LAYER,
+                reason: format!("{n_heads} heads do not divide d_model {c}"),
+            });
+        }
+        let mut weight = || Param2::new(glorot_uniform(c, c, rng));
+        Ok(Self {
+            w_q: weight(),
+            w_k: weight(),
+            w_v: weight(),
+            w_o: weight(),
+            n_heads,
+            cache: None,
+        })
+    }
+
+    /// The model width `C`.
+    pub fn width(&self) -> usize {
+        self.w_q.value.nrows()
+    }
+
+    /// The number of heads `H`.
+    pub fn n_heads(&self) -> usize {
+        self.n_heads
+    }
+}
+
+impl<F: Float> Layer<F> for Attention<F> {
+    fn kind(&self) -> &'static str {
+        LAYER
+    }
+
+    fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        let (b, t) = check_activation(LAYER, "input", x.view(), self.width())?;
+        let x_rows = rows(x.view()).into_owned();
+        let project = |w: &Param2<F>| {
+            linear_forward(x_rows.view(), w.value.view(), None).and_then(|y| unrows(LAYER, y, b, t))
+        };
+        let (q, k, v) = (
+            project(&self.w_q)?,
+            project(&self.w_k)?,
+            project(&self.w_v)?,
+        );
+        let (ctx, probs) = attention_forward(q.view(), k.view(), v.view(), self.n_heads)?;
+        let ctx_rows = rows(ctx.view()).into_owned();
+        let y = linear_forward(ctx_rows.view(), self.w_o.value.view(), None)?;
+        self.cache = Some(AttentionCache {
+            x_rows,
+            q,
+            k,
+            v,
+            probs,
+            ctx_rows,
+            batch: (b, t),
+        });
+        unrows(LAYER, y, b, t)
+    }
+
+    /// Chain rule through `y = ctx·W_o`, the attention kernel, and the three projections;
+    /// `dx = dQ·W_qᵀ + dK·W_kᵀ + dV·W_vᵀ` because `x` feeds all three.
+    fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
+        let cache = cached(LAYER, &self.cache)?;
+        let (b, t) = cache.batch;
+        check_dy(LAYER, dy, (b, t, self.width()))?;
+        let d_ctx = linear_backward(
+            cache.ctx_rows.view(),
+            self.w_o.value.view(),
+            rows(dy.view()).view(),
+            self.w_o.grad.view_mut(),
+            None,
+        )?;
+        let d_ctx = unrows(LAYER, d_ctx, b, t)?;
+        let (dq, dk, dv) = attention_backward(
+            cache.q.view(),
+            cache.k.view(),
+            cache.v.view(),
+            cache.probs.view(),
+            d_ctx.view(),
+        )?;
+        let mut dx = Array2::zeros(cache.x_rows.raw_dim());
+        for (w, d) in [
+            (&mut self.w_q, dq),
+            (&mut self.w_k, dk),
+            (&mut self.w_v, dv),
+        ] {
+            dx += &linear_backward(
+                cache.x_rows.view(),
+                w.value.view(),
+                rows(d.view()).view(),
+                w.grad.view_mut(),
+                None,
+            )?;
+        }
+        unrows(LAYER, dx, b, t)
+    }
+
+    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
+        self.w_q.visit("w_q", path, f);
+        self.w_k.visit("w_k", path, f);
+        self.w_v.visit("w_v", path, f);
+        self.w_o.visit("w_o", path, f);
+    }
+
+    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
+        self.w_q.visit_mut("w_q", path, f);
+        self.w_k.visit_mut("w_k", path, f);
+        self.w_v.visit_mut("w_v", path, f);
+        self.w_o.visit_mut("w_o", path, f);
+    }
+}

@@ -1,0 +1,26 @@
+//! Owning layers built on the [`kernels`](crate::kernels): parameters, gradients, caches,
+//! names and errors.
+//!
+//! Every float layer maps `(B, T, C_in)` to `(B, T, C_out)` and implements
+//! [`Layer<F>`](crate::Layer); [`Embedding`] takes token ids `(B, T)` and implements
+//! `Layer<F, Array2<usize>>`.
+
+mod attention;
+mod block;
+mod embedding;
+mod gelu;
+mod layer_norm;
+mod linear;
+mod mlp;
+mod sequential;
+pub(crate) mod util;
+
+pub use attention::Attention;
+pub use block::Block;
+pub use embedding::Embedding;
+pub use gelu::Gelu;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;
+pub use mlp::Mlp;
+pub use sequential::Sequential;
+pub use util::{glorot_uniform, normal};

@@ -1,0 +1,116 @@
+//! Small helpers shared by the layers: flattening `(B, T, C)` to rows, cache access and
+//! weight initialisation.
+
+use ndarray::{Array1, Array2, Array3, ArrayView3, CowArray, Ix2};
+use rand::{Rng, RngExt};
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::{ExpectedShape, check_shape};
+use crate::{Error, Float, Result};
+
+/// Views `(B, T, C)` as `(B·T, C)` rows, copying only if `x` is not in standard layout.
+pub(crate) fn rows<'a, F: Float>(x: ArrayView3<'a, F>) -> CowArray<'a, F, Ix2> {
+    let (b, t, c) = x.dim();
+    if x.is_standard_layout() {
+        if let Ok(view) = x.into_shape_with_order((b * t, c)) {
+            return CowArray::from(view);
+        }
+    }
+    let owned = x.to_owned();
+    let flat = Array2::from_shape_vec((b * t, c), owned.into_iter().collect::<Vec<_>>());
+    // The length is b·t·c by construction; fall back to zeros only to avoid a panic path.
+    CowArray::from(flat.unwrap_or_else(|_| Array2::zeros((b * t, c))))
+}
+
+/// Reshapes `(B·T, C)` rows back to `(B, T, C)`.
+pub(crate) fn unrows<F: Float>(
+    layer: &'static str,
+    y: Array2<F>,
+    b: usize,
+    t: usize,
+) -> Result<Array3<F>> {
+    let (n, c) = y.dim();
+    let y = y.as_standard_layout().into_owned();
+    y.into_shape_with_order((b, t, c))
+        .map_err(|_| Error::ShapeMismatch {
+            layer,
+            what: "output",
+            expected: ExpectedShape(vec![Some(b * t), Some(c)]),
+            actual: vec![n, c],
+        })
+}
+
+/// Checks an activation `(B, T, C)` against the width `c`, returning `(B, T)`.
+pub(crate) fn check_activation<F>(
+    layer: &'static str,
+    what: &'static str,
+    x: ArrayView3<'_, F>,
+    c: usize,
+) -> Result<(usize, usize)> {
+    check_shape(layer, what, x.shape(), &[None, None, Some(c)])?;
+    Ok((x.dim().0, x.dim().1))
+}
+
+/// Checks that `dy` has exactly the shape `(B, T, C)` of the last forward's output.
+pub(crate) fn check_dy<F>(
+    layer: &'static str,
+    dy: &Array3<F>,
+    shape: (usize, usize, usize),
+) -> Result<()> {
+    check_shape(
+        layer,
+        "dy",
+        dy.shape(),
+        &[Some(shape.0), Some(shape.1), Some(shape.2)],
+    )
+}
+
+/// The cache of the last forward, or [`Error::BackwardBeforeForward`].
+pub(crate) fn cached<'a, T>(layer: &'static str, cache: &'a Option<T>) -> Result<&'a T> {
+    cache.as_ref().ok_or(Error::BackwardBeforeForward { layer })
+}
+
+/// Glorot (Xavier) uniform: `U(−l, l)` with `l = √(6 / (fan_in + fan_out))`, shape
+/// `(fan_in, fan_out)`. This is the original's initialisation for every weight matrix.
+pub fn glorot_uniform<F: Float, R: Rng + ?Sized>(
+    fan_in: usize,
+    fan_out: usize,
+    rng: &mut R,
+) -> Array2<F> {
+    let limit = if fan_in + fan_out == 0 {
+        0.0
+    } else {
+        (6.0 / (fan_in + fan_out) as f64).sqrt()
+    };
+    Array2::from_shape_simple_fn((fan_in, fan_out), || {
+        F::of((rng.random::<f64>() * 2.0 - 1.0) * limit)
+    })
+}
+
+/// Normal `N(0, std²)` entries of shape `(rows, cols)`.
+pub fn normal<F: Float, R: Rng + ?Sized>(
+    rows: usize,
+    cols: usize,
+    std: f64,
+    rng: &mut R,
+) -> Array2<F> {
+    Array2::from_shape_simple_fn((rows, cols), || {
+        let z: f64 = StandardNormal.sample(rng);
+        F::of(z * std)
+    })
+}
+
+/// A vector of `n` copies of `value`.
+pub(crate) fn filled<F: Float>(n: usize, value: F) -> Array1<F> {
+    Array1::from_elem(n, value)
+}
+
+/// Checks token ids `(B, T)` against the vocabulary and context, naming `layer`.
+pub(crate) fn check_ids_for(
+    layer: &'static str,
+    ids: &ndarray::Array2<usize>,
+    vocab_size: usize,
+    context: usize,
+) -> Result<()> {
+    crate::kernels::embedding::check_ids(layer, ids.view(), vocab_size, context)
+}

@@ -1,0 +1,72 @@
+//! # baregpt
+//!
+//! GPT layers whose backward passes you can read, call and check.
+//!
+//! `baregpt` is a small GPT (token and position embeddings, pre-LN transformer blocks with
+//! causal multi-head attention and a GELU MLP, a linear head and softmax cross-entropy) in
+//! which every backward pass is written by hand, documented with its derivation, and
+//! verified by a public finite-difference [`gradcheck`]er. There is no autograd tape: you
+//! call `forward` and `backward` yourself.
+//!
+//! ## Shape conventions
+//!
+//! * Activations at every layer boundary are `(B, T, C)`: batch, time (sequence position),
+//!   channels. Token ids and targets are `(B, T)` of `usize`.
+//! * Position-wise kernels work on rows `(N, C)` with `N = B·T`.
+//! * Weight matrices are stored input-major, `(C_in, C_out)`, so a linear map is `x·W + b`.
+//!
+//! ## The contract of a layer
+//!
+//! [`Layer::forward`] caches what the backward needs; [`Layer::backward`] takes `dL/dy`,
+//! **adds** into the parameter gradients and returns `dL/dx`. Gradients accumulate until
+//! [`Layer::zero_grad`]. Parameters are reached by dotted name (`blocks.0.attn.w_q`) through
+//! one visitor, which the optimizer, the checker and checkpoints share.
+//!
+//! ## Example: a block by hand, then a gradient check
+//!
+//! ```
+//! use baregpt::{gradcheck, layers::Block, Layer};
+//! use ndarray::Array3;
+//! use rand::SeedableRng;
+//!
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+//! let mut block: Box<dyn Layer<f64>> = Box::new(Block::new(8, 2, 32, &mut rng)?);
+//! let x = Array3::from_shape_fn((2, 3, 8), |(b, t, c)| ((b + 3 * t + 5 * c) as f64).cos());
+//! let y = block.forward(&x)?;                          // (2, 3, 8), cached for backward
+//! let dx = block.backward(&Array3::ones(y.raw_dim()))?; // dL/dx; grads accumulated
+//! assert_eq!(dx.shape(), x.shape());
+//!
+//! let report = gradcheck::check_layer(block.as_mut(), &x, &Default::default())?;
+//! assert!(report.passed(), "{report}");
+//! # Ok::<(), baregpt::Error>(())
+//! ```
+//!
+//! ## Modules
+//!
+//! * [`kernels`]: pure forward/backward functions over array views (the derivations).
+//! * [`layers`]: owning layers built on the kernels; [`Gpt`] and [`CrossEntropy`] on top.
+//! * [`gradcheck`]: the finite-difference checker.
+//! * [`param`]: parameters and the dotted-name visitor.
+#![cfg_attr(
+    feature = "proptest",
+    doc = "* [`strategies`]: proptest strategies for shapes and inputs."
+)]
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod gpt;
+pub mod gradcheck;
+pub mod kernels;
+pub mod layer;
+pub mod layers;
+pub mod loss;
+pub mod param;
+pub mod scalar;
+#[cfg(feature = "proptest")]
+pub mod strategies;
+
+pub use error::{Error, Result};
+pub use gpt::{Gpt, GptConfig};
+pub use layer::{Layer, LayerInput};
+pub use loss::CrossEntropy;
+pub use scalar::Float;
