@@ -95,6 +95,36 @@ pub enum Error {
     /// A checkpoint file could not be read or does not match the model.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A checkpoint was written for a model of another shape.
+    #[error(
+        "checkpoint: config field `{field}` is {checkpoint} in the checkpoint but {model} in the model"
+    )]
+    ConfigMismatch {
+        /// The [`GptConfig`](crate::GptConfig) field that differs (for example `"d_model"`).
+        field: &'static str,
+        /// The value the model has.
+        model: String,
+        /// The value the checkpoint records.
+        checkpoint: String,
+    },
+    /// A stored tensor has another element type than the one asked for.
+    #[error("checkpoint: tensor `{name}` is stored as {found}, expected {expected}")]
+    DtypeMismatch {
+        /// The tensor's name in the file.
+        name: String,
+        /// The element type asked for (`"f32"` or `"f64"`).
+        expected: &'static str,
+        /// The element type found in the file.
+        found: String,
+    },
+    /// A character that is not in the vocabulary.
+    #[error("character {ch:?} at position {position} is not in the vocabulary")]
+    UnknownChar {
+        /// The character.
+        ch: char,
+        /// Its index (in characters) in the text being encoded.
+        position: usize,
+    },
     /// An I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),

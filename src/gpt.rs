@@ -4,6 +4,7 @@
 use ndarray::{Array2, Array3};
 use rand::Rng;
 
+use crate::generate::KvCache;
 use crate::layers::{Block, Embedding, LayerNorm, Linear};
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{CrossEntropy, Error, Float, Layer, Result};
@@ -211,6 +212,71 @@ impl<F: Float> Gpt<F> {
         )?;
         let logits = self.forward(ids)?;
         self.loss_head.loss(&logits, targets)
+    }
+
+    /// Logits for new tokens that continue the sequence held in a key/value cache, without
+    /// caching anything for backward (for generation): `ids (B, T_new)` →
+    /// `logits (B, T_new, V)`.
+    ///
+    /// The new ids stand at positions `cache.len()..cache.len() + T_new`; their keys and values
+    /// are appended to `cache`. The logits equal the last `T_new` rows of
+    /// [`Layer::forward`] over the whole sequence, but only the new positions are computed: a
+    /// token generated one at a time costs one position, not a re-run of the prefix. Start
+    /// with an empty [`KvCache::new`] and pass the prompt (a *prefill*), then one id per step.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `cache` was made for another config;
+    /// [`Error::ShapeMismatch`] when `ids` has another batch size than `cache`;
+    /// [`Error::SequenceLength`] when `T_new` is zero or the sequence would outgrow the
+    /// context; [`Error::TokenOutOfRange`] for an id `≥ V`. On error `cache` is unchanged.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use baregpt::{generate::KvCache, Gpt, GptConfig, Layer};
+    /// use ndarray::{array, s};
+    /// use rand::SeedableRng;
+    ///
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// let mut gpt = Gpt::<f64>::new(GptConfig::tiny(10), &mut rng)?;
+    /// let mut cache = KvCache::new(gpt.config(), 1);
+    /// gpt.forward_incremental(&array![[1, 2, 3]], &mut cache)?;      // prefill
+    /// let next = gpt.forward_incremental(&array![[4]], &mut cache)?;  // one position
+    /// let full = gpt.forward(&array![[1, 2, 3, 4]])?;
+    /// let diff = (&next.slice(s![.., 0, ..]) - &full.slice(s![.., 3, ..])).mapv(f64::abs);
+    /// assert!(diff.iter().all(|d| *d < 1e-12));
+    /// # Ok::<(), baregpt::Error>(())
+    /// ```
+    pub fn forward_incremental(
+        &self,
+        ids: &Array2<usize>,
+        cache: &mut KvCache<F>,
+    ) -> Result<Array3<F>> {
+        cache.check_config(&self.config)?;
+        crate::error::check_shape(LAYER, "ids", ids.shape(), &[Some(cache.batch()), None])?;
+        let start = cache.len();
+        let t_new = ids.ncols();
+        if t_new == 0 || start + t_new > self.config.context {
+            return Err(Error::SequenceLength {
+                layer: LAYER,
+                len: start + t_new,
+                context: self.config.context,
+            });
+        }
+        let result = (|| {
+            let mut x = self.embed.embed_at(ids, start)?;
+            for (block, kv) in self.blocks.iter().zip(cache.layers_mut()) {
+                x = block.forward_incremental(&x, kv)?;
+            }
+            if let Some(ln_f) = &self.ln_f {
+                x = ln_f.infer(&x)?;
+            }
+            self.head.infer(&x)
+        })();
+        if result.is_err() {
+            cache.truncate(start);
+        }
+        result
     }
 
     /// Backpropagates the last [`Gpt::loss`], adding into every parameter gradient.

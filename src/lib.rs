@@ -53,7 +53,10 @@
 )]
 #![deny(missing_docs)]
 
+pub mod checkpoint;
+pub mod data;
 pub mod error;
+pub mod generate;
 pub mod gpt;
 pub mod gradcheck;
 pub mod kernels;

@@ -1,9 +1,11 @@
 //! [`Attention`]: causal multi-head self-attention with bias-free projections.
 
-use ndarray::{Array2, Array3, Array4};
+use ndarray::{Array2, Array3, Array4, s};
 use rand::Rng;
 
 use super::util::{cached, check_activation, check_dy, glorot_uniform, rows, unrows};
+use crate::error::check_shape;
+use crate::generate::LayerKv;
 use crate::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
 use crate::param::{Param2, ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Error, Float, Layer, Result};
@@ -84,6 +86,67 @@ impl<F: Float> Attention<F> {
     /// The number of heads `H`.
     pub fn n_heads(&self) -> usize {
         self.n_heads
+    }
+
+    /// Attention of new positions over a key/value cache, without caching anything for
+    /// backward (for generation): `x (B, T_new, C)` → `(B, T_new, C)`.
+    ///
+    /// The `T_new` positions follow the `T_c = kv.len()` already cached. Their keys and values
+    /// are appended to `kv`, and each new query `i` attends causally to the cached keys and
+    /// to the new ones up to its own position `T_c + i`. The result equals rows
+    /// `T_c..T_c + T_new` of [`Layer::forward`] over all `T_c + T_new` positions, while
+    /// computing only `T_new` query rows.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `x` is not `(B, T_new, C)` for the cache's batch `B` and
+    /// width `C`; [`Error::SequenceLength`] when `T_new` is zero or the cache has no room for
+    /// it. On error `kv` is unchanged.
+    pub fn forward_incremental(&self, x: &Array3<F>, kv: &mut LayerKv<F>) -> Result<Array3<F>> {
+        let c = self.width();
+        check_shape(
+            LAYER,
+            "input",
+            x.shape(),
+            &[Some(kv.batch()), None, Some(c)],
+        )?;
+        check_shape(
+            LAYER,
+            "kv cache",
+            &[kv.batch(), kv.capacity(), kv.width()],
+            &[Some(x.dim().0), None, Some(c)],
+        )?;
+        let (b, t_new, _) = x.dim();
+        let (start, end) = (kv.len(), kv.len() + t_new);
+        if t_new == 0 || end > kv.capacity() {
+            return Err(Error::SequenceLength {
+                layer: LAYER,
+                len: end,
+                context: kv.capacity(),
+            });
+        }
+        let x_rows = rows(x.view());
+        let project = |w: &Param2<F>| {
+            linear_forward(x_rows.view(), w.value.view(), None)
+                .and_then(|y| unrows(LAYER, y, b, t_new))
+        };
+        let (q, k, v) = (
+            project(&self.w_q)?,
+            project(&self.w_k)?,
+            project(&self.w_v)?,
+        );
+        let (keys, values) = kv.buffers_mut();
+        keys.slice_mut(s![.., start..end, ..]).assign(&k);
+        values.slice_mut(s![.., start..end, ..]).assign(&v);
+        let (ctx, _) = attention_forward(
+            q.view(),
+            keys.slice(s![.., ..end, ..]),
+            values.slice(s![.., ..end, ..]),
+            self.n_heads,
+        )?;
+        let y = linear_forward(rows(ctx.view()).view(), self.w_o.value.view(), None)?;
+        let y = unrows(LAYER, y, b, t_new)?;
+        kv.set_len(end);
+        Ok(y)
     }
 }
 

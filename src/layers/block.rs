@@ -4,6 +4,7 @@ use ndarray::Array3;
 use rand::Rng;
 
 use super::{Attention, LayerNorm, Mlp};
+use crate::generate::LayerKv;
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Float, Layer, Result};
 
@@ -74,6 +75,20 @@ impl<F: Float> Block<F> {
     /// The attention sub-layer.
     pub fn attention(&self) -> &Attention<F> {
         &self.attn
+    }
+
+    /// The forward pass of new positions against a key/value cache, without caching anything
+    /// for backward (for generation): `x (B, T_new, C)` → `(B, T_new, C)`.
+    ///
+    /// The new positions follow the `kv.len()` already cached; their keys and values are
+    /// appended to `kv`. See [`Attention::forward_incremental`].
+    ///
+    /// # Errors
+    /// As [`Attention::forward_incremental`].
+    pub fn forward_incremental(&self, x: &Array3<F>, kv: &mut LayerKv<F>) -> Result<Array3<F>> {
+        let h = x + &self.attn.forward_incremental(&self.ln1.infer(x)?, kv)?;
+        let y = &h + &self.mlp.infer(&self.ln2.infer(&h)?)?;
+        Ok(y)
     }
 }
 

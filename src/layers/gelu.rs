@@ -20,7 +20,7 @@ const LAYER: &str = "Gelu";
 ///
 /// let mut gelu = Gelu::<f64>::new();
 /// let y = gelu.forward(&Array3::zeros((1, 2, 3)))?;
-/// assert_eq!(y, Array3::zeros((1, 2, 3)));
+/// assert_eq!(y, Array3::<f64>::zeros((1, 2, 3)));
 /// # Ok::<(), baregpt::Error>(())
 /// ```
 #[derive(Clone, Debug, Default)]

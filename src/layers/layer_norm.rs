@@ -66,6 +66,21 @@ impl<F: Float> LayerNorm<F> {
     pub fn beta(&self) -> &Param1<F> {
         &self.beta
     }
+
+    /// The forward pass without caching anything (for inference): `(B, T, C)` → `(B, T, C)`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the last axis is not `C`.
+    pub fn infer(&self, x: &Array3<F>) -> Result<Array3<F>> {
+        let (b, t) = check_activation(LAYER, "input", x.view(), self.width())?;
+        let (y, _) = layer_norm_forward(
+            rows(x.view()).view(),
+            self.gamma.value.view(),
+            self.beta.value.view(),
+            self.eps,
+        )?;
+        unrows(LAYER, y, b, t)
+    }
 }
 
 impl<F: Float> Layer<F> for LayerNorm<F> {

@@ -85,6 +85,21 @@ impl<F: Float> Linear<F> {
     pub fn c_out(&self) -> usize {
         self.w.value.ncols()
     }
+
+    /// The forward pass without caching anything (for inference):
+    /// `(B, T, C_in)` → `(B, T, C_out)`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the last axis is not `C_in`.
+    pub fn infer(&self, x: &Array3<F>) -> Result<Array3<F>> {
+        let (b, t) = check_activation(LAYER, "input", x.view(), self.c_in())?;
+        let y = linear_forward(
+            rows(x.view()).view(),
+            self.w.value.view(),
+            self.b.as_ref().map(|b| b.value.view()),
+        )?;
+        unrows(LAYER, y, b, t)
+    }
 }
 
 impl<F: Float> Layer<F> for Linear<F> {

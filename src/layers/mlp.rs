@@ -51,6 +51,15 @@ impl<F: Float> Mlp<F> {
             proj,
         }
     }
+
+    /// The forward pass without caching anything (for inference): `(B, T, C)` → `(B, T, C)`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the last axis is not `C`.
+    pub fn infer(&self, x: &Array3<F>) -> Result<Array3<F>> {
+        let h = self.fc.infer(x)?;
+        self.proj.infer(&crate::kernels::gelu_forward(h.view()))
+    }
 }
 
 impl<F: Float> Layer<F> for Mlp<F> {

@@ -1,0 +1,624 @@
+//! Saving and loading a [`Gpt`] as a [safetensors](https://huggingface.co/docs/safetensors)
+//! file, optionally with its vocabulary and optimizer state.
+//!
+//! # Format
+//!
+//! * **Tensors**: every model parameter under its dotted name (`embed.tok`,
+//!   `blocks.0.attn.w_q`, …), little-endian `F32` or `F64` as the model's float type; optimizer
+//!   state, when present, as `optimizer.<slot>.<parameter name>` (for Adam: `optimizer.m.*`
+//!   and `optimizer.v.*`).
+//! * **Metadata** (string to string): `format` = [`FORMAT`], `dtype` (`f32`/`f64`), one
+//!   `config.<field>` per [`GptConfig`] field, `vocab` (the characters in id order) when a
+//!   vocabulary is saved, `optimizer.kind`, `optimizer.step` and `optimizer.setting.<name>`
+//!   when optimizer state is saved, and `user.<key>` for free-form [`Extras::metadata`].
+//!
+//! # Guarantees
+//!
+//! * **All or nothing.** Loading parses and checks the whole file (config, dtype, the name and
+//!   shape of every tensor, no tensor missing or extra) into temporaries before it assigns
+//!   anything, so a failed load leaves the model exactly as it was.
+//! * **Typed errors, no panics**, whatever the bytes: [`Error::Checkpoint`] for a file that is
+//!   not a readable checkpoint (truncated, corrupt, not safetensors, missing metadata),
+//!   [`Error::ConfigMismatch`] for a checkpoint of another model shape,
+//!   [`Error::DtypeMismatch`] for `f64` data loaded as `f32` (or any other dtype),
+//!   [`Error::ParamMismatch`] for a missing, extra or reshaped tensor, [`Error::Io`] when the
+//!   file cannot be read or written.
+//! * **Atomic save.** [`save`] writes a temporary file in the target's directory, syncs it
+//!   and renames it over the target, so an interrupted save never destroys the previous
+//!   checkpoint.
+//!
+//! # Example
+//!
+//! ```
+//! use baregpt::{checkpoint, Gpt, GptConfig, Layer};
+//! use rand::SeedableRng;
+//!
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+//! let model = Gpt::<f32>::new(GptConfig::tiny(12), &mut rng)?;
+//! let dir = std::env::temp_dir().join(format!("baregpt-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let path = dir.join("model.safetensors");
+//!
+//! checkpoint::save(&path, &model, &checkpoint::Extras::default())?;
+//! let (restored, _extras) = checkpoint::load::<f32>(&path)?;
+//! assert_eq!(restored.config(), model.config());
+//!
+//! // A checkpoint of another shape is refused, and the model is left untouched.
+//! let mut other = Gpt::<f32>::new(GptConfig::tiny(13), &mut rng)?;
+//! assert!(checkpoint::load_into(&path, &mut other).is_err());
+//! // f32 data is not silently converted to f64.
+//! assert!(checkpoint::load::<f64>(&path).is_err());
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), baregpt::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, IxDyn};
+use rand::SeedableRng;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::data::CharVocab;
+use crate::{Error, Float, Gpt, GptConfig, Layer, Result};
+
+/// The value of the `format` metadata key of every checkpoint this version writes.
+pub const FORMAT: &str = "baregpt-checkpoint/1";
+
+/// The prefix of optimizer tensors and metadata.
+const OPTIMIZER: &str = "optimizer";
+/// The prefix of free-form metadata.
+const USER: &str = "user.";
+
+/// The state of an optimizer, in a form any optimizer can export to and import from.
+///
+/// Each *slot* is one named tensor per model parameter (Adam has two: `m` and `v`); the
+/// `step` counts the updates done so far and `settings` holds hyper-parameters as strings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OptimizerState<F> {
+    /// What kind of optimizer wrote the state (for example `"adam"`).
+    pub kind: String,
+    /// The number of updates done so far.
+    pub step: u64,
+    /// Slot name (no `.`) → parameter's dotted name → tensor of the parameter's shape.
+    pub slots: BTreeMap<String, BTreeMap<String, ArrayD<F>>>,
+    /// Hyper-parameters and other settings, as strings.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// What a checkpoint holds besides the model's parameters and config.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras<F> {
+    /// The character vocabulary the model's ids refer to.
+    pub vocab: Option<CharVocab>,
+    /// The optimizer state, for resuming training exactly.
+    pub optimizer: Option<OptimizerState<F>>,
+    /// Free-form string metadata (saved under `user.<key>`).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Saves `model` and `extras` to `path`, atomically (temporary file, sync, rename).
+///
+/// # Errors
+/// [`Error::Checkpoint`] when the float type has no safetensors dtype, an optimizer slot name
+/// is empty or contains `.`, or an optimizer tensor does not match a model parameter;
+/// [`Error::Io`] when the file cannot be written. On error the previous file at `path`, if
+/// any, is untouched.
+pub fn save<F: Float>(path: impl AsRef<Path>, model: &Gpt<F>, extras: &Extras<F>) -> Result<()> {
+    let bytes = to_bytes(model, extras)?;
+    write_atomically(path.as_ref(), &bytes)
+}
+
+/// Loads a checkpoint into a new model built from the config it records.
+///
+/// # Errors
+/// As [`load_into`] (except [`Error::ConfigMismatch`]), and [`Error::InvalidConfig`] when the
+/// recorded config is not a valid one.
+pub fn load<F: Float>(path: impl AsRef<Path>) -> Result<(Gpt<F>, Extras<F>)> {
+    from_bytes(&read(path.as_ref())?)
+}
+
+/// Loads a checkpoint into an existing model of the same config; all or nothing.
+///
+/// Parameter gradients are reset to zero.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read; [`Error::Checkpoint`] when it is not a valid
+/// checkpoint; [`Error::ConfigMismatch`] when it was saved from a model of another shape;
+/// [`Error::DtypeMismatch`] when it holds another float type; [`Error::ParamMismatch`] for a
+/// missing, extra or reshaped tensor. On error `model` is unchanged.
+pub fn load_into<F: Float>(path: impl AsRef<Path>, model: &mut Gpt<F>) -> Result<Extras<F>> {
+    load_bytes_into(&read(path.as_ref())?, model)
+}
+
+/// Reads only the config recorded in a checkpoint (the tensors are checked for integrity but
+/// not converted).
+///
+/// # Errors
+/// [`Error::Io`] and [`Error::Checkpoint`] as [`load`].
+pub fn read_config(path: impl AsRef<Path>) -> Result<GptConfig> {
+    let bytes = read(path.as_ref())?;
+    let (_, meta) = parse_file(&bytes)?;
+    config_from(&meta)
+}
+
+/// Serialises `model` and `extras` to the bytes of a checkpoint file.
+///
+/// # Errors
+/// As [`save`], without the I/O.
+pub fn to_bytes<F: Float>(model: &Gpt<F>, extras: &Extras<F>) -> Result<Vec<u8>> {
+    let dtype = dtype_of::<F>()?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut shapes = HashMap::new();
+    model.for_each_param(&mut |name, p| {
+        shapes.insert(name.to_owned(), p.value.shape().to_vec());
+        tensors.push((
+            name.to_owned(),
+            p.value.shape().to_vec(),
+            encode(p.value.iter()),
+        ));
+    });
+    let mut meta = HashMap::new();
+    meta.insert("format".to_owned(), FORMAT.to_owned());
+    meta.insert("dtype".to_owned(), F::NAME.to_owned());
+    for (field, value) in config_fields(model.config()) {
+        meta.insert(format!("config.{field}"), value);
+    }
+    if let Some(vocab) = &extras.vocab {
+        meta.insert("vocab".to_owned(), vocab.to_string());
+    }
+    if let Some(opt) = &extras.optimizer {
+        meta.insert(format!("{OPTIMIZER}.kind"), opt.kind.clone());
+        meta.insert(format!("{OPTIMIZER}.step"), opt.step.to_string());
+        for (key, value) in &opt.settings {
+            meta.insert(format!("{OPTIMIZER}.setting.{key}"), value.clone());
+        }
+        for (slot, params) in &opt.slots {
+            check_slot_name(slot)?;
+            for (name, value) in params {
+                let full = format!("{OPTIMIZER}.{slot}.{name}");
+                match shapes.get(name) {
+                    Some(shape) if shape.as_slice() == value.shape() => {}
+                    _ => {
+                        return Err(Error::Checkpoint(format!(
+                            "optimizer tensor `{full}` of shape {:?} matches no model parameter",
+                            value.shape()
+                        )));
+                    }
+                }
+                tensors.push((full, value.shape().to_vec(), encode(value.iter())));
+            }
+        }
+    }
+    for (key, value) in &extras.metadata {
+        meta.insert(format!("{USER}{key}"), value.clone());
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(dtype, shape.clone(), data)
+                .map(|view| (name.as_str(), view))
+                .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint(e.to_string()))
+}
+
+/// Builds a model from checkpoint bytes (see [`load`]).
+///
+/// # Errors
+/// As [`load`], without the I/O.
+pub fn from_bytes<F: Float>(bytes: &[u8]) -> Result<(Gpt<F>, Extras<F>)> {
+    let parsed = parse::<F>(bytes)?;
+    parsed.config.validate()?;
+    // Refuse before allocating a model that the file's tensors cannot fill (a corrupt config
+    // could otherwise ask for an enormous model).
+    let stored: usize = parsed.params.values().map(ArrayD::len).sum();
+    if checked_param_count(&parsed.config) != Some(stored) {
+        return Err(Error::Checkpoint(format!(
+            "the recorded config needs {} parameters but the file holds {stored}",
+            checked_param_count(&parsed.config).map_or("too many".to_owned(), |n| n.to_string())
+        )));
+    }
+    // The initial values are overwritten; any seed will do.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut model = Gpt::new(parsed.config.clone(), &mut rng)?;
+    let extras = parsed.apply(&mut model)?;
+    Ok((model, extras))
+}
+
+/// Loads checkpoint bytes into `model` (see [`load_into`]).
+///
+/// # Errors
+/// As [`load_into`], without the I/O.
+pub fn load_bytes_into<F: Float>(bytes: &[u8], model: &mut Gpt<F>) -> Result<Extras<F>> {
+    parse::<F>(bytes)?.apply(model)
+}
+
+/// A checkpoint decoded into owned arrays, not yet checked against a model.
+struct Parsed<F> {
+    config: GptConfig,
+    params: BTreeMap<String, ArrayD<F>>,
+    extras: Extras<F>,
+}
+
+impl<F: Float> Parsed<F> {
+    /// Checks everything against `model`, then assigns; nothing is assigned on error.
+    fn apply(self, model: &mut Gpt<F>) -> Result<Extras<F>> {
+        check_config(model.config(), &self.config)?;
+        let mut expected: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        model.for_each_param(&mut |name, p| {
+            expected.insert(name.to_owned(), p.value.shape().to_vec());
+        });
+        for (name, shape) in &expected {
+            match self.params.get(name) {
+                None => return Err(mismatch(name, "missing from the checkpoint".into())),
+                Some(value) if value.shape() != shape.as_slice() => {
+                    return Err(mismatch(
+                        name,
+                        format!(
+                            "shape {:?} in the checkpoint, {shape:?} in the model",
+                            value.shape()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = self.params.keys().find(|k| !expected.contains_key(*k)) {
+            return Err(mismatch(
+                extra,
+                "in the checkpoint but not a model parameter".into(),
+            ));
+        }
+        if let Some(opt) = &self.extras.optimizer {
+            for (slot, tensors) in &opt.slots {
+                for (name, value) in tensors {
+                    if expected.get(name).map(Vec::as_slice) != Some(value.shape()) {
+                        return Err(mismatch(
+                            &format!("{OPTIMIZER}.{slot}.{name}"),
+                            format!(
+                                "optimizer tensor of shape {:?} matches no model parameter",
+                                value.shape()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        // Everything is checked: from here on nothing can fail.
+        let params = self.params;
+        model.for_each_param_mut(&mut |name, mut p| {
+            if let Some(value) = params.get(name) {
+                p.value.assign(value);
+            }
+            p.grad.fill(F::zero());
+        });
+        Ok(self.extras)
+    }
+}
+
+fn mismatch(name: &str, reason: String) -> Error {
+    Error::ParamMismatch {
+        name: name.to_owned(),
+        reason,
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot read checkpoint {}: {e}", path.display()),
+        ))
+    })
+}
+
+/// Parses the safetensors container: its tensors and its metadata.
+fn parse_file(bytes: &[u8]) -> Result<(SafeTensors<'_>, HashMap<String, String>)> {
+    let corrupt = |e: safetensors::SafeTensorError| {
+        Error::Checkpoint(format!("not a readable safetensors file: {e}"))
+    };
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+    let file = SafeTensors::deserialize(bytes).map_err(corrupt)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    match meta.get("format") {
+        Some(format) if format == FORMAT => Ok((file, meta)),
+        Some(format) => Err(Error::Checkpoint(format!(
+            "unsupported format {format:?} (this version reads {FORMAT:?})"
+        ))),
+        None => Err(Error::Checkpoint(
+            "a safetensors file without baregpt metadata (no `format` key)".into(),
+        )),
+    }
+}
+
+/// Decodes a whole checkpoint for the float type `F`.
+fn parse<F: Float>(bytes: &[u8]) -> Result<Parsed<F>> {
+    let dtype = dtype_of::<F>()?;
+    let (file, meta) = parse_file(bytes)?;
+    let config = config_from(&meta)?;
+    let stored_dtype = meta.get("dtype").map(String::as_str).unwrap_or("(none)");
+    if stored_dtype != F::NAME {
+        return Err(Error::DtypeMismatch {
+            name: "(checkpoint)".into(),
+            expected: F::NAME,
+            found: stored_dtype.to_owned(),
+        });
+    }
+    let vocab = match meta.get("vocab") {
+        None => None,
+        Some(chars) => {
+            let vocab = CharVocab::from_chars(chars.chars())
+                .map_err(|e| Error::Checkpoint(format!("bad vocabulary: {e}")))?;
+            if vocab.len() != config.vocab_size {
+                return Err(Error::Checkpoint(format!(
+                    "the vocabulary has {} characters but config.vocab_size is {}",
+                    vocab.len(),
+                    config.vocab_size
+                )));
+            }
+            Some(vocab)
+        }
+    };
+    let mut optimizer = optimizer_from(&meta)?;
+    let mut params = BTreeMap::new();
+    let mut names = file.names();
+    names.sort_unstable();
+    for name in names {
+        let view = file
+            .tensor(name)
+            .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))?;
+        if view.dtype() != dtype {
+            return Err(Error::DtypeMismatch {
+                name: name.to_owned(),
+                expected: F::NAME,
+                found: format!("{:?}", view.dtype()),
+            });
+        }
+        let value = decode::<F>(name, view.shape(), view.data())?;
+        match name
+            .strip_prefix(OPTIMIZER)
+            .and_then(|r| r.strip_prefix('.'))
+        {
+            None => {
+                params.insert(name.to_owned(), value);
+            }
+            Some(rest) => {
+                let (slot, param) = rest.split_once('.').ok_or_else(|| {
+                    Error::Checkpoint(format!("optimizer tensor `{name}` names no parameter"))
+                })?;
+                let opt = optimizer.as_mut().ok_or_else(|| {
+                    Error::Checkpoint(format!(
+                        "optimizer tensor `{name}` but no `{OPTIMIZER}.kind` metadata"
+                    ))
+                })?;
+                opt.slots
+                    .entry(slot.to_owned())
+                    .or_default()
+                    .insert(param.to_owned(), value);
+            }
+        }
+    }
+    let metadata = meta
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(USER)?.to_owned(), v.clone())))
+        .collect();
+    Ok(Parsed {
+        config,
+        params,
+        extras: Extras {
+            vocab,
+            optimizer,
+            metadata,
+        },
+    })
+}
+
+fn optimizer_from<F>(meta: &HashMap<String, String>) -> Result<Option<OptimizerState<F>>> {
+    let Some(kind) = meta.get(&format!("{OPTIMIZER}.kind")) else {
+        return Ok(None);
+    };
+    let step_key = format!("{OPTIMIZER}.step");
+    let step = meta
+        .get(&step_key)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Checkpoint(format!("missing or unreadable `{step_key}`")))?;
+    let prefix = format!("{OPTIMIZER}.setting.");
+    let settings = meta
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_owned(), v.clone())))
+        .collect();
+    Ok(Some(OptimizerState {
+        kind: kind.clone(),
+        step,
+        slots: BTreeMap::new(),
+        settings,
+    }))
+}
+
+/// The config's fields as `(name, value)` strings, in declaration order.
+fn config_fields(c: &GptConfig) -> [(&'static str, String); 7] {
+    [
+        ("vocab_size", c.vocab_size.to_string()),
+        ("d_model", c.d_model.to_string()),
+        ("n_heads", c.n_heads.to_string()),
+        ("n_layers", c.n_layers.to_string()),
+        ("context", c.context.to_string()),
+        ("mlp_hidden", c.mlp_hidden.to_string()),
+        ("final_norm", c.final_norm.to_string()),
+    ]
+}
+
+fn config_from(meta: &HashMap<String, String>) -> Result<GptConfig> {
+    fn field<T: std::str::FromStr>(meta: &HashMap<String, String>, name: &str) -> Result<T> {
+        let key = format!("config.{name}");
+        let raw = meta
+            .get(&key)
+            .ok_or_else(|| Error::Checkpoint(format!("missing metadata `{key}`")))?;
+        raw.parse()
+            .map_err(|_| Error::Checkpoint(format!("unreadable metadata `{key}` = {raw:?}")))
+    }
+    Ok(GptConfig {
+        vocab_size: field(meta, "vocab_size")?,
+        d_model: field(meta, "d_model")?,
+        n_heads: field(meta, "n_heads")?,
+        n_layers: field(meta, "n_layers")?,
+        context: field(meta, "context")?,
+        mlp_hidden: field(meta, "mlp_hidden")?,
+        final_norm: field(meta, "final_norm")?,
+    })
+}
+
+/// The first field in which the checkpoint's config differs from the model's.
+fn check_config(model: &GptConfig, stored: &GptConfig) -> Result<()> {
+    let differing = config_fields(model)
+        .into_iter()
+        .zip(config_fields(stored))
+        .find(|((_, m), (_, s))| m != s);
+    match differing {
+        None => Ok(()),
+        Some(((field, model), (_, checkpoint))) => Err(Error::ConfigMismatch {
+            field,
+            model,
+            checkpoint,
+        }),
+    }
+}
+
+/// [`GptConfig::param_count`] without overflow.
+fn checked_param_count(c: &GptConfig) -> Option<usize> {
+    let (v, d, h) = (c.vocab_size, c.d_model, c.mlp_hidden);
+    let sq = d.checked_mul(d)?;
+    let dh = d.checked_mul(h)?;
+    let block = sq
+        .checked_mul(4)?
+        .checked_add(d.checked_mul(4)?)?
+        .checked_add(dh.checked_mul(2)?)?
+        .checked_add(h)?
+        .checked_add(d)?;
+    v.checked_add(c.context)?
+        .checked_mul(d)?
+        .checked_add(c.n_layers.checked_mul(block)?)?
+        .checked_add(usize::from(c.final_norm).checked_mul(2 * d)?)?
+        .checked_add(d.checked_mul(v)?)?
+        .checked_add(v)
+}
+
+fn check_slot_name(slot: &str) -> Result<()> {
+    if slot.is_empty() || slot.contains('.') {
+        return Err(Error::Checkpoint(format!(
+            "optimizer slot name {slot:?} must be non-empty and contain no `.`"
+        )));
+    }
+    Ok(())
+}
+
+/// The safetensors dtype of `F`.
+fn dtype_of<F: Float>() -> Result<Dtype> {
+    match F::NAME {
+        "f32" => Ok(Dtype::F32),
+        "f64" => Ok(Dtype::F64),
+        other => Err(Error::Checkpoint(format!(
+            "float type {other} has no safetensors dtype"
+        ))),
+    }
+}
+
+/// Little-endian bytes of `values`, in the width of `F`.
+fn encode<'a, F: Float>(values: impl Iterator<Item = &'a F>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for &v in values {
+        if F::NAME == "f32" {
+            // Exact: the value is an f32 widened to f64.
+            bytes.extend_from_slice(&(v.to_f64_exact() as f32).to_le_bytes());
+        } else {
+            bytes.extend_from_slice(&v.to_f64_exact().to_le_bytes());
+        }
+    }
+    bytes
+}
+
+/// Decodes little-endian data of `F`'s width into an array of `shape`.
+fn decode<F: Float>(name: &str, shape: &[usize], data: &[u8]) -> Result<ArrayD<F>> {
+    let width = if F::NAME == "f32" { 4 } else { 8 };
+    let values: Vec<F> = if width == 4 {
+        data.chunks_exact(4)
+            .map(|c| F::of(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))))
+            .collect()
+    } else {
+        data.chunks_exact(8)
+            .map(|c| {
+                F::of(f64::from_le_bytes([
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+                ]))
+            })
+            .collect()
+    };
+    ArrayD::from_shape_vec(IxDyn(shape), values)
+        .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))
+}
+
+/// Writes `bytes` to a temporary sibling of `path`, syncs it, and renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::Checkpoint(format!("{} does not name a file", path.display())))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let written = (|| -> std::io::Result<()> {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    match written {
+        Ok(()) => {
+            // Make the rename itself durable where the platform allows (best effort).
+            if let Ok(dir) = fs::File::open(&dir) {
+                let _ = dir.sync_all();
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot write checkpoint {}: {e}", path.display()),
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_count_agrees_with_param_count() {
+        for config in [
+            GptConfig::tiny(12),
+            GptConfig::baregpt(65),
+            GptConfig {
+                final_norm: false,
+                n_layers: 0,
+                ..GptConfig::tiny(3)
+            },
+        ] {
+            assert_eq!(checked_param_count(&config), Some(config.param_count()));
+        }
+        let huge = GptConfig {
+            d_model: usize::MAX / 2,
+            ..GptConfig::tiny(3)
+        };
+        assert_eq!(checked_param_count(&huge), None);
+    }
+}
