@@ -1,0 +1,495 @@
+//! Checkpoints: bit-identical round trips, a typed error for every kind of bad file (and no
+//! panic for any corruption or truncation), all-or-nothing loading, and atomic saving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use baregpt::checkpoint::{self, Extras, OptimizerState};
+use baregpt::data::CharVocab;
+use baregpt::{Error, Float, Gpt, GptConfig, Layer};
+use ndarray::ArrayD;
+use proptest::prelude::*;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use safetensors::tensor::{Dtype, TensorView};
+
+fn small_config(vocab_size: usize) -> GptConfig {
+    GptConfig {
+        vocab_size,
+        d_model: 8,
+        n_heads: 2,
+        n_layers: 2,
+        context: 6,
+        mlp_hidden: 16,
+        final_norm: true,
+    }
+}
+
+fn model<F: Float>(seed: u64, config: GptConfig) -> Gpt<F> {
+    Gpt::new(config, &mut StdRng::seed_from_u64(seed)).unwrap()
+}
+
+/// Every parameter value as exact bits (f64 holds every f32 exactly).
+fn bits<F: Float>(gpt: &Gpt<F>) -> Vec<(String, Vec<u64>)> {
+    let mut out = Vec::new();
+    gpt.for_each_param(&mut |name, p| {
+        let values = p.value.iter().map(|v| v.to_f64_exact().to_bits()).collect();
+        out.push((name.to_owned(), values));
+    });
+    out
+}
+
+/// A fake optimizer state with one slot tensor per parameter, filled from `seed`.
+fn optimizer_state<F: Float>(gpt: &Gpt<F>, seed: u64) -> OptimizerState<F> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut slots: BTreeMap<String, BTreeMap<String, ArrayD<F>>> = BTreeMap::new();
+    for slot in ["m", "v"] {
+        gpt.for_each_param(&mut |name, p| {
+            let value = p.value.mapv(|_| F::of(rng.random::<f64>() - 0.5));
+            slots
+                .entry(slot.to_owned())
+                .or_default()
+                .insert(name.to_owned(), value);
+        });
+    }
+    OptimizerState {
+        kind: "adam".into(),
+        step: 42,
+        slots,
+        settings: BTreeMap::from([("beta1".into(), "0.9".into())]),
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("baregpt-ckpt-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn round_trip<F: Float>() {
+    let dir = scratch_dir(&format!("round-trip-{}", F::NAME));
+    let path = dir.join("model.safetensors");
+    let saved = model::<F>(1, small_config(5));
+    let extras = Extras {
+        vocab: Some(CharVocab::from_chars("ab\n é".chars()).unwrap()),
+        optimizer: Some(optimizer_state(&saved, 2)),
+        metadata: BTreeMap::from([("task".into(), "addition".into())]),
+    };
+    checkpoint::save(&path, &saved, &extras).unwrap();
+
+    // Into a differently initialised model of the same shape ...
+    let mut into = model::<F>(99, small_config(5));
+    assert_ne!(bits(&into), bits(&saved));
+    let loaded = checkpoint::load_into(&path, &mut into).unwrap();
+    assert_eq!(bits(&into), bits(&saved));
+    assert_eq!(loaded, extras);
+    // ... and into a model built from the file.
+    let (built, loaded) = checkpoint::load::<F>(&path).unwrap();
+    assert_eq!(bits(&built), bits(&saved));
+    assert_eq!(built.config(), saved.config());
+    assert_eq!(loaded, extras);
+    assert_eq!(checkpoint::read_config(&path).unwrap(), *saved.config());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn round_trip_is_bit_identical_f32() {
+    round_trip::<f32>();
+}
+
+#[test]
+fn round_trip_is_bit_identical_f64() {
+    round_trip::<f64>();
+}
+
+#[test]
+fn loaded_model_computes_the_same_loss_and_gradients() {
+    let mut saved = model::<f32>(3, small_config(7));
+    let bytes = checkpoint::to_bytes(&saved, &Extras::default()).unwrap();
+    let (mut loaded, _) = checkpoint::from_bytes::<f32>(&bytes).unwrap();
+    let ids = ndarray::array![[1, 2, 3, 4], [6, 5, 4, 0]];
+    let targets = ndarray::array![[2, 3, 4, 5], [5, 4, 0, 1]];
+    let a = saved.loss(&ids, &targets).unwrap();
+    let b = loaded.loss(&ids, &targets).unwrap();
+    assert_eq!(a.to_bits(), b.to_bits());
+    saved.backward().unwrap();
+    loaded.backward().unwrap();
+    let grads = |g: &Gpt<f32>| {
+        let mut out = Vec::new();
+        g.for_each_param(&mut |_, p| out.extend(p.grad.iter().map(|v| v.to_bits())));
+        out
+    };
+    assert_eq!(grads(&saved), grads(&loaded));
+}
+
+#[test]
+fn a_checkpoint_without_extras_has_none() {
+    let saved = model::<f64>(4, small_config(3));
+    let bytes = checkpoint::to_bytes(&saved, &Extras::default()).unwrap();
+    let (_, extras) = checkpoint::from_bytes::<f64>(&bytes).unwrap();
+    assert_eq!(extras, Extras::default());
+}
+
+/// Builds a checkpoint file by hand from tensors and metadata (to make bad ones).
+fn craft(
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+) -> Vec<u8> {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+/// The tensors and metadata of a good f32 checkpoint, decomposed for editing.
+fn parts(
+    gpt: &Gpt<f32>,
+) -> (
+    Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    HashMap<String, String>,
+) {
+    let bytes = checkpoint::to_bytes(gpt, &Extras::default()).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let tensors = file
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| (name, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    (tensors, header.metadata().clone().unwrap())
+}
+
+/// Loads `bytes` into a fresh model and checks the error and that the model is untouched.
+fn refused(bytes: &[u8]) -> Error {
+    let mut target = model::<f32>(77, small_config(5));
+    let before = bits(&target);
+    let err = checkpoint::load_bytes_into(bytes, &mut target).unwrap_err();
+    assert_eq!(
+        bits(&target),
+        before,
+        "a failed load changed the model ({err})"
+    );
+    err
+}
+
+#[test]
+fn mismatched_config_is_a_config_error() {
+    let other = model::<f32>(
+        5,
+        GptConfig {
+            d_model: 12,
+            n_heads: 3,
+            ..small_config(5)
+        },
+    );
+    let err = refused(&checkpoint::to_bytes(&other, &Extras::default()).unwrap());
+    assert!(
+        matches!(&err, Error::ConfigMismatch { field: "d_model", model, checkpoint }
+            if model == "8" && checkpoint == "12"),
+        "{err}"
+    );
+    let other = model::<f32>(5, small_config(6));
+    let err = refused(&checkpoint::to_bytes(&other, &Extras::default()).unwrap());
+    assert!(
+        matches!(
+            err,
+            Error::ConfigMismatch {
+                field: "vocab_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_extra_and_reshaped_tensors_are_param_errors() {
+    let good = model::<f32>(6, small_config(5));
+    let (tensors, meta) = parts(&good);
+
+    let without: Vec<_> = tensors
+        .iter()
+        .filter(|t| t.0 != "blocks.1.attn.w_v")
+        .cloned()
+        .collect();
+    let err = refused(&craft(&without, meta.clone()));
+    assert!(
+        matches!(&err, Error::ParamMismatch { name, .. } if name == "blocks.1.attn.w_v"),
+        "{err}"
+    );
+
+    let mut with_extra = tensors.clone();
+    with_extra.push(("blocks.9.attn.w_q".into(), Dtype::F32, vec![2], vec![0; 8]));
+    let err = refused(&craft(&with_extra, meta.clone()));
+    assert!(
+        matches!(&err, Error::ParamMismatch { name, .. } if name == "blocks.9.attn.w_q"),
+        "{err}"
+    );
+
+    let reshaped: Vec<_> = tensors
+        .iter()
+        .map(|t| {
+            if t.0 == "head.w" {
+                // (8, 5) stored as (5, 8): same bytes, wrong shape.
+                (t.0.clone(), t.1, vec![5, 8], t.3.clone())
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let err = refused(&craft(&reshaped, meta.clone()));
+    assert!(
+        matches!(&err, Error::ParamMismatch { name, .. } if name == "head.w"),
+        "{err}"
+    );
+
+    // An optimizer tensor for a parameter that does not exist.
+    let mut meta_opt = meta.clone();
+    meta_opt.insert("optimizer.kind".into(), "adam".into());
+    meta_opt.insert("optimizer.step".into(), "3".into());
+    let mut with_opt = tensors.clone();
+    with_opt.push((
+        "optimizer.m.nothing".into(),
+        Dtype::F32,
+        vec![1],
+        vec![0; 4],
+    ));
+    let err = refused(&craft(&with_opt, meta_opt));
+    assert!(
+        matches!(&err, Error::ParamMismatch { name, .. } if name == "optimizer.m.nothing"),
+        "{err}"
+    );
+    // An optimizer tensor without optimizer metadata.
+    let err = refused(&craft(&with_opt, meta));
+    assert!(matches!(err, Error::Checkpoint(_)), "{err}");
+}
+
+#[test]
+fn wrong_dtype_is_a_dtype_error() {
+    // A whole f64 checkpoint loaded as f32 ...
+    let f64_model = model::<f64>(7, small_config(5));
+    let err = refused(&checkpoint::to_bytes(&f64_model, &Extras::default()).unwrap());
+    assert!(
+        matches!(
+            err,
+            Error::DtypeMismatch {
+                expected: "f32",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // ... and one f16 tensor inside an f32 checkpoint.
+    let (tensors, meta) = parts(&model::<f32>(7, small_config(5)));
+    let half: Vec<_> = tensors
+        .iter()
+        .map(|t| {
+            if t.0 == "ln_f.gamma" {
+                (
+                    t.0.clone(),
+                    Dtype::F16,
+                    t.2.clone(),
+                    t.3[..t.3.len() / 2].to_vec(),
+                )
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let err = refused(&craft(&half, meta));
+    assert!(
+        matches!(&err, Error::DtypeMismatch { name, expected: "f32", found } if name == "ln_f.gamma" && found == "F16"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_files_are_checkpoint_errors() {
+    let good = checkpoint::to_bytes(&model::<f32>(8, small_config(5)), &Extras::default()).unwrap();
+    // Truncated anywhere: in the length prefix, the header, or the data.
+    for cut in [0, 3, 8, 20, good.len() / 2, good.len() - 1] {
+        let err = refused(&good[..cut]);
+        assert!(matches!(err, Error::Checkpoint(_)), "cut at {cut}: {err}");
+    }
+    // Not a safetensors file at all.
+    let err = refused(b"this is not a checkpoint, just some text....");
+    assert!(matches!(err, Error::Checkpoint(_)), "{err}");
+    // A corrupt header.
+    let mut corrupt = good.clone();
+    corrupt[8] = b'X';
+    assert!(matches!(refused(&corrupt), Error::Checkpoint(_)));
+    // A valid safetensors file without our metadata.
+    let (tensors, meta) = parts(&model::<f32>(8, small_config(5)));
+    let err = refused(&craft(&tensors, HashMap::new()));
+    assert!(
+        matches!(&err, Error::Checkpoint(m) if m.contains("format")),
+        "{err}"
+    );
+    // Missing or unreadable config fields.
+    let mut no_layers = meta.clone();
+    no_layers.remove("config.n_layers");
+    let err = refused(&craft(&tensors, no_layers));
+    assert!(
+        matches!(&err, Error::Checkpoint(m) if m.contains("config.n_layers")),
+        "{err}"
+    );
+    let mut bad_value = meta.clone();
+    bad_value.insert("config.final_norm".into(), "maybe".into());
+    assert!(matches!(
+        refused(&craft(&tensors, bad_value)),
+        Error::Checkpoint(_)
+    ));
+    // A vocabulary that disagrees with the config.
+    let mut bad_vocab = meta.clone();
+    bad_vocab.insert("vocab".into(), "abc".into());
+    assert!(matches!(
+        refused(&craft(&tensors, bad_vocab)),
+        Error::Checkpoint(_)
+    ));
+    // Another format version.
+    let mut future = meta;
+    future.insert("format".into(), "baregpt-checkpoint/99".into());
+    assert!(matches!(
+        refused(&craft(&tensors, future)),
+        Error::Checkpoint(_)
+    ));
+}
+
+#[test]
+fn a_corrupt_config_cannot_make_load_allocate_a_huge_model() {
+    let (tensors, mut meta) = parts(&model::<f32>(9, small_config(5)));
+    meta.insert("config.vocab_size".into(), "100000000000".into());
+    let err = checkpoint::from_bytes::<f32>(&craft(&tensors, meta)).unwrap_err();
+    assert!(matches!(err, Error::Checkpoint(_)), "{err}");
+}
+
+#[test]
+fn missing_file_is_an_io_error() {
+    let err = checkpoint::load::<f32>("/nonexistent/dir/model.safetensors").unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/dir/model.safetensors")
+    );
+}
+
+#[test]
+fn save_replaces_the_file_atomically() {
+    let dir = scratch_dir("atomic");
+    let path = dir.join("ckpt.safetensors");
+    let old = model::<f32>(10, small_config(5));
+    checkpoint::save(&path, &old, &Extras::default()).unwrap();
+    let old_bytes = std::fs::read(&path).unwrap();
+
+    // A hard link keeps the old inode: if save truncated and rewrote the file in place, the
+    // link would see the new bytes. With write-then-rename it still sees the old ones.
+    let link = dir.join("link.safetensors");
+    std::fs::hard_link(&path, &link).unwrap();
+    let new = model::<f32>(11, small_config(5));
+    checkpoint::save(&path, &new, &Extras::default()).unwrap();
+    assert_eq!(std::fs::read(&link).unwrap(), old_bytes);
+    let (loaded, _) = checkpoint::load::<f32>(&path).unwrap();
+    assert_eq!(bits(&loaded), bits(&new));
+
+    // A save that fails leaves the previous checkpoint loadable and no temporary file behind.
+    let mut bad = Extras::default();
+    let mut state = optimizer_state(&new, 1);
+    let slot = state.slots.remove("m").unwrap();
+    state.slots.insert("bad.slot".into(), slot);
+    bad.optimizer = Some(state);
+    assert!(matches!(
+        checkpoint::save(&path, &old, &bad),
+        Err(Error::Checkpoint(_))
+    ));
+    let (loaded, _) = checkpoint::load::<f32>(&path).unwrap();
+    assert_eq!(bits(&loaded), bits(&new));
+    // A save into a directory that does not exist is an I/O error.
+    let err = checkpoint::save(
+        dir.join("no/such/dir/x.safetensors"),
+        &old,
+        &Extras::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err}");
+
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ckpt.safetensors", "link.safetensors"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn optimizer_tensors_must_match_parameters_when_saving() {
+    let gpt = model::<f32>(12, small_config(5));
+    let mut state = optimizer_state(&gpt, 3);
+    state
+        .slots
+        .get_mut("m")
+        .unwrap()
+        .insert("head.w".into(), ArrayD::zeros(vec![2, 2]));
+    let extras = Extras {
+        optimizer: Some(state),
+        ..Extras::default()
+    };
+    assert!(matches!(
+        checkpoint::to_bytes(&gpt, &extras),
+        Err(Error::Checkpoint(_))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Overwriting random bytes never panics; a refused load leaves the model unchanged, and
+    /// building a model from the bytes never panics either.
+    #[test]
+    fn random_corruption_never_panics(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let good = model::<f32>(13, small_config(5));
+        let mut bytes = checkpoint::to_bytes(&good, &Extras {
+            vocab: Some(CharVocab::from_chars("abcde".chars()).unwrap()),
+            optimizer: Some(optimizer_state(&good, 4)),
+            metadata: BTreeMap::new(),
+        }).unwrap();
+        for (index, byte) in &edits {
+            let i = index.index(bytes.len());
+            bytes[i] = *byte;
+        }
+        let mut target = model::<f32>(14, small_config(5));
+        let before = bits(&target);
+        if checkpoint::load_bytes_into(&bytes, &mut target).is_err() {
+            prop_assert_eq!(bits(&target), before);
+        }
+        let _ = checkpoint::from_bytes::<f32>(&bytes);
+    }
+
+    /// Every truncation is refused with a typed error, and the model is unchanged.
+    #[test]
+    fn truncation_is_always_refused(cut in any::<prop::sample::Index>()) {
+        let good = model::<f32>(15, small_config(5));
+        let bytes = checkpoint::to_bytes(&good, &Extras::default()).unwrap();
+        let cut = cut.index(bytes.len());
+        let mut target = model::<f32>(16, small_config(5));
+        let before = bits(&target);
+        let err = checkpoint::load_bytes_into(&bytes[..cut], &mut target).unwrap_err();
+        prop_assert!(matches!(err, Error::Checkpoint(_)), "{}", err);
+        prop_assert_eq!(bits(&target), before);
+        prop_assert!(checkpoint::from_bytes::<f32>(&bytes[..cut]).is_err());
+    }
+
+    /// Random bytes (a file that was never a checkpoint) are refused without a panic.
+    #[test]
+    fn random_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        prop_assert!(checkpoint::from_bytes::<f64>(&bytes).is_err());
+    }
+}
