@@ -602,12 +602,17 @@ fn update<F: Float>(
     }
 }
 
+/// The read-only callback of a [`ParamSet`]: `(name, value, grad)`.
+type ReadFn<'f, F> = dyn FnMut(&str, ArrayViewD<'_, F>, ArrayViewD<'_, F>) + 'f;
+/// The mutable callback of a [`ParamSet`]: `(name, value, grad)`.
+type WriteFn<'f, F> = dyn FnMut(&str, ArrayViewMutD<'_, F>, ArrayViewD<'_, F>) + 'f;
+
 /// Something holding named `(value, grad)` pairs that can be read and then written.
 trait ParamSet<F> {
     /// Calls `f(name, value, grad)` for every parameter.
-    fn read(&self, f: &mut dyn FnMut(&str, ArrayViewD<'_, F>, ArrayViewD<'_, F>));
+    fn read(&self, f: &mut ReadFn<'_, F>);
     /// Calls `f(name, value, grad)` for every parameter, with the value mutable.
-    fn write(&mut self, f: &mut dyn FnMut(&str, ArrayViewMutD<'_, F>, ArrayViewD<'_, F>));
+    fn write(&mut self, f: &mut WriteFn<'_, F>);
 }
 
 /// A model's parameters through the visitor.
@@ -619,12 +624,12 @@ where
     X: LayerInput<F>,
     L: Layer<F, X> + ?Sized,
 {
-    fn read(&self, f: &mut dyn FnMut(&str, ArrayViewD<'_, F>, ArrayViewD<'_, F>)) {
+    fn read(&self, f: &mut ReadFn<'_, F>) {
         self.0
             .for_each_param(&mut |name, p| f(name, p.value, p.grad));
     }
 
-    fn write(&mut self, f: &mut dyn FnMut(&str, ArrayViewMutD<'_, F>, ArrayViewD<'_, F>)) {
+    fn write(&mut self, f: &mut WriteFn<'_, F>) {
         self.0
             .for_each_param_mut(&mut |name, p| f(name, p.value, p.grad.view()));
     }
@@ -634,17 +639,17 @@ where
 struct SliceParams<'a, 'b, 'c, F>(&'a mut [(&'b mut [F], &'c [F])]);
 
 impl<F: Float> ParamSet<F> for SliceParams<'_, '_, '_, F> {
-    fn read(&self, f: &mut dyn FnMut(&str, ArrayViewD<'_, F>, ArrayViewD<'_, F>)) {
+    fn read(&self, f: &mut ReadFn<'_, F>) {
         for (i, (value, grad)) in self.0.iter().enumerate() {
             f(
                 &i.to_string(),
-                aview1(&**value).into_dyn(),
+                aview1(value).into_dyn(),
                 aview1(grad).into_dyn(),
             );
         }
     }
 
-    fn write(&mut self, f: &mut dyn FnMut(&str, ArrayViewMutD<'_, F>, ArrayViewD<'_, F>)) {
+    fn write(&mut self, f: &mut WriteFn<'_, F>) {
         for (i, (value, grad)) in self.0.iter_mut().enumerate() {
             f(
                 &i.to_string(),
@@ -659,5 +664,448 @@ fn invalid(reason: String) -> Error {
     Error::InvalidConfig {
         layer: LAYER,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array3, ArrayD, Dimension, IxDyn, array};
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::optim::DecayFilter;
+    use crate::param::{Param, ParamPath, ParamVisitor, ParamVisitorMut};
+    use crate::{Gpt, GptConfig};
+
+    /// A model that is only named parameters, whose set and shapes a test can change.
+    #[derive(Clone, Debug)]
+    struct Params(Vec<(String, Param<f64, IxDyn>)>);
+
+    impl Params {
+        fn new(specs: &[(&str, &[usize])]) -> Self {
+            Self(
+                specs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (name, shape))| {
+                        let value = ArrayD::from_shape_fn(IxDyn(shape), |ix| {
+                            (k as f64 + ix.slice().iter().sum::<usize>() as f64 * 0.3).sin()
+                        });
+                        ((*name).to_owned(), Param::new(value))
+                    })
+                    .collect(),
+            )
+        }
+
+        fn set_grads(&mut self, seed: f64) {
+            for (k, (_, p)) in self.0.iter_mut().enumerate() {
+                let mut i = 0.0;
+                p.grad.mapv_inplace(|_| {
+                    i += 1.0;
+                    (seed + 0.7 * i + k as f64).cos()
+                });
+            }
+        }
+
+        fn values(&self) -> Vec<ArrayD<f64>> {
+            self.0.iter().map(|(_, p)| p.value.clone()).collect()
+        }
+
+        fn grads(&self) -> Vec<ArrayD<f64>> {
+            self.0.iter().map(|(_, p)| p.grad.clone()).collect()
+        }
+    }
+
+    impl Layer<f64> for Params {
+        fn kind(&self) -> &'static str {
+            "Params"
+        }
+
+        fn forward(&mut self, x: &Array3<f64>) -> Result<Array3<f64>> {
+            Ok(x.clone())
+        }
+
+        fn backward(&mut self, dy: &Array3<f64>) -> Result<Array3<f64>> {
+            Ok(dy.clone())
+        }
+
+        fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, f64>) {
+            for (name, p) in &self.0 {
+                p.visit(name, path, f);
+            }
+        }
+
+        fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, f64>) {
+            for (name, p) in &mut self.0 {
+                p.visit_mut(name, path, f);
+            }
+        }
+    }
+
+    fn two_params() -> Params {
+        Params::new(&[("layer.w", &[2, 3]), ("layer.b", &[3])])
+    }
+
+    /// Takes two good steps, then returns the model and optimizer.
+    fn stepped(config: AdamConfig) -> (Params, Adam<f64>) {
+        let mut model = two_params();
+        let mut adam = Adam::new(config).unwrap();
+        for s in 0..2 {
+            model.set_grads(s as f64);
+            adam.step(&mut model).unwrap();
+        }
+        (model, adam)
+    }
+
+    /// Asserts that a failed step changed nothing.
+    fn assert_untouched(before: &(Params, Adam<f64>), after: &(Params, Adam<f64>)) {
+        // Bitwise, so that a NaN gradient compares equal to itself.
+        let bits = |arrays: Vec<ArrayD<f64>>| -> Vec<Vec<u64>> {
+            arrays
+                .iter()
+                .map(|a| a.iter().map(|x| x.to_bits()).collect())
+                .collect()
+        };
+        assert_eq!(bits(before.0.values()), bits(after.0.values()));
+        assert_eq!(bits(before.0.grads()), bits(after.0.grads()));
+        assert_eq!(before.1.state(), after.1.state());
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected() {
+        let bad = [
+            AdamConfig::adam(-1.0),
+            AdamConfig::adam(f64::NAN),
+            AdamConfig {
+                beta1: 1.0,
+                ..AdamConfig::default()
+            },
+            AdamConfig {
+                beta2: -0.1,
+                ..AdamConfig::default()
+            },
+            AdamConfig {
+                eps: f64::INFINITY,
+                ..AdamConfig::default()
+            },
+            AdamConfig::adamw(1e-3, -0.1),
+            AdamConfig {
+                max_grad_norm: Some(0.0),
+                ..AdamConfig::default()
+            },
+        ];
+        for config in bad {
+            let err = Adam::<f32>::new(config.clone()).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidConfig { .. }),
+                "{config:?}: {err}"
+            );
+        }
+        let mut adam = Adam::<f32>::new(AdamConfig::default()).unwrap();
+        assert!(adam.set_lr(-1.0).is_err());
+        assert_eq!(adam.config().lr, 1e-3);
+        adam.set_lr(0.5).unwrap();
+        assert_eq!(adam.next_lr(), 0.5);
+    }
+
+    #[test]
+    fn defaults_are_pytorchs() {
+        let c = AdamConfig::default();
+        assert_eq!((c.lr, c.beta1, c.beta2, c.eps), (1e-3, 0.9, 0.999, 1e-8));
+        assert_eq!(
+            (c.weight_decay, c.decoupled_weight_decay, c.amsgrad),
+            (0.0, false, false)
+        );
+        let w = AdamConfig::adamw(1e-3, 1e-2);
+        assert!(w.decoupled_weight_decay && w.weight_decay == 1e-2);
+    }
+
+    #[test]
+    fn non_finite_gradient_is_an_error_and_changes_nothing() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut run = stepped(AdamConfig::adam(0.1));
+            run.0.set_grads(5.0);
+            run.0.0[1].1.grad[[2]] = bad;
+            let before = (run.0.clone(), run.1.clone());
+            let err = run.1.step(&mut run.0).unwrap_err();
+            assert!(
+                matches!(&err, Error::NonFiniteGradient { name } if name == "layer.b"),
+                "{err}"
+            );
+            assert_untouched(&before, &run);
+            assert_eq!(run.1.step_count(), 2);
+        }
+    }
+
+    #[test]
+    fn shape_change_is_an_error_not_a_reset() {
+        let mut run = stepped(AdamConfig::adam(0.1));
+        run.0.0[1].1 = Param::new(ArrayD::zeros(IxDyn(&[4])));
+        run.0.set_grads(1.0);
+        let before = (run.0.clone(), run.1.clone());
+        let err = run.1.step(&mut run.0).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, Error::ParamMismatch { name, .. } if name == "layer.b"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("shape changed from [3]") && msg.contains("[4]"),
+            "{msg}"
+        );
+        // `layer.w` was fine and visited first, yet it must not have moved.
+        assert_untouched(&before, &run);
+    }
+
+    #[test]
+    fn parameter_without_state_and_state_without_parameter_are_errors() {
+        let mut run = stepped(AdamConfig::adam(0.1));
+        run.0
+            .0
+            .push(("layer.extra".into(), Param::new(ArrayD::zeros(IxDyn(&[2])))));
+        let before = (run.0.clone(), run.1.clone());
+        let err = run.1.step(&mut run.0).unwrap_err();
+        assert!(err.to_string().contains("no optimizer state"), "{err}");
+        assert_untouched(&before, &run);
+
+        let mut run = stepped(AdamConfig::adam(0.1));
+        run.0.0.remove(0);
+        let err = run.1.step(&mut run.0).unwrap_err();
+        assert!(
+            matches!(&err, Error::ParamMismatch { name, .. } if name == "layer.w"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("not among the parameters"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_an_error() {
+        let mut model = Params::new(&[("x", &[2]), ("x", &[2])]);
+        model.set_grads(0.0);
+        let before = model.values();
+        let mut adam = Adam::new(AdamConfig::default()).unwrap();
+        let err = adam.step(&mut model).unwrap_err();
+        assert!(
+            err.to_string().contains("two parameters have this name"),
+            "{err}"
+        );
+        assert_eq!(model.values(), before);
+        assert_eq!(adam.step_count(), 0);
+        assert!(adam.state().params.is_empty());
+    }
+
+    #[test]
+    fn slice_gradient_of_the_wrong_length_is_a_shape_error() {
+        let mut adam = Adam::<f32>::new(AdamConfig::default()).unwrap();
+        let mut w = vec![1.0f32; 3];
+        let g = [0.5f32; 2];
+        let err = adam.step_slices(&mut [(&mut w[..], &g[..])]).unwrap_err();
+        assert_eq!(err.to_string(), "Adam: grad has shape [2], expected [3]");
+        assert_eq!(w, [1.0; 3]);
+    }
+
+    #[test]
+    fn load_state_rejects_inconsistent_state() {
+        let (_, adam) = stepped(AdamConfig {
+            amsgrad: true,
+            ..AdamConfig::adam(0.1)
+        });
+        let good = adam.export_state();
+        let mut plain = Adam::<f64>::new(AdamConfig::adam(0.1)).unwrap();
+        assert!(
+            plain.load_state(good.clone()).is_err(),
+            "v_max without amsgrad"
+        );
+        let mut target = Adam::<f64>::new(AdamConfig {
+            amsgrad: true,
+            ..AdamConfig::adam(0.1)
+        })
+        .unwrap();
+
+        let mut no_step = good.clone();
+        no_step.step = 0;
+        let mut negative = good.clone();
+        negative.params.get_mut("layer.b").unwrap().v[[0]] = -1.0;
+        let mut reshaped = good.clone();
+        reshaped.params.get_mut("layer.b").unwrap().v = ArrayD::zeros(IxDyn(&[4]));
+        let mut nan = good.clone();
+        nan.params.get_mut("layer.w").unwrap().m[[0, 0]] = f64::NAN;
+        let mut missing_v_max = good.clone();
+        missing_v_max.params.get_mut("layer.w").unwrap().v_max = None;
+        for bad in [no_step, negative, reshaped, nan, missing_v_max] {
+            assert!(target.load_state(bad).is_err());
+            assert_eq!(target.step_count(), 0);
+        }
+        target.load_state(good.clone()).unwrap();
+        assert_eq!(target.state(), &good);
+    }
+
+    #[test]
+    fn a_parameter_that_never_gets_a_gradient_is_reported() {
+        let mut adam = Adam::<f32>::new(AdamConfig::adam(0.01)).unwrap();
+        assert!(adam.check_all_trained().is_ok()); // nothing known yet
+        let (mut a, mut b) = (vec![1.0f32, 2.0], vec![3.0f32]);
+        for s in 0..3 {
+            let ga = [0.1 * s as f32 + 0.1, -0.2];
+            let gb = [0.0f32];
+            adam.step_slices(&mut [(&mut a[..], &ga[..]), (&mut b[..], &gb[..])])
+                .unwrap();
+        }
+        assert_eq!(adam.untrained_params(), ["1"]);
+        let err = adam.check_all_trained().unwrap_err();
+        assert!(err.to_string().contains("all 3 optimizer steps"), "{err}");
+        assert_eq!(b, [3.0]);
+    }
+
+    #[test]
+    fn every_gpt_parameter_is_trained_including_layer_norm() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let config = GptConfig {
+            vocab_size: 7,
+            d_model: 8,
+            n_heads: 2,
+            n_layers: 2,
+            context: 5,
+            mlp_hidden: 16,
+            final_norm: true,
+        };
+        let mut gpt = Gpt::<f64>::new(config, &mut rng).unwrap();
+        let mut adam = Adam::new(AdamConfig::adam(1e-2)).unwrap();
+        let before: Vec<ArrayD<f64>> = {
+            let mut v = Vec::new();
+            gpt.for_each_param(&mut |_, p| v.push(p.value.to_owned()));
+            v
+        };
+        for _ in 0..2 {
+            gpt.zero_grad();
+            gpt.loss(&array![[1, 2, 3, 4]], &array![[2, 3, 4, 5]])
+                .unwrap();
+            gpt.backward().unwrap();
+            adam.step(&mut gpt).unwrap();
+        }
+        adam.check_all_trained().unwrap();
+        assert_eq!(adam.state().params.len(), gpt.param_names().len());
+        let mut i = 0;
+        gpt.for_each_param(&mut |name, p| {
+            assert_ne!(p.value, before[i].view(), "{name} did not move");
+            i += 1;
+        });
+    }
+
+    #[test]
+    fn adamw_decays_only_what_the_filter_selects() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let config = GptConfig {
+            vocab_size: 5,
+            d_model: 4,
+            n_heads: 1,
+            n_layers: 1,
+            context: 3,
+            mlp_hidden: 8,
+            final_norm: true,
+        };
+        let mut gpt = Gpt::<f64>::new(config, &mut rng).unwrap();
+        let mut before = Vec::new();
+        gpt.for_each_param(&mut |name, p| before.push((name.to_owned(), p.value.to_owned())));
+        let (lr, wd) = (0.1, 0.5);
+        let mut adam = Adam::new(AdamConfig::adamw(lr, wd))
+            .unwrap()
+            .with_decay_filter(DecayFilter::usual());
+        // Zero gradients: the Adam part of the update is exactly 0, only decay remains.
+        let info = adam.step(&mut gpt).unwrap();
+        assert_eq!((info.grad_norm, info.clipped), (0.0, false));
+        let mut i = 0;
+        gpt.for_each_param(&mut |name, p| {
+            let (_, old) = &before[i];
+            i += 1;
+            let expect = if crate::optim::is_usually_excluded(name) {
+                old.clone()
+            } else {
+                old.mapv(|x| x * (1.0 - lr * wd))
+            };
+            assert_eq!(p.value, expect.view(), "{name}");
+        });
+        assert_eq!(i, before.len());
+    }
+
+    #[test]
+    fn l2_weight_decay_moves_parameters_even_with_zero_gradients() {
+        let mut adam = Adam::<f64>::new(AdamConfig {
+            weight_decay: 0.1,
+            ..AdamConfig::adam(0.01)
+        })
+        .unwrap();
+        let mut w = vec![2.0, -3.0, 0.0];
+        adam.step_slices(&mut [(&mut w[..], &[0.0; 3][..])])
+            .unwrap();
+        // g = λ·p, so the first step moves by −lr·sign(p) (and 0 stays 0).
+        assert!(
+            (w[0] - 1.99).abs() < 1e-9 && (w[1] + 2.99).abs() < 1e-9,
+            "{w:?}"
+        );
+        assert_eq!(w[2], 0.0);
+    }
+
+    #[test]
+    fn clipping_inside_adam_leaves_stored_gradients_alone() {
+        let mut model = two_params();
+        model.set_grads(0.0);
+        let grads = model.grads();
+        let norm: f64 = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
+        let mut adam = Adam::new(AdamConfig {
+            max_grad_norm: Some(norm / 2.0),
+            ..AdamConfig::adam(0.1)
+        })
+        .unwrap();
+        let info = adam.step(&mut model).unwrap();
+        assert!(info.clipped);
+        assert!((info.grad_norm - norm).abs() < 1e-12);
+        assert_eq!(model.grads(), grads);
+        // Adam's first step is scale-invariant: clipping changes the update only through eps.
+        let mut unclipped = two_params();
+        unclipped.set_grads(0.0);
+        Adam::new(AdamConfig::adam(0.1))
+            .unwrap()
+            .step(&mut unclipped)
+            .unwrap();
+        for (a, b) in model.values().iter().zip(unclipped.values()) {
+            assert!((a - &b).iter().all(|d| d.abs() < 1e-6));
+        }
+    }
+
+    #[test]
+    fn schedule_drives_the_learning_rate_and_reset_restarts_it() {
+        let mut adam = Adam::<f64>::new(AdamConfig {
+            schedule: LrSchedule::linear_warmup(4).unwrap(),
+            ..AdamConfig::adam(0.4)
+        })
+        .unwrap();
+        let mut w = [1.0];
+        let mut lrs = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(
+                adam.next_lr(),
+                0.4 * LrSchedule::linear_warmup(4)
+                    .unwrap()
+                    .factor(adam.step_count() + 1)
+            );
+            lrs.push(
+                adam.step_slices(&mut [(&mut w[..], &[1.0][..])])
+                    .unwrap()
+                    .lr,
+            );
+        }
+        assert_eq!(lrs, [0.1, 0.2, 0.30000000000000004, 0.4, 0.4]);
+        adam.reset();
+        assert_eq!((adam.step_count(), adam.next_lr()), (0, 0.1));
+        assert!(adam.state().params.is_empty());
+        let debug = format!("{adam:?}");
+        assert!(
+            debug.contains("step: 0") && debug.contains("DecayFilter::all()"),
+            "{debug}"
+        );
     }
 }

@@ -231,7 +231,7 @@ mod tests {
             "{err}"
         );
         assert_eq!(a, [10.0, 2.0]);
-        let mut c = vec![f64::NEG_INFINITY];
+        let mut c = [f64::NEG_INFINITY];
         assert!(clip_grad_norm_slices(&mut [&mut a[..], &mut c[..]], 1.0).is_err());
         assert_eq!(a, [10.0, 2.0]);
     }
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn bad_thresholds_are_errors() {
-        let mut a = vec![1.0f64];
+        let mut a = [1.0f64];
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(
                 clip_grad_norm_slices(&mut [&mut a[..]], bad).is_err(),
