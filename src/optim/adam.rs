@@ -354,7 +354,8 @@ impl<F: Float> Adam<F> {
 
     /// One update of every parameter of `model`, reached through
     /// [`Layer::for_each_param_mut`] under its dotted name. Gradients are read, not reset:
-    /// call [`Layer::zero_grad`] before the next backward.
+    /// call [`Layer::zero_grad`] before the next backward. For a `Box<dyn Layer<F>>` pass
+    /// `boxed.as_mut()`.
     ///
     /// # Errors
     /// [`Error::NonFiniteGradient`] for a NaN or infinite gradient; [`Error::ParamMismatch`]
@@ -1074,6 +1075,44 @@ mod tests {
         for (a, b) in model.values().iter().zip(unclipped.values()) {
             assert!((a - &b).iter().all(|d| d.abs() < 1e-6));
         }
+    }
+
+    #[test]
+    fn boxed_layers_step_through_as_mut() {
+        use crate::layers::{Linear, Sequential};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut model: Box<dyn Layer<f64>> = Box::new(
+            Sequential::new()
+                .push(Linear::new(3, 4, true, &mut rng))
+                .push(Linear::new(4, 2, false, &mut rng)),
+        );
+        let x = Array3::from_shape_fn((2, 3, 3), |(b, t, c)| (b + t + c) as f64 * 0.1);
+        model.forward(&x).unwrap();
+        model.backward(&Array3::ones((2, 3, 2))).unwrap();
+        let mut adam = Adam::new(AdamConfig::adam(0.01)).unwrap();
+        let info = adam.step(model.as_mut()).unwrap();
+        assert!(info.grad_norm > 0.0);
+        let names: Vec<&String> = adam.state().params.keys().collect();
+        assert_eq!(names.len(), model.param_names().len());
+    }
+
+    #[test]
+    fn huge_but_finite_f64_gradients_are_stepped() {
+        let mut adam = Adam::<f64>::new(AdamConfig {
+            max_grad_norm: Some(1.0),
+            ..AdamConfig::adam(0.01)
+        })
+        .unwrap();
+        let mut w = [0.0, 0.0];
+        let info = adam
+            .step_slices(&mut [(&mut w[..], &[3e200, -4e200][..])])
+            .unwrap();
+        assert!((info.grad_norm / 5e200 - 1.0).abs() < 1e-15, "{info:?}");
+        assert!(info.clipped);
+        assert!(
+            (w[0] + 0.01).abs() < 1e-9 && (w[1] - 0.01).abs() < 1e-9,
+            "{w:?}"
+        );
     }
 
     #[test]
