@@ -55,9 +55,8 @@ where
 {
     let mut out = Vec::new();
     layer.for_each_param(&mut |name, p| {
-        let bits = |a: &ndarray::ArrayViewD<'_, F>| {
-            a.iter().map(|v| v.to_f64_exact().to_bits()).collect()
-        };
+        let bits =
+            |a: &ndarray::ArrayViewD<'_, F>| a.iter().map(|v| v.to_f64_exact().to_bits()).collect();
         out.push((name.to_owned(), bits(&p.value), bits(&p.grad)));
     });
     out
@@ -71,7 +70,9 @@ where
     L: Layer<F, X> + ?Sized,
 {
     let mut out = Vec::new();
-    layer.for_each_param(&mut |name, p| out.push((name.to_owned(), p.grad.iter().copied().collect())));
+    layer.for_each_param(&mut |name, p| {
+        out.push((name.to_owned(), p.grad.iter().copied().collect()))
+    });
     out
 }
 
