@@ -185,7 +185,7 @@ impl Layer<f64> for LayerNormMissingMeanTerm {
             .unwrap()
             .insert_axis(Axis(1));
         // BUG: `- mean(g)` is missing here.
-        let dx = (&g - &(x_hat * &mean_g_xhat)) * &rstd.view().insert_axis(Axis(1));
+        let dx = (&g - &(x_hat * &mean_g_xhat)) * rstd.view().insert_axis(Axis(1));
         Ok(from_rows(dx, *b, *t))
     }
 
