@@ -62,13 +62,16 @@ use rand::SeedableRng;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::data::CharVocab;
-use crate::{Error, Float, Gpt, GptConfig, Layer, Result};
+use crate::optim::ParamState;
+use crate::{Adam, AdamState, Error, Float, Gpt, GptConfig, Layer, Result};
 
 /// The value of the `format` metadata key of every checkpoint this version writes.
 pub const FORMAT: &str = "baregpt-checkpoint/1";
 
 /// The prefix of optimizer tensors and metadata.
 const OPTIMIZER: &str = "optimizer";
+/// The `kind` of Adam's optimizer state.
+const ADAM: &str = "adam";
 /// The prefix of free-form metadata.
 const USER: &str = "user.";
 
@@ -86,6 +89,101 @@ pub struct OptimizerState<F> {
     pub slots: BTreeMap<String, BTreeMap<String, ArrayD<F>>>,
     /// Hyper-parameters and other settings, as strings.
     pub settings: BTreeMap<String, String>,
+}
+
+impl<F: Float> OptimizerState<F> {
+    /// The state of an [`Adam`] optimizer: slots `m`, `v` (and `v_max` with AMSGrad), its step
+    /// count, and its hyper-parameters as settings (for the record; they are not read back).
+    pub fn from_adam(adam: &Adam<F>) -> Self {
+        let state = adam.state();
+        let mut slots: BTreeMap<String, BTreeMap<String, ArrayD<F>>> = BTreeMap::new();
+        for (name, p) in &state.params {
+            let mut put = |slot: &str, value: &ArrayD<F>| {
+                slots
+                    .entry(slot.to_owned())
+                    .or_default()
+                    .insert(name.clone(), value.clone());
+            };
+            put("m", &p.m);
+            put("v", &p.v);
+            if let Some(v_max) = &p.v_max {
+                put("v_max", v_max);
+            }
+        }
+        let c = adam.config();
+        let settings = [
+            ("lr", c.lr.to_string()),
+            ("beta1", c.beta1.to_string()),
+            ("beta2", c.beta2.to_string()),
+            ("eps", c.eps.to_string()),
+            ("weight_decay", c.weight_decay.to_string()),
+            (
+                "decoupled_weight_decay",
+                c.decoupled_weight_decay.to_string(),
+            ),
+            ("amsgrad", c.amsgrad.to_string()),
+            (
+                "max_grad_norm",
+                c.max_grad_norm.map_or("none".to_owned(), |n| n.to_string()),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Self {
+            kind: ADAM.to_owned(),
+            step: state.step,
+            slots,
+            settings,
+        }
+    }
+
+    /// Converts back to an [`AdamState`] for [`Adam::load_state`].
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] when the state is not Adam's, or its slots do not hold the same
+    /// parameters (an `m` and a `v` for each, a `v_max` for all or none).
+    pub fn to_adam_state(&self) -> Result<AdamState<F>> {
+        if self.kind != ADAM {
+            return Err(Error::Checkpoint(format!(
+                "optimizer state of kind {:?}, expected {ADAM:?}",
+                self.kind
+            )));
+        }
+        if let Some(slot) = self
+            .slots
+            .keys()
+            .find(|k| !["m", "v", "v_max"].contains(&k.as_str()))
+        {
+            return Err(Error::Checkpoint(format!(
+                "unknown Adam state slot {slot:?}"
+            )));
+        }
+        let empty = BTreeMap::new();
+        let slot = |name: &str| self.slots.get(name).unwrap_or(&empty);
+        let (m, v, v_max) = (slot("m"), slot("v"), self.slots.get("v_max"));
+        let same_names = |other: &BTreeMap<String, ArrayD<F>>| other.keys().eq(m.keys());
+        if !same_names(v) || v_max.is_some_and(|v_max| !same_names(v_max)) {
+            return Err(Error::Checkpoint(
+                "the Adam state slots m, v (and v_max) do not name the same parameters".into(),
+            ));
+        }
+        let params = m
+            .iter()
+            .map(|(name, m)| {
+                let state = ParamState {
+                    m: m.clone(),
+                    v: v[name].clone(),
+                    v_max: v_max.map(|v_max| v_max[name].clone()),
+                };
+                (name.clone(), state)
+            })
+            .collect();
+        Ok(AdamState {
+            step: self.step,
+            params,
+        })
+    }
 }
 
 /// What a checkpoint holds besides the model's parameters and config.

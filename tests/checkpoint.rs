@@ -493,3 +493,113 @@ proptest! {
         prop_assert!(checkpoint::from_bytes::<f64>(&bytes).is_err());
     }
 }
+
+/// One Adam step per seed in `seeds`, each on a batch drawn from that seed (so a run can be
+/// split anywhere and continued with the remaining seeds).
+fn adam_steps(gpt: &mut Gpt<f32>, adam: &mut baregpt::Adam<f32>, seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let ids = ndarray::Array2::from_shape_simple_fn((3, 6), || rng.random_range(0..5));
+        let targets = ndarray::Array2::from_shape_simple_fn((3, 6), || rng.random_range(0..5));
+        gpt.zero_grad();
+        gpt.loss(&ids, &targets).unwrap();
+        gpt.backward().unwrap();
+        adam.step(gpt).unwrap();
+    }
+}
+
+fn adam_config(amsgrad: bool) -> baregpt::AdamConfig {
+    baregpt::AdamConfig {
+        amsgrad,
+        max_grad_norm: Some(0.5),
+        schedule: baregpt::LrSchedule::warmup_cosine(2, 20, 0.1).unwrap(),
+        ..baregpt::AdamConfig::adamw(1e-2, 0.01)
+    }
+}
+
+#[test]
+fn resuming_from_a_checkpoint_continues_training_bit_identically() {
+    for amsgrad in [false, true] {
+        let dir = scratch_dir(&format!("resume-{amsgrad}"));
+        let path = dir.join("run.safetensors");
+        // The uninterrupted run: 8 steps.
+        let mut straight = model::<f32>(20, small_config(5));
+        let mut straight_opt = baregpt::Adam::new(adam_config(amsgrad)).unwrap();
+        adam_steps(&mut straight, &mut straight_opt, 0..8);
+
+        // The interrupted run: 5 steps, save, load into fresh objects, 3 more steps.
+        let mut first = model::<f32>(20, small_config(5));
+        let mut first_opt = baregpt::Adam::new(adam_config(amsgrad)).unwrap();
+        adam_steps(&mut first, &mut first_opt, 0..5);
+        let extras = Extras {
+            optimizer: Some(OptimizerState::from_adam(&first_opt)),
+            ..Extras::default()
+        };
+        checkpoint::save(&path, &first, &extras).unwrap();
+        drop((first, first_opt));
+
+        let (mut resumed, extras) = checkpoint::load::<f32>(&path).unwrap();
+        let state = extras.optimizer.unwrap();
+        assert_eq!(state.step, 5);
+        assert_eq!(state.settings.get("amsgrad"), Some(&amsgrad.to_string()));
+        let mut resumed_opt = baregpt::Adam::new(adam_config(amsgrad)).unwrap();
+        resumed_opt
+            .load_state(state.to_adam_state().unwrap())
+            .unwrap();
+        // The very next step is identical ...
+        let mut after_one = resumed.clone();
+        let mut after_one_opt = baregpt::Adam::new(adam_config(amsgrad)).unwrap();
+        after_one_opt
+            .load_state(resumed_opt.export_state())
+            .unwrap();
+        adam_steps(&mut after_one, &mut after_one_opt, 5..6);
+        let mut reference = model::<f32>(20, small_config(5));
+        let mut reference_opt = baregpt::Adam::new(adam_config(amsgrad)).unwrap();
+        adam_steps(&mut reference, &mut reference_opt, 0..6);
+        assert_eq!(bits(&after_one), bits(&reference), "amsgrad {amsgrad}");
+        // ... and so is the end of the run, optimizer state included.
+        adam_steps(&mut resumed, &mut resumed_opt, 5..8);
+        assert_eq!(bits(&resumed), bits(&straight), "amsgrad {amsgrad}");
+        assert_eq!(resumed_opt.export_state(), straight_opt.export_state());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn optimizer_state_that_is_not_adams_is_refused() {
+    let mut gpt = model::<f32>(21, small_config(5));
+    let mut adam = baregpt::Adam::new(adam_config(false)).unwrap();
+    adam_steps(&mut gpt, &mut adam, 0..1);
+    let good = OptimizerState::from_adam(&adam);
+    assert_eq!(good.to_adam_state().unwrap(), adam.export_state());
+
+    let mut other_kind = good.clone();
+    other_kind.kind = "sgd".into();
+    assert!(matches!(
+        other_kind.to_adam_state(),
+        Err(Error::Checkpoint(_))
+    ));
+    let mut missing_v = good.clone();
+    missing_v.slots.get_mut("v").unwrap().remove("head.w");
+    assert!(matches!(
+        missing_v.to_adam_state(),
+        Err(Error::Checkpoint(_))
+    ));
+    let mut unknown_slot = good.clone();
+    unknown_slot.slots.insert("w".into(), BTreeMap::new());
+    assert!(matches!(
+        unknown_slot.to_adam_state(),
+        Err(Error::Checkpoint(_))
+    ));
+    // The state survives a save and load unchanged.
+    let bytes = checkpoint::to_bytes(
+        &gpt,
+        &Extras {
+            optimizer: Some(good.clone()),
+            ..Extras::default()
+        },
+    )
+    .unwrap();
+    let (_, extras) = checkpoint::from_bytes::<f32>(&bytes).unwrap();
+    assert_eq!(extras.optimizer, Some(good));
+}

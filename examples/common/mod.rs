@@ -93,7 +93,8 @@ impl Task {
         let mut rng = StdRng::seed_from_u64(EVAL_SEED);
         let val_batches = (0..8)
             .map(|_| {
-                let (ids, targets) = data.batch(Split::Validation, eval_batch, context, &mut rng)?;
+                let (ids, targets) =
+                    data.batch(Split::Validation, eval_batch, context, &mut rng)?;
                 Ok(Batch {
                     ids,
                     targets,
@@ -179,7 +180,10 @@ pub fn addition_eval<F: Float>(
     for chunk in pairs.chunks(500) {
         let (ids, targets) = task.batch(chunk);
         let logits = model.forward(&ids)?;
-        loss += masked_cross_entropy(&logits, &targets, &mask).0.to_f64_exact() * chunk.len() as f64;
+        loss += masked_cross_entropy(&logits, &targets, &mask)
+            .0
+            .to_f64_exact()
+            * chunk.len() as f64;
         correct += task.count_exact(logits.view(), targets.view())?;
     }
     let n = pairs.len().max(1) as f64;

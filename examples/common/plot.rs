@@ -53,7 +53,10 @@ pub fn loss_plot(path: &Path, title: &str, points: &[EvalPoint]) -> Result<(), S
                 .collect::<Vec<_>>()
         };
         chart
-            .draw_series(LineSeries::new(series(|p| p.train_loss), BLUE.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                series(|p| p.train_loss),
+                BLUE.stroke_width(2),
+            ))?
             .label("train")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
         chart

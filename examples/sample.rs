@@ -1,0 +1,170 @@
+//! Continue a prompt from a checkpoint written by `examples/train.rs`, streaming characters
+//! as they are drawn.
+//!
+//! ```text
+//! cargo run --release --example sample                                  # the default run's checkpoint
+//! cargo run --release --example sample -- --prompt "1234+5678="
+//! cargo run --release --example sample -- --checkpoint runs/input/model.safetensors \
+//!     --prompt "ROMEO:" --tokens 500 --temperature 0.8 --top-k 20 --seed 1
+//! ```
+//!
+//! Generation uses a key/value cache: the prompt is run once, then each new character costs
+//! one position.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use baregpt::checkpoint;
+use baregpt::data::AdditionTask;
+use baregpt::generate::{SampleOptions, generate};
+use baregpt::{Error, Layer};
+use clap::Parser;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// Continue a prompt from a baregpt checkpoint, streaming characters as they come.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The checkpoint to load.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "runs/addition/model.safetensors"
+    )]
+    checkpoint: PathBuf,
+    /// The text to continue (default: the prompt stored in the checkpoint by `train`).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// How many characters to generate (default: one answer for the addition task, else 400).
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Sampling temperature (> 0); lower is more conservative.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample only among the k most likely characters (0: all of them).
+    #[arg(long, default_value_t = 20)]
+    top_k: usize,
+    /// Seed of the sampler; the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> AnyResult<()> {
+    let (model, extras) = checkpoint::load::<f32>(&args.checkpoint).map_err(|e| match e {
+        Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!(
+            "no checkpoint at {} (train one first: cargo run --release --example train)",
+            args.checkpoint.display()
+        ),
+        other => format!("cannot load {}: {other}", args.checkpoint.display()),
+    })?;
+    let vocab = extras.vocab.clone().ok_or_else(|| {
+        format!(
+            "{} has no vocabulary, so its ids cannot be turned into text",
+            args.checkpoint.display()
+        )
+    })?;
+    let addition = extras
+        .metadata
+        .get("task")
+        .and_then(|t| t.strip_prefix("addition-"))
+        .and_then(|d| d.parse().ok())
+        .and_then(|d| AdditionTask::new(d).ok());
+    let prompt = match (&args.prompt, extras.metadata.get("sample_prompt")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err("no --prompt given and none stored in the checkpoint".into()),
+    };
+    if prompt.is_empty() {
+        return Err("the prompt is empty: give at least one character with --prompt".into());
+    }
+    let ids = vocab.encode(&prompt).map_err(|e| match e {
+        Error::UnknownChar { ch, position } => format!(
+            "the prompt has {ch:?} at position {position}, which the model never saw; its \
+             vocabulary is {:?}",
+            vocab.to_string()
+        ),
+        other => other.to_string(),
+    })?;
+    let options = SampleOptions {
+        temperature: args.temperature,
+        top_k: (args.top_k > 0).then_some(args.top_k),
+    };
+    options.validate()?;
+    let tokens = args
+        .tokens
+        .unwrap_or(addition.as_ref().map_or(400, AdditionTask::answer_len));
+
+    eprintln!(
+        "{}: {} parameters, context {}, vocabulary of {}; temperature {}, top-k {}, seed {}",
+        args.checkpoint.display(),
+        model.num_params(),
+        model.config().context,
+        vocab.len(),
+        args.temperature,
+        options.top_k.map_or("off".into(), |k| k.to_string()),
+        args.seed
+    );
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut out = std::io::stdout().lock();
+    write!(out, "{prompt}")?;
+    out.flush()?;
+    let timer = Instant::now();
+    let mut write_error = None;
+    let new = generate(&model, &ids, tokens, &options, &mut rng, |id| {
+        let ch = vocab.char(id).unwrap_or('\u{fffd}');
+        if let Err(e) = write!(out, "{ch}").and_then(|()| out.flush()) {
+            write_error.get_or_insert(e);
+        }
+    })?;
+    writeln!(out)?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let elapsed = timer.elapsed().as_secs_f64();
+    eprintln!(
+        "{} characters in {:.2} s ({:.0} characters/s)",
+        new.len(),
+        elapsed,
+        new.len() as f64 / elapsed.max(1e-9)
+    );
+    if let Some(task) = addition {
+        explain_sum(&task, &prompt, &vocab.decode(&new)?);
+    }
+    Ok(())
+}
+
+/// For an addition checkpoint, reads the (reversed) answer back as a number.
+fn explain_sum(task: &AdditionTask, prompt: &str, generated: &str) {
+    let answer: String = generated.chars().take(task.answer_len()).collect();
+    let operands: Option<Vec<u64>> = prompt
+        .strip_suffix('=')
+        .map(|p| p.split('+').filter_map(|n| n.parse().ok()).collect());
+    match (task.parse_answer(&answer), operands.as_deref()) {
+        (Some(sum), Some(&[a, b])) => {
+            let mark = if a + b == sum { "correct" } else { "wrong" };
+            eprintln!(
+                "the answer is written least significant digit first: {answer} means {sum}; \
+                 {a} + {b} = {} ({mark})",
+                a + b
+            );
+        }
+        (Some(sum), _) => eprintln!("read back (the answer is reversed): {sum}"),
+        (None, _) => {}
+    }
+}
