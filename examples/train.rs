@@ -381,12 +381,19 @@ fn run(args: &Args) -> AnyResult<()> {
     }
     bar.finish_and_clear();
     let elapsed = timer.elapsed().as_secs_f64();
-    save(&model, &adam, &history)?;
-    println!(
-        "trained {} steps in {elapsed:.1} s ({} tokens/s)",
-        setup.steps - start.min(setup.steps),
-        human(tokens as f64 / elapsed.max(1e-9))
-    );
+    if start >= setup.steps {
+        println!(
+            "the checkpoint is already at step {start}, not below --steps {}: nothing to train",
+            setup.steps
+        );
+    } else {
+        save(&model, &adam, &history)?;
+        println!(
+            "trained {} steps in {elapsed:.1} s ({} tokens/s)",
+            setup.steps - start,
+            human(tokens as f64 / elapsed.max(1e-9))
+        );
+    }
     report(&task, &mut model, args.seed)?;
 
     let plot_path = out_dir.join("loss.svg");
@@ -455,13 +462,18 @@ fn print_header(
     let c = model.config();
     println!("baregpt: training a GPT with hand-written backward passes and Adam");
     match task {
-        Task::Addition { task, held_out } => println!(
-            "task:   add two {}-digit numbers, answer reversed (e.g. {}); {} held-out sums for \
-             evaluation",
-            task.digits(),
-            task.format(1234 % task.bound(), 5678 % task.bound()),
-            held_out.len()
-        ),
+        Task::Addition { task, held_out } => {
+            println!(
+                "task:   add two {}-digit numbers, the sum written reversed: {}",
+                task.digits(),
+                task.format(1234 % task.bound(), 5678 % task.bound()),
+            );
+            println!(
+                "eval:   exact match on {} held-out sums every {} steps",
+                held_out.len(),
+                s.eval_every
+            );
+        }
         Task::Text { data, context, .. } => println!(
             "task:   {task_name}: {} characters, vocabulary of {}, context {context}",
             data.ids(baregpt::data::Split::Train).len()
@@ -502,11 +514,9 @@ fn print_header(
 fn progress_bar(steps: u64, start: u64) -> ProgressBar {
     let bar = ProgressBar::new(steps);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30.cyan/blue} {pos}/{len} steps | {msg} | {elapsed_precise} elapsed, ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("█▉▊▋▌▍▎▏ "),
+        ProgressStyle::with_template("{bar:20.cyan/blue} step {pos}/{len} | {msg} | ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("█▉▊▋▌▍▎▏ "),
     );
     bar.set_position(start);
     bar.reset_eta();

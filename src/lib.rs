@@ -48,6 +48,9 @@
 //! * [`gradcheck`]: the finite-difference checker.
 //! * [`optim`]: the [`Adam`] optimizer, gradient clipping and learning-rate schedules.
 //! * [`param`]: parameters and the dotted-name visitor.
+//! * [`checkpoint`]: safetensors save/load of a model, its vocabulary and optimizer state.
+//! * [`generate`]: key/value-cache generation with temperature and top-k sampling.
+//! * [`data`]: a character vocabulary, a text data set and the embedded addition task.
 #![cfg_attr(
     feature = "proptest",
     doc = "* [`strategies`]: proptest strategies for shapes and inputs."

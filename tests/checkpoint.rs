@@ -130,11 +130,11 @@ fn a_checkpoint_without_extras_has_none() {
     assert_eq!(extras, Extras::default());
 }
 
+/// A tensor as raw parts: name, dtype, shape, little-endian bytes.
+type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// Builds a checkpoint file by hand from tensors and metadata (to make bad ones).
-fn craft(
-    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
-    meta: HashMap<String, String>,
-) -> Vec<u8> {
+fn craft(tensors: &[RawTensor], meta: HashMap<String, String>) -> Vec<u8> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, dtype, shape, data)| {
@@ -148,12 +148,7 @@ fn craft(
 }
 
 /// The tensors and metadata of a good f32 checkpoint, decomposed for editing.
-fn parts(
-    gpt: &Gpt<f32>,
-) -> (
-    Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-    HashMap<String, String>,
-) {
+fn parts(gpt: &Gpt<f32>) -> (Vec<RawTensor>, HashMap<String, String>) {
     let bytes = checkpoint::to_bytes(gpt, &Extras::default()).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
