@@ -291,6 +291,9 @@ fn run(args: &Args) -> AnyResult<()> {
     };
     let (task, task_name) = task(args, resumed.as_ref())?;
     let setup = setup(args, task.vocab().len(), task.context());
+    if setup.steps == 0 || setup.batch == 0 {
+        return Err("--steps and --batch must be at least 1".into());
+    }
     let mut adam = Adam::new(adam_config(&setup)?)?;
     let (mut model, mut history) = match resumed {
         None => {
@@ -429,6 +432,16 @@ fn check_resume(
         return Err(format!(
             "the checkpoint was trained on {stored:?}, not {task_name:?}: pass the same task \
              (--text/--digits) or another --checkpoint"
+        )
+        .into());
+    }
+    if setup.config.context != model.config().context {
+        return Err(format!(
+            "the checkpoint's context is {} but this run asks for {}: drop --context or pass \
+             --context {}",
+            model.config().context,
+            setup.config.context,
+            model.config().context
         )
         .into());
     }
