@@ -22,8 +22,8 @@ pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, 
 ///
 /// `gelu'(x) = ½·(1 + th) + ½·x·(1 − th²)·s·(1 + 3a·x²)`
 ///
-/// the first term from differentiating the factor `x`, the second from `tanh(u)` through
-/// `du/dx = s·(1 + 3a·x²)`.
+/// the first term from differentiating the factor `x` *(term 1)*, the second from `tanh(u)`
+/// through `du/dx = s·(1 + 3a·x²)` *(term 2)*.
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `dy` and `x` differ in shape.
@@ -38,8 +38,9 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     Ok(Zip::from(&x).and(&dy).map_collect(|&x, &dy| {
         let x2 = x * x;
         let th = (s * (x + a * x2 * x)).tanh();
-        let d_gelu = half * (F::one() + th)
-            + half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
+        let term_1 = half * (F::one() + th);
+        let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
+        let d_gelu = term_1 + term_2;
         dy * d_gelu
     }))
 }
