@@ -13,6 +13,9 @@
 //! * f32 (the same fixture, parameters and inputs rounded to f32, against the f64 truth):
 //!   `Δ / max(M, 1e-3) ≤ 1e-4`.
 //!
+//! The optimizer fixtures apply the same bounds to the loss of each of ten Adam/AdamW steps,
+//! the loss after the last step and every parameter after it.
+//!
 //! Run with `cargo test --release --test parity -- --nocapture` to see every measured error.
 
 use std::cell::RefCell;
@@ -21,8 +24,8 @@ use std::path::PathBuf;
 
 use baregpt::kernels::{attention_backward, attention_forward, gelu_backward, gelu_forward};
 use baregpt::layers::{Attention, Block, Embedding, LayerNorm, Linear, Mlp};
-use baregpt::{CrossEntropy, Float, Gpt, GptConfig, Layer, LayerInput};
-use ndarray::{Array2, Array3, ArrayD, Ix2, Ix3, Ix4};
+use baregpt::{Adam, AdamConfig, CrossEntropy, Float, Gpt, GptConfig, Layer, LayerInput};
+use ndarray::{Array1, Array2, Array3, ArrayD, Axis, Ix2, Ix3, Ix4};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use safetensors::{Dtype, SafeTensors};
@@ -117,17 +120,24 @@ impl Fixture {
         self.float(name).into_dimensionality::<Ix3>().unwrap()
     }
 
-    fn ids(&self, name: &str) -> Array2<usize> {
+    fn ids_dyn(&self, name: &str) -> ArrayD<usize> {
         match self.entry(name) {
             (shape, Data::I64(v)) => {
                 let v = v.iter().map(|&i| usize::try_from(i).unwrap()).collect();
-                ArrayD::from_shape_vec(shape.clone(), v)
-                    .unwrap()
-                    .into_dimensionality::<Ix2>()
-                    .unwrap()
+                ArrayD::from_shape_vec(shape.clone(), v).unwrap()
             }
             _ => panic!("{}: {name} is not I64", self.case),
         }
+    }
+
+    fn ids(&self, name: &str) -> Array2<usize> {
+        self.ids_dyn(name).into_dimensionality::<Ix2>().unwrap()
+    }
+
+    fn f64_config(&self, key: &str) -> f64 {
+        self.config[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{}: config.{key}", self.case))
     }
 
     fn usize(&self, key: &str) -> usize {
@@ -486,6 +496,58 @@ fn gpt<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
     cmp.finish()
 }
 
+/// Ten steps of our `Adam` on a whole `Gpt`, one batch per step, as the fixture's torch
+/// optimizer took them: every step's loss, the loss after the last step and every final
+/// parameter must match.
+fn optimizer<F: Float>(fx: &Fixture) -> f64 {
+    let mut model = Gpt::<F>::new(gpt_config(fx), &mut StdRng::seed_from_u64(0)).unwrap();
+    let map = mapping_for(fx, "Gpt", &model);
+    load_params(fx, &map, &mut model);
+    let config = AdamConfig {
+        lr: fx.f64_config("lr"),
+        beta1: fx.f64_config("beta1"),
+        beta2: fx.f64_config("beta2"),
+        eps: fx.f64_config("eps"),
+        weight_decay: fx.f64_config("weight_decay"),
+        decoupled_weight_decay: fx.bool("decoupled_weight_decay"),
+        amsgrad: fx.bool("amsgrad"),
+        max_grad_norm: fx.config["max_grad_norm"].as_f64(),
+        ..AdamConfig::default()
+    };
+    let mut adam = Adam::<F>::new(config).unwrap();
+    let ids = fx
+        .ids_dyn("input/ids")
+        .into_dimensionality::<Ix3>()
+        .unwrap();
+    let targets = fx
+        .ids_dyn("input/targets")
+        .into_dimensionality::<Ix3>()
+        .unwrap();
+    let batch = |a: &ndarray::Array3<usize>, step| a.index_axis(Axis(0), step).to_owned();
+    let mut losses = Vec::new();
+    for step in 0..fx.usize("steps") {
+        model.zero_grad();
+        losses.push(
+            model
+                .loss(&batch(&ids, step), &batch(&targets, step))
+                .unwrap(),
+        );
+        model.backward().unwrap();
+        adam.step(&mut model).unwrap();
+    }
+    let mut cmp = Comparer::new::<F>(fx);
+    cmp.check_key("output/losses", Array1::from(losses).into_dyn());
+    let after = model.loss(&batch(&ids, 0), &batch(&targets, 0)).unwrap();
+    cmp.check_key("output/loss_after", ArrayD::from_elem(vec![], after));
+    let mut finals = Vec::new();
+    model.for_each_param(&mut |name, p| finals.push((name.to_owned(), p.value.to_owned())));
+    for ((name, value), m) in finals.into_iter().zip(&map) {
+        let torch = ours_layout(fx, "final_param", m);
+        cmp.check(&format!("final {name} ({})", m.torch), value, torch);
+    }
+    cmp.finish()
+}
+
 /// Runs one fixture in float type `F`; returns the worst error (already checked).
 fn run<F: Float>(fx: &Fixture) -> f64 {
     // Our constructors draw initial weights; every one is then overwritten from the fixture.
@@ -519,6 +581,7 @@ fn run<F: Float>(fx: &Fixture) -> f64 {
         "attention_core" => attention_core::<F>(fx),
         "cross_entropy" => cross_entropy::<F>(fx),
         "gpt" => gpt::<F>(fx, &mut rng),
+        "optimizer" => optimizer::<F>(fx),
         other => panic!("{}: unknown fixture kind {other}", fx.case),
     }
 }
@@ -572,6 +635,9 @@ parity_cases! {
     gpt_ln_f,
     gpt_no_ln_f,
     gpt_b1_t1,
+    adam_10_steps,
+    adamw_10_steps,
+    adam_l2_amsgrad_clip_10_steps,
 }
 
 #[test]

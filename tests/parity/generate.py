@@ -19,7 +19,7 @@ everything in one safetensors file per case:
     input_grad/<name>   dL/d(input) for float inputs
     param/<torch name>  parameter values, in torch's layout
     param_grad/<torch name>  dL/d(parameter), in torch's layout
-    (optimizer cases) final_param/<torch name> and output/losses
+    final_param/<torch name>  (optimizer cases) parameters after the last step
 
 Parameter names follow `names.json` beside this file, the single mapping between baregpt's
 dotted names and these modules' `named_parameters()`; this script checks that the mapping is
@@ -365,6 +365,40 @@ def case_gpt(mapping, gen, cfg):
     return out
 
 
+def case_optimizer(mapping, gen, cfg):
+    """cfg["steps"] steps of torch.optim.Adam/AdamW (single-tensor path) on the whole model,
+    one fresh batch per step; records each step's loss, the loss on the first batch after the
+    last step, and every final parameter."""
+    module = RefGpt(cfg)
+    check_mapping(mapping, "Gpt", cfg, module)
+    init_params(module, gen)
+    out = {f"param/{name}": p.detach().clone() for name, p in module.named_parameters()}
+    steps, b, t, v = cfg["steps"], cfg["batch"], cfg["time"], cfg["vocab_size"]
+    ids = random_ids(gen, v, steps, b, t)
+    targets = random_ids(gen, v, steps, b, t)
+    kind = torch.optim.AdamW if cfg["decoupled_weight_decay"] else torch.optim.Adam
+    opt = kind(module.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]),
+               eps=cfg["eps"], weight_decay=cfg["weight_decay"], amsgrad=cfg["amsgrad"],
+               foreach=False)
+    losses = []
+    for step in range(steps):
+        opt.zero_grad(set_to_none=False)
+        loss = mean_cross_entropy(module(ids[step]), targets[step])
+        losses.append(loss.detach())
+        loss.backward()
+        if cfg["max_grad_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg["max_grad_norm"],
+                                           foreach=False)
+        opt.step()
+    with torch.no_grad():
+        loss_after = mean_cross_entropy(module(ids[0]), targets[0])
+    out.update({"input/ids": ids, "input/targets": targets, "output/losses": torch.stack(losses),
+                "output/loss_after": loss_after})
+    for name, p in module.named_parameters():
+        out[f"final_param/{name}"] = p.detach()
+    return out
+
+
 GPT_SMALL = {"vocab_size": 13, "d_model": 15, "n_heads": 3, "n_layers": 2, "context": 8,
              "mlp_hidden": 24}
 
@@ -407,13 +441,25 @@ CASES = [
     ("gpt_b1_t1", "gpt", 120,
      {"vocab_size": 7, "d_model": 10, "n_heads": 2, "n_layers": 1, "context": 4,
       "mlp_hidden": 16, "final_norm": True, "batch": 1, "time": 1}),
+    ("adam_10_steps", "optimizer", 121,
+     dict(GPT_SMALL, final_norm=True, batch=2, time=6, steps=10, lr=1e-2, beta1=0.9,
+          beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+          amsgrad=False, max_grad_norm=None)),
+    ("adamw_10_steps", "optimizer", 122,
+     dict(GPT_SMALL, final_norm=False, batch=2, time=8, steps=10, lr=1e-2, beta1=0.9,
+          beta2=0.95, eps=1e-8, weight_decay=0.1, decoupled_weight_decay=True,
+          amsgrad=False, max_grad_norm=None)),
+    ("adam_l2_amsgrad_clip_10_steps", "optimizer", 123,
+     dict(GPT_SMALL, final_norm=True, batch=3, time=4, steps=10, lr=3e-2, beta1=0.8,
+          beta2=0.99, eps=1e-6, weight_decay=0.05, decoupled_weight_decay=False,
+          amsgrad=True, max_grad_norm=0.5)),
 ]
 
 RUNNERS = {
     "linear": case_linear, "embedding": case_embedding, "layer_norm": case_layer_norm,
     "gelu": case_gelu, "attention_core": case_attention_core, "attention": case_attention,
     "mlp": case_mlp, "block": case_block, "cross_entropy": case_cross_entropy,
-    "gpt": case_gpt,
+    "gpt": case_gpt, "optimizer": case_optimizer,
 }
 
 # --------------------------------------------------------------------------------------
