@@ -205,11 +205,15 @@ proptest! {
         gradcheck_passes(&mut block, &x, true)?;
     }
 
+    /// Widths start at 3: a LayerNorm over two features is `±1` by the sign of their
+    /// difference, so when the two nearly agree its curvature is so large that central
+    /// differences at ε = 1e-6 are off by more than the tolerance (a property of the
+    /// function, not of the backward; seen as a 1e-4 relative error on a downstream bias).
     #[test]
     fn sequential_of_boxed_layers(
         (x, seed) in activations_and_seed(3),
         heads in 1..=2usize,
-        head_dim in 1..=2usize,
+        head_dim in 3..=4usize,
         hidden in 1..=6usize,
         c_out in 1..=4usize,
     ) {
