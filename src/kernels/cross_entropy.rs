@@ -5,7 +5,7 @@
 //! The loss is computed with log-sum-exp: `loss_n = lse(z_n) − z_n[target_n]`, with no
 //! `+1e-9` inside a logarithm.
 
-use ndarray::{Array3, ArrayView2, ArrayView3, Axis, Zip};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
 
 use crate::error::check_shape;
 use crate::{Error, Float, Result};

@@ -9,11 +9,18 @@ use crate::{Float, Result};
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const CUBIC: f64 = 0.044_715;
+/// Arrays at least this long are processed in parallel.
+const PARALLEL_MIN_LEN: usize = 1 << 15;
 
 /// Applies tanh-GELU element-wise: any shape in, the same shape out.
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
-    x.mapv(|x| half * x * (F::one() + (s * (x + a * x * x * x)).tanh()))
+    let gelu = |&x: &F| half * x * (F::one() + (s * (x + a * x * x * x)).gelu_tanh());
+    if x.len() >= PARALLEL_MIN_LEN {
+        Zip::from(&x).par_map_collect(gelu)
+    } else {
+        Zip::from(&x).map_collect(gelu)
+    }
 }
 
 /// Backward of [`gelu_forward`]: `dx = dy · gelu'(x)`, with `x` the forward's input.
@@ -37,7 +44,7 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     let three_a = F::of(3.0 * CUBIC);
     Ok(Zip::from(&x).and(&dy).map_collect(|&x, &dy| {
         let x2 = x * x;
-        let th = (s * (x + a * x2 * x)).tanh();
+        let th = (s * (x + a * x2 * x)).gelu_tanh();
         let d_gelu = half * (F::one() + th)
             + half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
         dy * d_gelu

@@ -42,7 +42,7 @@ pub fn layer_norm_forward<F: Float>(
         .and(x_hat.rows_mut())
         .and(&mut rstd)
         .and(y.rows_mut())
-        .for_each(|x, mut x_hat, rstd, mut y| {
+        .par_for_each(|x, mut x_hat, rstd, mut y| {
             let mean = x.sum() * inv_c;
             let var = x.fold(F::zero(), |acc, &v| acc + (v - mean) * (v - mean)) * inv_c;
             *rstd = F::one() / (var + eps).sqrt();
@@ -94,7 +94,7 @@ pub fn layer_norm_backward<F: Float>(
         .and(dy.rows())
         .and(cache.x_hat.rows())
         .and(&cache.rstd)
-        .for_each(|mut dx, dy, x_hat, &rstd| {
+        .par_for_each(|mut dx, dy, x_hat, &rstd| {
             let (mut mean_g, mut mean_g_xhat) = (F::zero(), F::zero());
             Zip::from(&dy)
                 .and(&gamma)
