@@ -1,11 +1,22 @@
 use baregpt::{Gpt, GptConfig, Layer};
 use ndarray::Array2;
-use rand::{SeedableRng, RngExt};
+use rand::{RngExt, SeedableRng};
 use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let preset = args.get(1).map(String::as_str).unwrap_or("baregpt");
-    let (cfg, b) = match preset { "tiny" => (GptConfig::tiny(65), 8), "char-6l" => (GptConfig::char_6l(65), 8), "gpt2-small" => (GptConfig::gpt2_small(64), 4), _ => (GptConfig { final_norm: true, ..GptConfig::baregpt(65) }, 16) };
+    let (cfg, b) = match preset {
+        "tiny" => (GptConfig::tiny(65), 8),
+        "char-6l" => (GptConfig::char_6l(65), 8),
+        "gpt2-small" => (GptConfig::gpt2_small(64), 4),
+        _ => (
+            GptConfig {
+                final_norm: true,
+                ..GptConfig::baregpt(65)
+            },
+            16,
+        ),
+    };
     let t = cfg.context;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut gpt = Gpt::<f32>::new(cfg.clone(), &mut rng).unwrap();
@@ -20,8 +31,15 @@ fn main() {
         let t2 = Instant::now();
         gpt.backward().unwrap();
         let t3 = Instant::now();
-        if i >= 2 { times.push(t3 - t0); }
-        eprintln!("zero {:?} fwd {:?} bwd {:?} loss {loss}", t1 - t0, t2 - t1, t3 - t2);
+        if i >= 2 {
+            times.push(t3 - t0);
+        }
+        eprintln!(
+            "zero {:?} fwd {:?} bwd {:?} loss {loss}",
+            t1 - t0,
+            t2 - t1,
+            t3 - t2
+        );
     }
     times.sort();
     println!("{preset}: median fwd+bwd {:?}", times[times.len() / 2]);

@@ -129,7 +129,7 @@ pub struct GradCheckReport {
     pub tensors: Vec<TensorReport>,
     /// `Some(false)` when two identical backward passes gave different gradients.
     pub deterministic: Option<bool>,
-    /// The ε, atol and rtol used.
+    /// Finite-difference step ε used.
     pub eps: f64,
     /// Absolute tolerance used.
     pub atol: f64,

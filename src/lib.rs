@@ -70,3 +70,8 @@ pub use gpt::{Gpt, GptConfig};
 pub use layer::{Layer, LayerInput};
 pub use loss::CrossEntropy;
 pub use scalar::Float;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

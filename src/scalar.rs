@@ -103,7 +103,15 @@ fn exp_nonpositive_f32(x: f32) -> f32 {
     let r = (x - k * LN2_HI) - k * LN2_LO;
     // Taylor series of exp(r) to degree 7, in Horner form.
     let mut p = 1.0 / 5040.0;
-    for coefficient in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    for coefficient in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
         p = p * r + coefficient;
     }
     // 2^k by building the exponent bits; k ∈ [−126, 0] so the float is normal.

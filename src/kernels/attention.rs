@@ -71,9 +71,21 @@ pub fn attention_forward<F: Float>(
             for h in 0..n_heads {
                 let (lo, hi) = (h * d, (h + 1) * d);
                 let mut p = probs.index_axis_mut(Axis(0), h);
-                matmul_into(scale, q.slice(s![.., lo..hi]), k.slice(s![.., lo..hi]).t(), F::zero(), &mut p);
+                matmul_into(
+                    scale,
+                    q.slice(s![.., lo..hi]),
+                    k.slice(s![.., lo..hi]).t(),
+                    F::zero(),
+                    &mut p,
+                );
                 causal_softmax_forward(p.view_mut(), offset);
-                matmul_into(F::one(), p.view(), v.slice(s![.., lo..hi]), F::zero(), &mut ctx.slice_mut(s![.., lo..hi]));
+                matmul_into(
+                    F::one(),
+                    p.view(),
+                    v.slice(s![.., lo..hi]),
+                    F::zero(),
+                    &mut ctx.slice_mut(s![.., lo..hi]),
+                );
             }
         });
     Ok((ctx, probs))
@@ -121,19 +133,41 @@ pub fn attention_backward<F: Float>(
         .and(probs.outer_iter())
         .and(d_ctx.outer_iter())
         .par_for_each(|bi, mut dq, mut dk, mut dv, probs, d_ctx| {
-            let (q, k, v) = (q.index_axis(Axis(0), bi), k.index_axis(Axis(0), bi), v.index_axis(Axis(0), bi));
+            let (q, k, v) = (
+                q.index_axis(Axis(0), bi),
+                k.index_axis(Axis(0), bi),
+                v.index_axis(Axis(0), bi),
+            );
             for h in 0..n_heads {
                 let (lo, hi) = (h * d, (h + 1) * d);
                 let p = probs.index_axis(Axis(0), h);
                 let g = d_ctx.slice(s![.., lo..hi]);
                 // (dv)
-                matmul_into(F::one(), p.t(), g, F::zero(), &mut dv.slice_mut(s![.., lo..hi]));
+                matmul_into(
+                    F::one(),
+                    p.t(),
+                    g,
+                    F::zero(),
+                    &mut dv.slice_mut(s![.., lo..hi]),
+                );
                 // (dP), then (dS) in place
                 let mut d_scores = matmul(g, v.slice(s![.., lo..hi]).t());
                 softmax_backward_in_place(p, d_scores.view_mut());
                 // (dq, dk)
-                matmul_into(scale, d_scores.view(), k.slice(s![.., lo..hi]), F::zero(), &mut dq.slice_mut(s![.., lo..hi]));
-                matmul_into(scale, d_scores.t(), q.slice(s![.., lo..hi]), F::zero(), &mut dk.slice_mut(s![.., lo..hi]));
+                matmul_into(
+                    scale,
+                    d_scores.view(),
+                    k.slice(s![.., lo..hi]),
+                    F::zero(),
+                    &mut dq.slice_mut(s![.., lo..hi]),
+                );
+                matmul_into(
+                    scale,
+                    d_scores.t(),
+                    q.slice(s![.., lo..hi]),
+                    F::zero(),
+                    &mut dk.slice_mut(s![.., lo..hi]),
+                );
             }
         });
     Ok((dq, dk, dv))

@@ -67,7 +67,7 @@ pub fn cross_entropy_forward<F: Float>(
 ///
 /// With `loss = (1/N)·Σ_n (lse(z_n) − z_n[y_n])` and `∂lse/∂z = softmax(z)`:
 ///
-/// `dlogits_n = d_loss·(probs_n − onehot(y_n)) / N`, `N = B·T`.
+/// `dlogits_n = d_loss·(probs_n − onehot(y_n)) / N`, `N = B·T` — *(dlogits)*
 ///
 /// Each row sums to zero, because `probs_n` sums to one.
 ///
@@ -81,6 +81,7 @@ pub fn cross_entropy_backward<F: Float>(
     let (b, t, v) = probs.dim();
     check_shape(KERNEL, "targets", targets.shape(), &[Some(b), Some(t)])?;
     check_targets(targets, v)?;
+    // (dlogits): d_loss·probs/N, then −d_loss/N at each target
     let scale = d_loss / F::of((b * t).max(1) as f64);
     let mut d_logits = probs.mapv(|p| p * scale);
     Zip::from(d_logits.lanes_mut(Axis(2)))

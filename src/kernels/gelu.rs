@@ -29,8 +29,8 @@ pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, 
 ///
 /// `gelu'(x) = ½·(1 + th) + ½·x·(1 − th²)·s·(1 + 3a·x²)`
 ///
-/// the first term from differentiating the factor `x`, the second from `tanh(u)` through
-/// `du/dx = s·(1 + 3a·x²)`.
+/// the first term from differentiating the factor `x` *(term 1)*, the second from `tanh(u)`
+/// through `du/dx = s·(1 + 3a·x²)` *(term 2)*.
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `dy` and `x` differ in shape.
@@ -42,13 +42,19 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     check_shape("gelu", "dy", dy.shape(), &expected)?;
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
     let three_a = F::of(3.0 * CUBIC);
-    Ok(Zip::from(&x).and(&dy).map_collect(|&x, &dy| {
+    let d_gelu = |&x: &F, &dy: &F| {
         let x2 = x * x;
         let th = (s * (x + a * x2 * x)).gelu_tanh();
-        let d_gelu = half * (F::one() + th)
-            + half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
-        dy * d_gelu
-    }))
+        let term_1 = half * (F::one() + th);
+        let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
+        dy * (term_1 + term_2)
+    };
+    let zip = Zip::from(&x).and(&dy);
+    Ok(if x.len() >= PARALLEL_MIN_LEN {
+        zip.par_map_collect(d_gelu)
+    } else {
+        zip.map_collect(d_gelu)
+    })
 }
 
 #[cfg(test)]

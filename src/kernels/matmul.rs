@@ -55,7 +55,11 @@ pub(crate) fn matmul_into<F: Float>(
     } else {
         Parallelism::Rayon(rayon::current_num_threads())
     };
-    let ([a_rs, a_cs], [b_rs, b_cs], [c_rs, c_cs]) = (stride2(&a.strides()), stride2(&b.strides()), stride2(&c.strides()));
+    let ([a_rs, a_cs], [b_rs, b_cs], [c_rs, c_cs]) = (
+        stride2(&a.strides()),
+        stride2(&b.strides()),
+        stride2(&c.strides()),
+    );
     // SAFETY: the pointers address the first logical element of each view, and the strides
     // are the views' own, so every (row, column) index gemm forms within (m, k), (k, n) and
     // (m, n) lies inside its view. `c` is a unique borrow, so it aliases neither `a` nor `b`.
@@ -111,10 +115,12 @@ pub(crate) fn matmul_reference(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -
 mod tests {
     use super::*;
     use approx::assert_abs_diff_eq;
-    use ndarray::{s, Array2};
+    use ndarray::{Array2, s};
 
     fn sample(rows: usize, cols: usize, seed: f64) -> Array2<f64> {
-        Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 31 + j * 17) as f64 * seed).sin())
+        Array2::from_shape_fn((rows, cols), |(i, j)| {
+            ((i * 31 + j * 17) as f64 * seed).sin()
+        })
     }
 
     #[test]
@@ -138,7 +144,13 @@ mod tests {
         let slow = matmul_reference(a.view(), b.view());
         assert_abs_diff_eq!(matmul(a.view(), b.view()), slow, epsilon = 1e-10);
         let mut wide = Array2::zeros((150, 260));
-        matmul_into(1.0, a.view(), b.view(), 0.0, &mut wide.slice_mut(s![.., 130..]));
+        matmul_into(
+            1.0,
+            a.view(),
+            b.view(),
+            0.0,
+            &mut wide.slice_mut(s![.., 130..]),
+        );
         assert_abs_diff_eq!(wide.slice(s![.., 130..]), slow, epsilon = 1e-10);
         assert!(wide.slice(s![.., ..130]).iter().all(|&v| v == 0.0));
     }

@@ -39,7 +39,8 @@ pub fn causal_softmax_forward<F: Float>(mut scores: ArrayViewMut2<'_, F>, offset
 ///
 /// With `P = softmax(S)` per row, `∂P_ij/∂S_ik = P_ij·(δ_jk − P_ik)`, so
 ///
-/// `dS_ik = P_ik·(dP_ik − Σ_j P_ij·dP_ij)`
+/// `dS_ik = P_ik·(dP_ik − Σ_j P_ij·dP_ij)`: first the row's dot product `⟨P, dP⟩` *(dot)*,
+/// then `dS = P ⊙ (dP − ⟨P, dP⟩)` *(dS)*.
 ///
 /// Masked entries have `P_ik = 0` and receive exactly zero gradient.
 pub fn softmax_backward_in_place<F: Float>(
@@ -49,9 +50,11 @@ pub fn softmax_backward_in_place<F: Float>(
     Zip::from(probs.rows())
         .and(d_probs.rows_mut())
         .for_each(|p, mut dp| {
+            // (dot)
             let dot = Zip::from(&p)
                 .and(&dp)
                 .fold(F::zero(), |acc, &p, &dp| acc + p * dp);
+            // (dS)
             Zip::from(&mut dp)
                 .and(&p)
                 .for_each(|dp, &p| *dp = p * (*dp - dot));

@@ -7,9 +7,11 @@ use super::{Gelu, Linear};
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Float, Layer, Result};
 
-/// `y = fc2(gelu(fc1(x)))`: `(B, T, C)` → `(B, T, H)` → `(B, T, C)`, both linears with bias.
+/// `y = proj(gelu(fc(x)))`: `(B, T, C)` → `(B, T, hidden)` → `(B, T, C)`, both linears with
+/// bias.
 ///
-/// Parameters: `fc.w (C, H)`, `fc.b (H)`, `proj.w (H, C)`, `proj.b (C)`. A GPT uses `H = 4C`.
+/// Parameters: `fc.w (C, hidden)`, `fc.b (hidden)`, `proj.w (hidden, C)`, `proj.b (C)`. A GPT
+/// usually uses `hidden = 4C`.
 /// The backward is the chain rule through the three parts, in reverse.
 ///
 /// # Example
