@@ -47,20 +47,22 @@ pub fn cross_entropy_forward<F: Float>(
     }
     check_targets(targets, v)?;
     let mut probs = Array3::zeros((b, t, v));
-    let mut total = F::zero();
+    let mut row_losses = Array2::zeros((b, t));
     Zip::from(probs.lanes_mut(Axis(2)))
         .and(logits.lanes(Axis(2)))
         .and(targets)
-        .for_each(|mut p, z, &target| {
+        .and(&mut row_losses)
+        .par_for_each(|mut p, z, &target, row_loss| {
             let max = z.fold(F::neg_infinity(), |m, &v| m.max(v));
             let sum_exp = z.fold(F::zero(), |acc, &v| acc + (v - max).exp());
             let lse = max + sum_exp.ln();
-            total += lse - z[target];
+            *row_loss = lse - z[target];
             Zip::from(&mut p)
                 .and(&z)
                 .for_each(|p, &z| *p = (z - lse).exp());
         });
-    Ok((total / F::of((b * t) as f64), probs))
+    // Summed in a fixed order, so the loss does not depend on the thread count.
+    Ok((row_losses.sum() / F::of((b * t) as f64), probs))
 }
 
 /// Backward of [`cross_entropy_forward`]: `dlogits (B, T, V)` for an upstream `d_loss`.
