@@ -46,6 +46,7 @@
 //! * [`kernels`]: pure forward/backward functions over array views (the derivations).
 //! * [`layers`]: owning layers built on the kernels; [`Gpt`] and [`CrossEntropy`] on top.
 //! * [`gradcheck`]: the finite-difference checker.
+//! * [`optim`]: the [`Adam`] optimizer, gradient clipping and learning-rate schedules.
 //! * [`param`]: parameters and the dotted-name visitor.
 #![cfg_attr(
     feature = "proptest",
@@ -60,6 +61,7 @@ pub mod kernels;
 pub mod layer;
 pub mod layers;
 pub mod loss;
+pub mod optim;
 pub mod param;
 pub mod scalar;
 #[cfg(feature = "proptest")]
@@ -69,6 +71,7 @@ pub use error::{Error, Result};
 pub use gpt::{Gpt, GptConfig};
 pub use layer::{Layer, LayerInput};
 pub use loss::CrossEntropy;
+pub use optim::{Adam, AdamConfig, AdamState, DecayFilter, LrSchedule};
 pub use scalar::Float;
 
 /// The README's examples, compiled and run as doctests.

@@ -3,7 +3,7 @@
 //! Shapes: `ids (B, T)`, token table `(V, C)`, position table `(T_max, C)` with `T ≤ T_max`,
 //! output `(B, T, C)`: `y[b, t] = tok[ids[b, t]] + pos[t]`.
 
-use ndarray::{Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Zip, s};
+use ndarray::{Array1, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Zip, s};
 
 use crate::error::check_shape;
 use crate::{Error, Float, Result};
@@ -85,11 +85,20 @@ pub fn embedding_backward<F: Float>(
     check_shape(KERNEL, "dy", dy.shape(), &[Some(b), Some(t), Some(c)])?;
     check_shape(KERNEL, "d_pos", d_pos.shape(), &[None, Some(c)])?;
     check_ids(KERNEL, ids, v, d_pos.nrows())?;
-    // (dtok)
-    Zip::from(dy.lanes(Axis(2))).and(ids).for_each(|dy, &id| {
-        let mut row = d_tok.row_mut(id);
-        row += &dy;
-    });
+    // (dtok): each id's rows are summed first and added to the table once, so the table
+    // receives the same sum on every call and two backward passes give exactly twice one.
+    let mut order: Vec<((usize, usize), usize)> =
+        ids.indexed_iter().map(|(pos, &id)| (pos, id)).collect();
+    order.sort_by_key(|&(_, id)| id);
+    let mut sum = Array1::zeros(c);
+    for group in order.chunk_by(|a, b| a.1 == b.1) {
+        sum.fill(F::zero());
+        for &((bi, ti), _) in group {
+            sum += &dy.slice(s![bi, ti, ..]);
+        }
+        let mut row = d_tok.row_mut(group[0].1);
+        row += &sum;
+    }
     // (dpos)
     let mut d_pos_used = d_pos.slice_mut(s![..t, ..]);
     d_pos_used += &dy.sum_axis(Axis(0));

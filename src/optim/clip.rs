@@ -1,0 +1,260 @@
+//! Global gradient-norm clipping over exactly a model's parameters.
+//!
+//! The global norm is `‖g‖ = sqrt(Σ_p Σ_i g_p,i²)` over every parameter `p` the model's
+//! visitor reaches, and nothing else: there is no side table of gradients that could hold
+//! "orphans" belonging to no parameter (the original counted those). Clipping follows
+//! PyTorch's `clip_grad_norm_`: when `‖g‖ > max_norm` every gradient is multiplied by
+//! `max_norm / (‖g‖ + 1e-6)`, so afterwards the norm is at most `max_norm`.
+//!
+//! The norm is accumulated in `f64` whatever the parameter type. Gradients are checked first:
+//! a NaN or infinity anywhere is [`Error::NonFiniteGradient`] naming the parameter, and
+//! nothing is modified.
+
+use ndarray::{ArrayViewD, aview1};
+
+use crate::{Error, Float, Layer, LayerInput, Result};
+
+/// Added to the norm in the clipping coefficient, as PyTorch does.
+const CLIP_EPS: f64 = 1e-6;
+
+/// The global L2 norm of every parameter gradient of `model`.
+///
+/// # Errors
+/// [`Error::NonFiniteGradient`] naming the first parameter with a NaN or infinite gradient.
+///
+/// # Example
+///
+/// ```
+/// use baregpt::{layers::Linear, optim::grad_norm, Layer};
+/// use ndarray::Array3;
+/// use rand::SeedableRng;
+///
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut linear = Linear::<f64>::new(2, 2, true, &mut rng);
+/// linear.forward(&Array3::zeros((1, 1, 2)))?;
+/// linear.backward(&Array3::from_elem((1, 1, 2), 1.0))?; // dW = 0, db = [1, 1]
+/// assert!((grad_norm(&linear)? - 2f64.sqrt()).abs() < 1e-15);
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+pub fn grad_norm<F, X, L>(model: &L) -> Result<f64>
+where
+    F: Float,
+    X: LayerInput<F>,
+    L: Layer<F, X> + ?Sized,
+{
+    norm_of(&mut |f| model.for_each_param(&mut |name, p| f(name, p.grad)))
+}
+
+/// Scales the gradients of `model` so that their global norm is at most `max_norm`, and
+/// returns the norm **before** clipping.
+///
+/// Nothing changes when the norm is already at most `max_norm`. Otherwise every gradient is
+/// multiplied by `max_norm / (norm + 1e-6)`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] when `max_norm` is not positive and finite;
+/// [`Error::NonFiniteGradient`] naming the first parameter with a NaN or infinite gradient.
+/// On error no gradient is modified.
+///
+/// # Example
+///
+/// ```
+/// use baregpt::{layers::Linear, optim::{clip_grad_norm, grad_norm}, Layer};
+/// use ndarray::Array3;
+/// use rand::SeedableRng;
+///
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut linear = Linear::<f64>::new(3, 4, true, &mut rng);
+/// linear.forward(&Array3::ones((2, 5, 3)))?;
+/// linear.backward(&Array3::ones((2, 5, 4)))?;
+/// let before = clip_grad_norm(&mut linear, 1.0)?;
+/// assert!(before > 1.0);
+/// assert!(grad_norm(&linear)? <= 1.0);
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+pub fn clip_grad_norm<F, X, L>(model: &mut L, max_norm: f64) -> Result<f64>
+where
+    F: Float,
+    X: LayerInput<F>,
+    L: Layer<F, X> + ?Sized,
+{
+    check_max_norm("clip_grad_norm", max_norm)?;
+    let norm = grad_norm(model)?;
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
+        let coef = F::of(coef);
+        model.for_each_param_mut(&mut |_, mut p| p.grad.mapv_inplace(|g| g * coef));
+    }
+    Ok(norm)
+}
+
+/// [`clip_grad_norm`] for gradients held as plain slices; returns the norm before clipping.
+///
+/// A non-finite gradient is reported under its index in `grads` (`"0"`, `"1"`, …).
+///
+/// # Errors
+/// As [`clip_grad_norm`]; on error no gradient is modified.
+///
+/// # Example
+///
+/// ```
+/// use baregpt::optim::clip_grad_norm_slices;
+///
+/// let (mut a, mut b) = (vec![3.0f64, 0.0], vec![4.0f64]);
+/// let norm = clip_grad_norm_slices(&mut [&mut a[..], &mut b[..]], 1.0)?;
+/// assert_eq!(norm, 5.0);
+/// assert!((a[0] - 0.6).abs() < 1e-6 && (b[0] - 0.8).abs() < 1e-6);
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+pub fn clip_grad_norm_slices<F: Float>(grads: &mut [&mut [F]], max_norm: f64) -> Result<f64> {
+    check_max_norm("clip_grad_norm_slices", max_norm)?;
+    let norm = norm_of(&mut |f| {
+        let mut name = String::new();
+        for (i, g) in grads.iter().enumerate() {
+            name.clear();
+            name.push_str(&i.to_string());
+            f(&name, aview1(g).into_dyn());
+        }
+    })?;
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
+        let coef = F::of(coef);
+        for g in grads.iter_mut() {
+            g.iter_mut().for_each(|x| *x *= coef);
+        }
+    }
+    Ok(norm)
+}
+
+/// The factor `max_norm / (norm + 1e-6)` when `norm > max_norm`, `None` when no clipping is
+/// needed.
+pub(crate) fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f64> {
+    (norm > max_norm).then(|| max_norm / (norm + CLIP_EPS))
+}
+
+/// Checks that a clipping threshold is positive and finite.
+pub(crate) fn check_max_norm(who: &'static str, max_norm: f64) -> Result<()> {
+    if max_norm > 0.0 && max_norm.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            layer: who,
+            reason: format!("max_norm must be positive and finite, got {max_norm}"),
+        })
+    }
+}
+
+/// A visit over named gradients: it calls its argument once per `(name, grad)`.
+pub(crate) type GradVisit<'a, F> = dyn FnMut(&mut dyn FnMut(&str, ArrayViewD<'_, F>)) + 'a;
+
+/// The global norm of the gradients that `visit` reaches, or the first non-finite one as an
+/// error. `visit` may be called twice (the second time only when the plain sum of squares
+/// overflows `f64`).
+pub(crate) fn norm_of<F: Float>(visit: &mut GradVisit<'_, F>) -> Result<f64> {
+    let mut acc = NormAccumulator::default();
+    visit(&mut |name, grad| acc.add(name, grad));
+    acc.finish(visit)
+}
+
+/// Accumulates the sum of squares and the largest magnitude of gradients, and remembers the
+/// first parameter with a non-finite gradient.
+#[derive(Debug, Default)]
+pub(crate) struct NormAccumulator {
+    sum_sq: f64,
+    max_abs: f64,
+    non_finite: Option<String>,
+}
+
+impl NormAccumulator {
+    /// Adds one gradient (ignored once a non-finite one has been seen).
+    pub(crate) fn add<F: Float>(&mut self, name: &str, grad: ArrayViewD<'_, F>) {
+        if self.non_finite.is_some() {
+            return;
+        }
+        let (mut sum_sq, mut max_abs) = (0.0f64, self.max_abs);
+        for &g in grad.iter() {
+            let g = g.to_f64_exact();
+            sum_sq += g * g;
+            max_abs = max_abs.max(g.abs());
+        }
+        if !max_abs.is_finite() || sum_sq.is_nan() {
+            self.non_finite = Some(name.to_owned());
+            return;
+        }
+        self.sum_sq += sum_sq;
+        self.max_abs = max_abs;
+    }
+
+    /// The first parameter seen with a non-finite gradient, as an error.
+    pub(crate) fn error(&self) -> Result<()> {
+        match &self.non_finite {
+            Some(name) => Err(Error::NonFiniteGradient { name: name.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// The global norm. If the sum of squares overflowed (only possible for `f64` gradients
+    /// above about `1e154`), it is recomputed from `visit` scaled by the largest magnitude.
+    pub(crate) fn finish<F: Float>(self, visit: &mut GradVisit<'_, F>) -> Result<f64> {
+        self.error()?;
+        if self.sum_sq.is_finite() {
+            return Ok(self.sum_sq.sqrt());
+        }
+        let scale = self.max_abs;
+        let mut scaled_sum_sq = 0.0f64;
+        visit(&mut |_, grad| {
+            for &g in grad.iter() {
+                let r = g.to_f64_exact() / scale;
+                scaled_sum_sq += r * r;
+            }
+        });
+        Ok(scale * scaled_sum_sq.sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_norm_and_no_clip_below_threshold() {
+        let (mut a, mut b) = (vec![1.0f32, 2.0], vec![2.0f32]);
+        let norm = clip_grad_norm_slices(&mut [&mut a[..], &mut b[..]], 3.5).unwrap();
+        assert_eq!(norm, 3.0);
+        assert_eq!((a, b), (vec![1.0, 2.0], vec![2.0]));
+    }
+
+    #[test]
+    fn non_finite_is_an_error_and_nothing_changes() {
+        let (mut a, mut b) = (vec![10.0f64, 2.0], vec![f64::NAN]);
+        let err = clip_grad_norm_slices(&mut [&mut a[..], &mut b[..]], 1.0).unwrap_err();
+        assert!(
+            matches!(&err, Error::NonFiniteGradient { name } if name == "1"),
+            "{err}"
+        );
+        assert_eq!(a, [10.0, 2.0]);
+        let mut c = [f64::NEG_INFINITY];
+        assert!(clip_grad_norm_slices(&mut [&mut a[..], &mut c[..]], 1.0).is_err());
+        assert_eq!(a, [10.0, 2.0]);
+    }
+
+    #[test]
+    fn huge_f64_gradients_do_not_overflow_the_norm() {
+        let mut a = vec![3e200f64, 4e200];
+        let norm = clip_grad_norm_slices(&mut [&mut a[..]], 1.0).unwrap();
+        assert!((norm / 5e200 - 1.0).abs() < 1e-15, "{norm}");
+        assert!(
+            (a[0] - 0.6).abs() < 1e-12 && (a[1] - 0.8).abs() < 1e-12,
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn bad_thresholds_are_errors() {
+        let mut a = [1.0f64];
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                clip_grad_norm_slices(&mut [&mut a[..]], bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! Bad input through the public API: every error variant the layers can produce is reached,
+//! with a message naming the layer and the expected and actual shapes; random shapes and ids
+//! never panic; and a failed call changes no parameter or gradient.
+//!
+//! Composite layers (`Mlp`, `Block`, `Gpt`) report the sub-layer that refused the input: a
+//! `Block` given the wrong width fails in its first `LayerNorm`, and the message says so.
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use baregpt::kernels::attention_forward;
+use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
+use baregpt::{CrossEntropy, Error, Gpt, GptConfig, Layer, LayerInput};
+use common::{config, rng, snapshot};
+use ndarray::{Array1, Array2, Array3, array};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+const REGRESSIONS: &str = "proptest-regressions/bad_input.txt";
+
+fn x(b: usize, t: usize, c: usize) -> Array3<f64> {
+    Array3::from_shape_fn((b, t, c), |(i, j, k)| {
+        ((i + 2 * j + 3 * k) as f64 * 0.3).sin()
+    })
+}
+
+fn small_config() -> GptConfig {
+    GptConfig {
+        vocab_size: 10,
+        d_model: 8,
+        n_heads: 2,
+        n_layers: 1,
+        context: 4,
+        mlp_hidden: 16,
+        final_norm: true,
+    }
+}
+
+/// Asserts `result` is an error whose message is exactly `message`, and returns it.
+#[track_caller]
+fn expect_err<T: std::fmt::Debug>(result: baregpt::Result<T>, message: &str) -> Error {
+    let err = result.expect_err("expected an error");
+    assert_eq!(err.to_string(), message);
+    err
+}
+
+/// Runs `call` on `layer` (after a valid forward and backward so gradients are non-zero),
+/// requires it to fail with `message`, and requires parameters and gradients to be unchanged.
+#[track_caller]
+fn fails_without_side_effects<L: Layer<f64> + ?Sized, T: std::fmt::Debug>(
+    layer: &mut L,
+    valid_x: &Array3<f64>,
+    call: impl FnOnce(&mut L) -> baregpt::Result<T>,
+    message: &str,
+) -> Error {
+    let y = layer.forward(valid_x).unwrap();
+    layer.backward(&y.mapv(|v| v + 0.5)).unwrap();
+    let before = snapshot(layer);
+    let err = expect_err(call(layer), message);
+    assert!(
+        snapshot(layer) == before,
+        "the failed call changed the layer"
+    );
+    err
+}
+
+#[test]
+fn shape_mismatch_names_each_layer_and_both_shapes() {
+    let mut r = rng(0);
+    let good = x(2, 3, 4);
+    let wide = x(2, 3, 5);
+
+    let mut linear = Linear::new(4, 3, true, &mut r);
+    let err = fails_without_side_effects(
+        &mut linear,
+        &good,
+        |l| l.forward(&wide),
+        "Linear: input has shape [2, 3, 5], expected [*, *, 4]",
+    );
+    assert!(matches!(
+        err,
+        Error::ShapeMismatch { layer: "Linear", what: "input", ref actual, .. } if actual == &[2, 3, 5]
+    ));
+    fails_without_side_effects(
+        &mut linear,
+        &good,
+        |l| l.backward(&x(2, 3, 4)),
+        "Linear: dy has shape [2, 3, 4], expected [2, 3, 3]",
+    );
+    expect_err(
+        Linear::from_arrays(Array2::<f64>::zeros((4, 3)), Some(Array1::zeros(2))),
+        "Linear: b has shape [2], expected [3]",
+    );
+
+    let mut ln = LayerNorm::new(4);
+    fails_without_side_effects(
+        &mut ln,
+        &good,
+        |l| l.forward(&wide),
+        "LayerNorm: input has shape [2, 3, 5], expected [*, *, 4]",
+    );
+    fails_without_side_effects(
+        &mut ln,
+        &good,
+        |l| l.backward(&x(1, 3, 4)),
+        "LayerNorm: dy has shape [1, 3, 4], expected [2, 3, 4]",
+    );
+
+    let mut gelu = Gelu::new();
+    fails_without_side_effects(
+        &mut gelu,
+        &good,
+        |l| l.backward(&x(2, 2, 4)),
+        "Gelu: dy has shape [2, 2, 4], expected [2, 3, 4]",
+    );
+
+    let mut attn = Attention::new(4, 2, &mut r).unwrap();
+    fails_without_side_effects(
+        &mut attn,
+        &good,
+        |l| l.forward(&wide),
+        "Attention: input has shape [2, 3, 5], expected [*, *, 4]",
+    );
+    fails_without_side_effects(
+        &mut attn,
+        &good,
+        |l| l.backward(&x(2, 4, 4)),
+        "Attention: dy has shape [2, 4, 4], expected [2, 3, 4]",
+    );
+
+    // Composite layers: the sub-layer that checks first names itself.
+    let mut mlp = Mlp::new(4, 8, &mut r);
+    fails_without_side_effects(
+        &mut mlp,
+        &good,
+        |l| l.forward(&wide),
+        "Linear: input has shape [2, 3, 5], expected [*, *, 4]",
+    );
+    fails_without_side_effects(
+        &mut mlp,
+        &good,
+        |l| l.backward(&wide),
+        "Linear: dy has shape [2, 3, 5], expected [2, 3, 4]",
+    );
+    let mut block = Block::new(4, 2, 8, &mut r).unwrap();
+    fails_without_side_effects(
+        &mut block,
+        &good,
+        |l| l.forward(&wide),
+        "LayerNorm: input has shape [2, 3, 5], expected [*, *, 4]",
+    );
+    fails_without_side_effects(
+        &mut block,
+        &good,
+        |l| l.backward(&wide),
+        "Linear: dy has shape [2, 3, 5], expected [2, 3, 4]",
+    );
+
+    let mut seq = Sequential::new()
+        .push(Linear::new(4, 6, true, &mut r))
+        .push(LayerNorm::new(6));
+    fails_without_side_effects(
+        &mut seq,
+        &good,
+        |l| l.forward(&wide),
+        "Linear: input has shape [2, 3, 5], expected [*, *, 4]",
+    );
+    fails_without_side_effects(
+        &mut seq,
+        &good,
+        |l| l.backward(&good),
+        "Sequential: dy has shape [2, 3, 4], expected [2, 3, 6]",
+    );
+
+    let mut embed = Embedding::<f64>::new(10, 4, 6, &mut r);
+    embed.forward(&array![[1, 2, 3]]).unwrap();
+    expect_err(
+        embed.backward(&x(1, 3, 5)),
+        "Embedding: dy has shape [1, 3, 5], expected [1, 3, 4]",
+    );
+
+    let mut head = CrossEntropy::<f64>::new();
+    expect_err(
+        head.loss(&x(2, 3, 5), &array![[0, 1], [2, 3]]),
+        "cross_entropy: targets has shape [2, 2], expected [2, 3]",
+    );
+    head.set_targets(array![[0, 1, 2], [3, 4, 0]]);
+    head.forward(&x(2, 3, 5)).unwrap();
+    expect_err(
+        head.backward(&x(2, 1, 1)),
+        "CrossEntropy: dy has shape [2, 1, 1], expected [1, 1, 1]",
+    );
+
+    let mut gpt = Gpt::<f64>::new(small_config(), &mut r).unwrap();
+    let ids = array![[1, 2, 3], [4, 5, 6]];
+    let err = expect_err(
+        gpt.loss(&ids, &array![[1, 2, 3]]),
+        "Gpt: targets has shape [1, 3], expected [2, 3]",
+    );
+    assert!(matches!(
+        err,
+        Error::ShapeMismatch {
+            layer: "Gpt",
+            what: "targets",
+            ..
+        }
+    ));
+    gpt.forward(&ids).unwrap();
+    let before = snapshot(&gpt);
+    expect_err(
+        Layer::backward(&mut gpt, &x(2, 3, 9)),
+        "Linear: dy has shape [2, 3, 9], expected [2, 3, 10]",
+    );
+    assert!(snapshot(&gpt) == before);
+
+    let q = x(1, 3, 4);
+    expect_err(
+        attention_forward(q.view(), x(1, 3, 6).view(), q.view(), 2),
+        "attention: k has shape [1, 3, 6], expected [1, *, 4]",
+    );
+}
+
+#[test]
+fn token_ids_out_of_range_are_refused() {
+    let mut embed = Embedding::<f64>::new(10, 4, 6, &mut rng(1));
+    let err = expect_err(
+        embed.forward(&array![[1, 2, 3], [4, 10, 6]]),
+        "Embedding: token id 10 at (b, t) = (1, 1) is out of range for vocabulary size 10",
+    );
+    assert!(matches!(
+        err,
+        Error::TokenOutOfRange {
+            layer: "Embedding",
+            id: 10,
+            position: (1, 1),
+            vocab_size: 10
+        }
+    ));
+    expect_err(
+        embed.embed_at(&array![[usize::MAX]], 0),
+        &format!(
+            "embedding: token id {} at (b, t) = (0, 0) is out of range for vocabulary size 10",
+            usize::MAX
+        ),
+    );
+
+    let mut gpt = Gpt::<f64>::new(small_config(), &mut rng(1)).unwrap();
+    let message =
+        "Embedding: token id 12 at (b, t) = (0, 2) is out of range for vocabulary size 10";
+    expect_err(gpt.forward(&array![[0, 1, 12]]), message);
+    let before = snapshot(&gpt);
+    expect_err(gpt.loss(&array![[0, 1, 12]], &array![[0, 1, 2]]), message);
+    assert!(snapshot(&gpt) == before);
+}
+
+#[test]
+fn targets_out_of_range_are_refused() {
+    let mut head = CrossEntropy::<f64>::new();
+    let err = expect_err(
+        head.loss(&x(1, 3, 5), &array![[0, 5, 1]]),
+        "cross_entropy: target 5 at (b, t) = (0, 1) is out of range for 5 classes",
+    );
+    assert!(matches!(
+        err,
+        Error::TargetOutOfRange {
+            target: 5,
+            classes: 5,
+            ..
+        }
+    ));
+    head.set_targets(array![[0, 1, 7]]);
+    expect_err(
+        head.forward(&x(1, 3, 5)),
+        "cross_entropy: target 7 at (b, t) = (0, 2) is out of range for 5 classes",
+    );
+
+    let mut gpt = Gpt::<f64>::new(small_config(), &mut rng(2)).unwrap();
+    let before = snapshot(&gpt);
+    expect_err(
+        gpt.loss(&array![[0, 1]], &array![[3, 10]]),
+        "cross_entropy: target 10 at (b, t) = (0, 1) is out of range for 10 classes",
+    );
+    assert!(snapshot(&gpt) == before);
+    // The failed loss leaves nothing to backpropagate.
+    expect_err(
+        gpt.backward(),
+        "CrossEntropy: backward called before forward (nothing cached)",
+    );
+}
+
+#[test]
+fn sequence_lengths_outside_one_to_context_are_refused() {
+    let mut embed = Embedding::<f64>::new(10, 4, 3, &mut rng(3));
+    let err = expect_err(
+        embed.forward(&Array2::zeros((2, 4))),
+        "Embedding: sequence length 4 is not in 1..=3",
+    );
+    assert!(matches!(
+        err,
+        Error::SequenceLength {
+            layer: "Embedding",
+            len: 4,
+            context: 3
+        }
+    ));
+    expect_err(
+        embed.forward(&Array2::zeros((2, 0))),
+        "Embedding: sequence length 0 is not in 1..=3",
+    );
+    expect_err(
+        embed.embed_at(&Array2::zeros((1, 2)), 2),
+        "Embedding: sequence length 4 is not in 1..=3",
+    );
+
+    let mut gpt = Gpt::<f64>::new(small_config(), &mut rng(3)).unwrap();
+    expect_err(
+        gpt.forward(&Array2::zeros((1, 5))),
+        "Embedding: sequence length 5 is not in 1..=4",
+    );
+    expect_err(
+        gpt.loss(&Array2::zeros((3, 0)), &Array2::zeros((3, 0))),
+        "Embedding: sequence length 0 is not in 1..=4",
+    );
+}
+
+#[test]
+fn backward_before_forward_is_refused_by_every_layer() {
+    let mut r = rng(4);
+    let dy = x(1, 2, 4);
+    let cases: Vec<(Box<dyn Layer<f64>>, &str)> = vec![
+        (Box::new(Linear::new(4, 4, true, &mut r)), "Linear"),
+        (Box::new(LayerNorm::new(4)), "LayerNorm"),
+        (Box::new(Gelu::new()), "Gelu"),
+        (Box::new(Attention::new(4, 2, &mut r).unwrap()), "Attention"),
+        // Composite layers: their last sub-layer (a Linear) runs backward first.
+        (Box::new(Mlp::new(4, 8, &mut r)), "Linear"),
+        (Box::new(Block::new(4, 2, 8, &mut r).unwrap()), "Linear"),
+        (
+            Box::new(Sequential::new().push(LayerNorm::new(4))),
+            "Sequential",
+        ),
+        (Box::new(Sequential::new()), "Sequential"),
+        (Box::new(CrossEntropy::new()), "CrossEntropy"),
+    ];
+    for (mut layer, name) in cases {
+        let before = snapshot(layer.as_ref());
+        let err = expect_err(
+            layer.backward(&dy),
+            &format!("{name}: backward called before forward (nothing cached)"),
+        );
+        assert!(matches!(err, Error::BackwardBeforeForward { layer } if layer == name));
+        assert!(snapshot(layer.as_ref()) == before);
+    }
+
+    let mut embed = Embedding::<f64>::new(5, 4, 3, &mut r);
+    expect_err(
+        embed.backward(&dy),
+        "Embedding: backward called before forward (nothing cached)",
+    );
+    expect_err(
+        CrossEntropy::<f64>::new().backward_loss(),
+        "CrossEntropy: backward called before forward (nothing cached)",
+    );
+
+    let mut gpt = Gpt::<f64>::new(small_config(), &mut r).unwrap();
+    expect_err(
+        gpt.backward(),
+        "CrossEntropy: backward called before forward (nothing cached)",
+    );
+    expect_err(
+        Layer::backward(&mut gpt, &x(1, 2, 10)),
+        "Linear: backward called before forward (nothing cached)",
+    );
+    // A forward alone is not a loss: the inherent backward still has nothing to start from.
+    gpt.forward(&array![[1, 2]]).unwrap();
+    expect_err(
+        gpt.backward(),
+        "CrossEntropy: backward called before forward (nothing cached)",
+    );
+
+    // A forward that failed part-way through a Sequential leaves nothing to backpropagate.
+    let mut seq = Sequential::new()
+        .push(Linear::new(4, 3, true, &mut r))
+        .push(LayerNorm::new(5));
+    expect_err(
+        seq.forward(&x(1, 2, 4)),
+        "LayerNorm: input has shape [1, 2, 3], expected [*, *, 5]",
+    );
+    expect_err(
+        seq.backward(&x(1, 2, 5)),
+        "Sequential: backward called before forward (nothing cached)",
+    );
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    let mut r = rng(5);
+    let err = expect_err(
+        Attention::<f64>::new(8, 3, &mut r),
+        "Attention: invalid configuration: 3 heads do not divide d_model 8",
+    );
+    assert!(matches!(
+        err,
+        Error::InvalidConfig {
+            layer: "Attention",
+            ..
+        }
+    ));
+    expect_err(
+        Attention::<f64>::new(8, 0, &mut r),
+        "Attention: invalid configuration: 0 heads do not divide d_model 8",
+    );
+    expect_err(
+        Block::<f32>::new(6, 4, 8, &mut r),
+        "Attention: invalid configuration: 4 heads do not divide d_model 6",
+    );
+    let q = x(1, 2, 6);
+    expect_err(
+        attention_forward(q.view(), q.view(), q.view(), 4),
+        "attention: invalid configuration: 4 heads do not divide the width 6",
+    );
+
+    let heads = GptConfig {
+        n_heads: 3,
+        ..small_config()
+    };
+    let message = "Gpt: invalid configuration: n_heads 3 does not divide d_model 8";
+    expect_err(heads.validate(), message);
+    expect_err(Gpt::<f64>::new(heads, &mut r), message);
+
+    type Zero = fn(&mut GptConfig);
+    let zeroed: [(&str, Zero); 5] = [
+        ("vocab_size", |c| c.vocab_size = 0),
+        ("d_model", |c| c.d_model = 0),
+        ("n_heads", |c| c.n_heads = 0),
+        ("context", |c| c.context = 0),
+        ("mlp_hidden", |c| c.mlp_hidden = 0),
+    ];
+    for (field, zero) in zeroed {
+        let mut cfg = small_config();
+        zero(&mut cfg);
+        let message = format!("Gpt: invalid configuration: {field} must be positive");
+        expect_err(cfg.validate(), &message);
+        let err = expect_err(Gpt::<f32>::new(cfg, &mut r), &message);
+        assert!(matches!(err, Error::InvalidConfig { layer: "Gpt", .. }));
+    }
+
+    let mut head = CrossEntropy::<f64>::new();
+    expect_err(
+        head.forward(&x(1, 2, 3)),
+        "CrossEntropy: invalid configuration: no targets set: call set_targets before forward",
+    );
+}
+
+/// One random case for the no-panic property: a layer kind, six sizes in `0..=4`, a seed, and
+/// random inputs. Half the cases are well formed (positive sizes, heads dividing the width,
+/// matching widths, ids and targets in range, `1 ≤ T ≤ context`), so that valid calls are
+/// exercised too; the other half are anything, zero sizes and out-of-range ids included.
+#[derive(Clone, Debug)]
+struct Case {
+    kind: usize,
+    sizes: [usize; 6],
+    well_formed: bool,
+    seed: u64,
+    x: Array3<f64>,
+    dy: Array3<f64>,
+    ids: Array2<usize>,
+    targets: Array2<usize>,
+}
+
+fn random_array3(dims: (usize, usize, usize)) -> impl Strategy<Value = Array3<f64>> {
+    proptest::collection::vec(-3.0..3.0f64, dims.0 * dims.1 * dims.2)
+        .prop_map(move |v| Array3::from_shape_vec(dims, v).unwrap())
+}
+
+/// Ids of shape `dims` in `0..end`.
+fn random_ids(dims: (usize, usize), end: usize) -> impl Strategy<Value = Array2<usize>> {
+    proptest::collection::vec(0..end.max(1), dims.0 * dims.1)
+        .prop_map(move |v| Array2::from_shape_vec(dims, v).unwrap())
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        0..10usize,
+        prop::array::uniform6(0..=4usize),
+        any::<u64>(),
+        any::<bool>(),
+        (0..=3usize, 0..=5usize, 0..=5usize),
+        (0..=3usize, 0..=5usize, 0..=5usize),
+        (0..=3usize, 0..=5usize),
+        (0..=3usize, 0..=5usize),
+    )
+        .prop_flat_map(
+            |(kind, sizes, seed, well_formed, x_dims, dy_dims, id_dims, target_dims)| {
+                let (sizes, x_dims, id_dims, target_dims, id_end) = if well_formed {
+                    let sizes = sizes.map(|s| s.max(1));
+                    let x_dims = (x_dims.0.max(1), x_dims.1.max(1), sizes[0]);
+                    let id_dims = (id_dims.0.max(1), 1 + id_dims.1 % sizes[4]);
+                    // CrossEntropy scores x (width sizes[0]); Gpt scores its logits for ids.
+                    let target_dims = if kind == 7 {
+                        (x_dims.0, x_dims.1)
+                    } else {
+                        id_dims
+                    };
+                    (sizes, x_dims, id_dims, target_dims, sizes[0])
+                } else {
+                    (sizes, x_dims, id_dims, target_dims, sizes[0] + 3)
+                };
+                (
+                    random_array3(x_dims),
+                    random_array3(dy_dims),
+                    random_ids(id_dims, id_end),
+                    random_ids(target_dims, id_end),
+                )
+                    .prop_map(move |(x, dy, ids, targets)| Case {
+                        kind,
+                        sizes,
+                        well_formed,
+                        seed,
+                        x,
+                        dy,
+                        ids,
+                        targets,
+                    })
+            },
+        )
+}
+
+/// Fresh layer: backward fails and changes nothing; forward changes no parameter; a failing
+/// backward changes nothing; after a successful forward, a `dy` of the output's shape works.
+fn exercise<X, L>(layer: &mut L, x: &X, dy: &Array3<f64>) -> Result<(), TestCaseError>
+where
+    X: LayerInput<f64>,
+    L: Layer<f64, X> + ?Sized,
+{
+    let fresh = snapshot(layer);
+    prop_assert!(
+        layer.backward(dy).is_err(),
+        "backward before forward succeeded"
+    );
+    prop_assert!(snapshot(layer) == fresh);
+    let y = layer.forward(x);
+    prop_assert!(
+        snapshot(layer) == fresh,
+        "forward changed a parameter or gradient"
+    );
+    if layer.backward(dy).is_err() {
+        prop_assert!(
+            snapshot(layer) == fresh,
+            "a failed backward changed the layer"
+        );
+    }
+    if let Ok(y) = y {
+        let result = layer.backward(&y.mapv(|v| v * 0.5 - 0.25));
+        prop_assert!(
+            result.is_ok(),
+            "backward after forward failed: {:?}",
+            result.err()
+        );
+        let before = snapshot(layer);
+        if layer.forward(x).is_ok() && layer.backward(dy).is_err() {
+            prop_assert!(
+                snapshot(layer) == before,
+                "a failed backward changed the layer"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_case(case: &Case) -> Result<(), TestCaseError> {
+    let [s0, s1, s2, s3, s4, s5] = case.sizes;
+    let mut r = rng(case.seed);
+    // Well-formed cases use a head count that divides the width.
+    let heads = if !case.well_formed || s0 % s1 == 0 {
+        s1
+    } else {
+        1
+    };
+    let bias = case.seed % 2 == 0;
+    let (x, dy) = (&case.x, &case.dy);
+    match case.kind {
+        0 => exercise(&mut Linear::new(s0, s1, bias, &mut r), x, dy),
+        1 => exercise(&mut LayerNorm::new(s0), x, dy),
+        2 => exercise(&mut Gelu::new(), x, dy),
+        3 => match Attention::new(s0, heads, &mut r) {
+            Ok(mut attn) => exercise(&mut attn, x, dy),
+            Err(e) => {
+                prop_assert!(matches!(e, Error::InvalidConfig { .. }), "{}", e);
+                Ok(())
+            }
+        },
+        4 => exercise(&mut Mlp::new(s0, s1, &mut r), x, dy),
+        5 => match Block::new(s0, heads, s2, &mut r) {
+            Ok(mut block) => exercise(&mut block, x, dy),
+            Err(e) => {
+                prop_assert!(matches!(e, Error::InvalidConfig { .. }), "{}", e);
+                Ok(())
+            }
+        },
+        6 => {
+            // Widths need not chain: a forward may fail part-way through.
+            let mut seq = Sequential::new()
+                .push(Linear::new(s0, s1, bias, &mut r))
+                .push(Gelu::new())
+                .push(LayerNorm::new(if case.well_formed { s1 } else { s2 }));
+            exercise(&mut seq, x, dy)
+        }
+        7 => {
+            let mut head = CrossEntropy::new();
+            head.set_targets(case.targets.clone());
+            exercise(&mut head, x, dy)?;
+            let _ = head.loss(x, &case.ids);
+            let _ = head.backward_loss();
+            Ok(())
+        }
+        8 => {
+            let mut embed = Embedding::new(s0, s1, s4, &mut r);
+            let _ = embed.embed_at(&case.ids, s3);
+            exercise(&mut embed, &case.ids, dy)
+        }
+        _ => {
+            let cfg = GptConfig {
+                vocab_size: s0,
+                d_model: if case.well_formed { s1 * s2 } else { s1 },
+                n_heads: s2,
+                n_layers: s3 % 3,
+                context: s4,
+                mlp_hidden: s5,
+                final_norm: bias,
+            };
+            match Gpt::<f64>::new(cfg, &mut r) {
+                Ok(mut gpt) => {
+                    let fresh = snapshot(&gpt);
+                    prop_assert!(gpt.backward().is_err());
+                    if gpt.loss(&case.ids, &case.targets).is_err() || gpt.backward().is_err() {
+                        prop_assert!(snapshot(&gpt) == fresh, "a failed call changed the model");
+                    }
+                    let mut gpt = Gpt::<f64>::new(gpt.config().clone(), &mut r).unwrap();
+                    exercise(&mut gpt, &case.ids, dy)?;
+                    // One id past the vocabulary, and one position past the context.
+                    let mut bad_id = case.ids.clone();
+                    if let Some(first) = bad_id.iter_mut().next() {
+                        *first = s0;
+                        prop_assert!(gpt.forward(&bad_id).is_err());
+                    }
+                    let too_long = Array2::zeros((1, gpt.config().context + 1));
+                    let before = snapshot(&gpt);
+                    prop_assert!(gpt.loss(&too_long, &too_long).is_err());
+                    prop_assert!(snapshot(&gpt) == before);
+                    Ok(())
+                }
+                Err(e) => {
+                    prop_assert!(matches!(e, Error::InvalidConfig { .. }), "{}", e);
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1024, REGRESSIONS))]
+
+    /// No public call panics on random shapes, sizes (zero included) and ids.
+    #[test]
+    fn random_inputs_never_panic(case in case()) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| run_case(&case)));
+        match outcome {
+            Ok(result) => result?,
+            Err(_) => prop_assert!(false, "a public call panicked on {:?}", case),
+        }
+    }
+}

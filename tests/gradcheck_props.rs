@@ -1,0 +1,340 @@
+//! Finite-difference gradient checks (f64) of every layer and of a whole small GPT, over random
+//! shapes, weights and inputs.
+//!
+//! Every check covers the input (for float layers) and every parameter by name, with the
+//! checker's default tolerances. Weights come from a drawn seed and are then jittered so that
+//! no check runs at unit gains or zero biases. Run with `--release`: the file takes seconds.
+
+mod common;
+
+use baregpt::gradcheck::GradCheckReport;
+use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
+use baregpt::{CrossEntropy, Gpt, GptConfig, Layer, strategies};
+use common::{config, gradcheck_passes, jitter_params, rng};
+use ndarray::{Array2, Array3};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+const REGRESSIONS: &str = "proptest-regressions/gradcheck_props.txt";
+
+/// `(x (B, T, C), seed)` with `B ≤ 3`, `T ≤ 5`, `C ≤ max_c`.
+fn activations_and_seed(max_c: usize) -> impl Strategy<Value = (Array3<f64>, u64)> {
+    strategies::dims(3, 5, max_c)
+        .prop_flat_map(|(b, t, c)| (strategies::activations(b, t, c), strategies::seed()))
+}
+
+/// `(x (B, T, H·D), H, seed)` with the head count in `heads` and head size `1..=3`.
+fn attention_case(
+    heads: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = (Array3<f64>, usize, u64)> {
+    (1..=3usize, 1..=5usize, heads, 1..=3usize).prop_flat_map(|(b, t, h, d)| {
+        (
+            strategies::activations(b, t, h * d),
+            Just(h),
+            strategies::seed(),
+        )
+    })
+}
+
+/// A GPT batch from [`strategies::gpt_batch`] with `final_norm` forced, and a weight seed.
+fn gpt_case(
+    final_norm: bool,
+) -> impl Strategy<Value = (GptConfig, Array2<usize>, Array2<usize>, u64)> {
+    (strategies::gpt_batch(), strategies::seed()).prop_map(
+        move |((mut cfg, ids, targets), seed)| {
+            cfg.final_norm = final_norm;
+            (cfg, ids, targets, seed)
+        },
+    )
+}
+
+fn check_linear(x: &Array3<f64>, c_out: usize, bias: bool, seed: u64) -> Result<(), TestCaseError> {
+    let mut linear = Linear::new(x.dim().2, c_out, bias, &mut rng(seed));
+    jitter_params(&mut linear, seed, 0.5);
+    let expected: &[&str] = if bias { &["w", "b"] } else { &["w"] };
+    prop_assert_eq!(linear.param_names(), expected);
+    gradcheck_passes(&mut linear, x, true)?;
+    Ok(())
+}
+
+/// A layer that is the GPT followed by its loss head: `ids (B, T)` → loss `(1, 1, 1)`.
+/// Checking it covers the fused softmax cross-entropy backward feeding the model's backward.
+struct GptWithLoss {
+    gpt: Gpt<f64>,
+    head: CrossEntropy<f64>,
+}
+
+impl Layer<f64, Array2<usize>> for GptWithLoss {
+    fn kind(&self) -> &'static str {
+        "GptWithLoss"
+    }
+
+    fn forward(&mut self, ids: &Array2<usize>) -> baregpt::Result<Array3<f64>> {
+        let logits = self.gpt.forward(ids)?;
+        self.head.forward(&logits)
+    }
+
+    fn backward(&mut self, dy: &Array3<f64>) -> baregpt::Result<()> {
+        let d_logits = self.head.backward(dy)?;
+        Layer::backward(&mut self.gpt, &d_logits)
+    }
+
+    fn visit_params(
+        &self,
+        path: &mut baregpt::param::ParamPath,
+        f: &mut baregpt::param::ParamVisitor<'_, f64>,
+    ) {
+        self.gpt.visit_params(path, f);
+    }
+
+    fn visit_params_mut(
+        &mut self,
+        path: &mut baregpt::param::ParamPath,
+        f: &mut baregpt::param::ParamVisitorMut<'_, f64>,
+    ) {
+        self.gpt.visit_params_mut(path, f);
+    }
+}
+
+/// Builds a jittered GPT and checks its logits (the `Layer` form) and its loss; returns both
+/// reports.
+fn check_gpt(
+    cfg: &GptConfig,
+    ids: &Array2<usize>,
+    targets: &Array2<usize>,
+    seed: u64,
+) -> Result<(GradCheckReport, GradCheckReport), TestCaseError> {
+    let mut gpt = Gpt::<f64>::new(cfg.clone(), &mut rng(seed))
+        .map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    jitter_params(&mut gpt, seed, 0.3);
+    let report = gradcheck_passes(&mut gpt, ids, false)?;
+    let pos = report.tensor("embed.pos").map(|t| t.shape.clone());
+    prop_assert_eq!(pos, Some(vec![cfg.context, cfg.d_model]));
+
+    let mut head = CrossEntropy::new();
+    head.set_targets(targets.clone());
+    let mut with_loss = GptWithLoss { gpt, head };
+    let loss_report = gradcheck_passes(&mut with_loss, ids, false)?;
+    Ok((report, loss_report))
+}
+
+proptest! {
+    #![proptest_config(config(64, REGRESSIONS))]
+
+    #[test]
+    fn linear_with_bias((x, seed) in activations_and_seed(5), c_out in 1..=5usize) {
+        check_linear(&x, c_out, true, seed)?;
+    }
+
+    #[test]
+    fn linear_without_bias((x, seed) in activations_and_seed(5), c_out in 1..=5usize) {
+        check_linear(&x, c_out, false, seed)?;
+    }
+
+    #[test]
+    fn layer_norm((x, seed) in activations_and_seed(6)) {
+        let mut ln = LayerNorm::new(x.dim().2);
+        jitter_params(&mut ln, seed, 0.5);
+        gradcheck_passes(&mut ln, &x, true)?;
+    }
+
+    #[test]
+    fn gelu((x, _seed) in activations_and_seed(6)) {
+        let mut gelu = Gelu::new();
+        gradcheck_passes(&mut gelu, &x, true)?;
+    }
+
+    #[test]
+    fn cross_entropy_as_a_layer(
+        (logits, targets) in strategies::dims(3, 5, 6).prop_flat_map(|(b, t, v)| {
+            (strategies::activations(b, t, v), strategies::token_ids(b, t, v))
+        })
+    ) {
+        let mut head = CrossEntropy::new();
+        head.set_targets(targets);
+        gradcheck_passes(&mut head, &(logits * 2.0), true)?;
+    }
+
+    #[test]
+    fn embedding_params_only(
+        (ids, vocab, c, context, seed) in (1..=8usize, 1..=4usize, 1..=6usize)
+            .prop_flat_map(|(v, c, ctx)| (1..=3usize, 1..=ctx, Just((v, c, ctx))))
+            .prop_flat_map(|(b, t, (v, c, ctx))| {
+                (strategies::token_ids(b, t, v), Just(v), Just(c), Just(ctx), strategies::seed())
+            })
+    ) {
+        let mut embed = Embedding::new(vocab, c, context, &mut rng(seed));
+        let report = gradcheck_passes(&mut embed, &ids, false)?;
+        prop_assert_eq!(&report.tensors[1].shape, &vec![context, c]);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(48, REGRESSIONS))]
+
+    #[test]
+    fn mlp((x, seed) in activations_and_seed(4), hidden in 1..=8usize) {
+        let mut mlp = Mlp::new(x.dim().2, hidden, &mut rng(seed));
+        jitter_params(&mut mlp, seed, 0.3);
+        gradcheck_passes(&mut mlp, &x, true)?;
+    }
+
+    #[test]
+    fn attention_one_head((x, heads, seed) in attention_case(1..=1)) {
+        let mut attn = Attention::new(x.dim().2, heads, &mut rng(seed)).unwrap();
+        jitter_params(&mut attn, seed, 0.3);
+        gradcheck_passes(&mut attn, &x, true)?;
+    }
+
+    #[test]
+    fn attention_several_heads((x, heads, seed) in attention_case(2..=3)) {
+        let mut attn = Attention::new(x.dim().2, heads, &mut rng(seed)).unwrap();
+        prop_assert!(attn.n_heads() >= 2);
+        jitter_params(&mut attn, seed, 0.3);
+        gradcheck_passes(&mut attn, &x, true)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(32, REGRESSIONS))]
+
+    #[test]
+    fn block((x, heads, seed) in attention_case(1..=2), hidden in 1..=8usize) {
+        let mut block = Block::new(x.dim().2, heads, hidden, &mut rng(seed)).unwrap();
+        jitter_params(&mut block, seed, 0.3);
+        gradcheck_passes(&mut block, &x, true)?;
+    }
+
+    #[test]
+    fn sequential_of_boxed_layers(
+        (x, seed) in activations_and_seed(3),
+        heads in 1..=2usize,
+        head_dim in 1..=2usize,
+        hidden in 1..=6usize,
+        c_out in 1..=4usize,
+    ) {
+        let width = heads * head_dim;
+        let mut r = rng(seed);
+        let layers: Vec<Box<dyn Layer<f64>>> = vec![
+            Box::new(Linear::new(x.dim().2, width, true, &mut r)),
+            Box::new(LayerNorm::new(width)),
+            Box::new(Attention::new(width, heads, &mut r).unwrap()),
+            Box::new(Gelu::new()),
+            Box::new(Mlp::new(width, hidden, &mut r)),
+            Box::new(Block::new(width, heads, hidden, &mut r).unwrap()),
+            Box::new(Linear::new(width, c_out, false, &mut r)),
+        ];
+        let mut net = Sequential::from_layers(layers);
+        jitter_params(&mut net, seed, 0.3);
+        let report = gradcheck_passes(&mut net, &x, true)?;
+        prop_assert!(report.tensor("5.attn.w_q").is_some());
+    }
+}
+
+proptest! {
+    #![proptest_config(config(16, REGRESSIONS))]
+
+    #[test]
+    fn whole_gpt_with_final_norm((cfg, ids, targets, seed) in gpt_case(true)) {
+        let (report, _) = check_gpt(&cfg, &ids, &targets, seed)?;
+        prop_assert!(report.tensor("ln_f.gamma").is_some());
+    }
+
+    #[test]
+    fn whole_gpt_without_final_norm((cfg, ids, targets, seed) in gpt_case(false)) {
+        let (report, _) = check_gpt(&cfg, &ids, &targets, seed)?;
+        prop_assert!(report.tensor("ln_f.gamma").is_none());
+    }
+}
+
+/// A 2-layer, 2-head GPT with context 6 and a final LayerNorm.
+fn small_config() -> GptConfig {
+    GptConfig {
+        vocab_size: 11,
+        d_model: 8,
+        n_heads: 2,
+        n_layers: 2,
+        context: 6,
+        mlp_hidden: 16,
+        final_norm: true,
+    }
+}
+
+fn ids_for(b: usize, t: usize, vocab: usize, salt: usize) -> Array2<usize> {
+    Array2::from_shape_fn((b, t), |(i, j)| (7 * i + 3 * j + salt) % vocab)
+}
+
+fn unwrap_check<T>(result: Result<T, TestCaseError>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn gpt_single_token_sequence() {
+    let cfg = small_config();
+    let (ids, targets) = (ids_for(2, 1, 11, 0), ids_for(2, 1, 11, 5));
+    let (report, _) = unwrap_check(check_gpt(&cfg, &ids, &targets, 11));
+    // T = 1: only row 0 of the position table receives a gradient, yet it keeps its shape.
+    let pos = report.tensor("embed.pos").unwrap();
+    assert_eq!(pos.shape, vec![6, 8]);
+}
+
+#[test]
+fn gpt_sequence_shorter_than_context() {
+    let cfg = small_config();
+    let (ids, targets) = (ids_for(3, 4, 11, 1), ids_for(3, 4, 11, 2));
+    let (report, _) = unwrap_check(check_gpt(&cfg, &ids, &targets, 12));
+    assert_eq!(report.tensor("embed.pos").unwrap().shape, vec![6, 8]);
+
+    // Rows T..context of the position gradient are exactly zero after a real backward.
+    let mut gpt = Gpt::<f64>::new(cfg, &mut rng(12)).unwrap();
+    gpt.loss(&ids, &targets).unwrap();
+    gpt.backward().unwrap();
+    let mut unused_rows_zero = None;
+    gpt.for_each_param(&mut |name, p| {
+        if name == "embed.pos" {
+            let grad = p.grad.into_dimensionality::<ndarray::Ix2>().unwrap();
+            let used = grad.slice(ndarray::s![..4, ..]).iter().any(|&g| g != 0.0);
+            let unused = grad.slice(ndarray::s![4.., ..]).iter().all(|&g| g == 0.0);
+            unused_rows_zero = Some(used && unused);
+        }
+    });
+    assert_eq!(unused_rows_zero, Some(true));
+}
+
+/// Prints the worst relative and absolute errors of a report (for the closing note).
+fn summarize(what: &str, report: &GradCheckReport) {
+    let worst = report
+        .tensors
+        .iter()
+        .max_by(|a, b| a.max_rel_error.total_cmp(&b.max_rel_error))
+        .map_or("-", |t| t.name.as_str());
+    let elements: usize = report.tensors.iter().map(|t| t.checked).sum();
+    eprintln!(
+        "{what}: {} tensors, {elements} elements; worst relative error {:.3e} (in `{worst}`), \
+         worst absolute error {:.3e}",
+        report.tensors.len(),
+        report.max_rel_error(),
+        report.max_abs_error(),
+    );
+}
+
+/// The numbers quoted in the closing note: the checker's worst errors over every parameter of
+/// a whole small GPT in f64 (2 layers, 2 heads, final LayerNorm, B = 2 at the full context
+/// T = 6), through the logits and through the mean cross-entropy.
+///
+/// The bounds: a wrong gradient term shows up as a relative error of order one, while the
+/// central difference's own error here is round-off, about `ε_mach·|f| / eps ≈ 1e-10·|f|`.
+/// So every element must be within the checker's default `atol` (1e-7) on the absolute error
+/// alone, and the relative error (counted only above `atol`) below 1e-4.
+#[test]
+fn worst_relative_error_over_a_small_gpt() {
+    let cfg = small_config();
+    let (ids, targets) = (ids_for(2, 6, 11, 3), ids_for(2, 6, 11, 4));
+    let (logits, loss) = unwrap_check(check_gpt(&cfg, &ids, &targets, 2024));
+    summarize("whole small Gpt (f64), logits projected", &logits);
+    summarize("whole small Gpt (f64), mean cross-entropy", &loss);
+    for report in [&logits, &loss] {
+        assert!(report.max_rel_error() < 1e-4, "{report}");
+        assert!(report.max_abs_error() < report.atol, "{report}");
+    }
+}
