@@ -4,23 +4,23 @@
 
 use ndarray::{Array, ArrayView, Dimension, Zip};
 
+use super::elementwise::{map_binary, map_unary};
 use crate::error::check_shape;
 use crate::{Float, Result};
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const CUBIC: f64 = 0.044_715;
-/// Arrays at least this long are processed in parallel.
-const PARALLEL_MIN_LEN: usize = 1 << 15;
 
 /// Applies tanh-GELU element-wise: any shape in, the same shape out.
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
-    let gelu = |&x: &F| half * x * (F::one() + (s * (x + a * x * x * x)).gelu_tanh());
-    if x.len() >= PARALLEL_MIN_LEN {
-        Zip::from(&x).par_map_collect(gelu)
-    } else {
-        Zip::from(&x).map_collect(gelu)
+    let gelu = move |x: F| half * x * (F::one() + (s * (x + a * x * x * x)).gelu_tanh());
+    let mut y = Array::zeros(x.raw_dim());
+    match (x.as_slice(), y.as_slice_mut()) {
+        (Some(xs), Some(ys)) => map_unary(xs, ys, gelu),
+        _ => Zip::from(&mut y).and(&x).for_each(|y, &x| *y = gelu(x)),
     }
+    y
 }
 
 /// Backward of [`gelu_forward`]: `dx = dy · gelu'(x)`, with `x` the forward's input.
@@ -42,19 +42,22 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     check_shape("gelu", "dy", dy.shape(), &expected)?;
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
     let three_a = F::of(3.0 * CUBIC);
-    let d_gelu = |&x: &F, &dy: &F| {
+    let d_gelu = move |x: F, dy: F| {
         let x2 = x * x;
         let th = (s * (x + a * x2 * x)).gelu_tanh();
         let term_1 = half * (F::one() + th);
         let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
         dy * (term_1 + term_2)
     };
-    let zip = Zip::from(&x).and(&dy);
-    Ok(if x.len() >= PARALLEL_MIN_LEN {
-        zip.par_map_collect(d_gelu)
-    } else {
-        zip.map_collect(d_gelu)
-    })
+    let mut dx = Array::zeros(x.raw_dim());
+    match (x.as_slice(), dy.as_slice(), dx.as_slice_mut()) {
+        (Some(xs), Some(dys), Some(dxs)) => map_binary(xs, dys, dxs, d_gelu),
+        _ => Zip::from(&mut dx)
+            .and(&x)
+            .and(&dy)
+            .for_each(|dx, &x, &dy| *dx = d_gelu(x, dy)),
+    }
+    Ok(dx)
 }
 
 #[cfg(test)]

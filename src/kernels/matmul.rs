@@ -19,15 +19,26 @@ const PARALLEL_MIN_MACS: usize = 64 * 64 * 64;
 ///
 /// Callers check that the inner dimensions agree.
 pub(crate) fn matmul<F: Float>(a: ArrayView2<'_, F>, b: ArrayView2<'_, F>) -> Array2<F> {
-    let mut c = Array2::zeros((a.nrows(), b.ncols()));
-    matmul_into(F::one(), a, b, F::zero(), &mut c.view_mut());
-    c
+    let (m, n) = (a.nrows(), b.ncols());
+    assert_eq!(a.ncols(), b.nrows(), "matmul: inner dimensions differ");
+    if m == 0 || n == 0 || a.ncols() == 0 {
+        return Array2::zeros((m, n));
+    }
+    let mut c = Array2::<F>::uninit((m, n));
+    // With beta = 0 and k > 0, gemm writes every element of `c` without reading it.
+    let c_ptr = c.as_mut_ptr().cast::<F>();
+    let c_strides = stride2(c.strides());
+    // SAFETY: as in `matmul_into`; `c` is a fresh (m, n) allocation in standard layout.
+    unsafe {
+        gemm_raw(F::one(), a, b, F::zero(), c_ptr, c_strides);
+        c.assume_init()
+    }
 }
 
 /// `c = alpha · a · b + beta · c` in place; shapes `(M, K)`, `(K, N)`, `(M, N)`.
 ///
 /// When `beta` is zero, `c` is overwritten without being read. Callers check the shapes;
-/// mismatched shapes are caught by the debug assertion only.
+/// a mismatch here is a bug in the crate and panics rather than reaching the unsafe GEMM.
 pub(crate) fn matmul_into<F: Float>(
     alpha: F,
     a: ArrayView2<'_, F>,
@@ -37,8 +48,8 @@ pub(crate) fn matmul_into<F: Float>(
 ) {
     let (m, k) = a.dim();
     let n = b.ncols();
-    debug_assert_eq!(b.nrows(), k);
-    debug_assert_eq!(c.dim(), (m, n));
+    assert_eq!(b.nrows(), k, "matmul: inner dimensions differ");
+    assert_eq!(c.dim(), (m, n), "matmul: output shape differs");
     if m == 0 || n == 0 {
         return;
     }
@@ -50,26 +61,45 @@ pub(crate) fn matmul_into<F: Float>(
         }
         return;
     }
+    let c_strides = stride2(c.strides());
+    // SAFETY: `c` is a live, uniquely borrowed (m, n) view with these strides.
+    unsafe { gemm_raw(alpha, a, b, beta, c.as_mut_ptr(), c_strides) }
+}
+
+/// `c = alpha·a·b + beta·c` through the `gemm` crate, with `c` given as a pointer to its
+/// first element and its `[row, column]` strides; `c` is not read when `beta` is zero.
+///
+/// # Safety
+/// `c_ptr` with `c_strides` must address an `(a.nrows(), b.ncols())` matrix that is valid
+/// for writes (and for reads when `beta ≠ 0`) and aliases neither `a` nor `b`; `a.ncols()`
+/// must equal `b.nrows()` and be positive.
+unsafe fn gemm_raw<F: Float>(
+    alpha: F,
+    a: ArrayView2<'_, F>,
+    b: ArrayView2<'_, F>,
+    beta: F,
+    c_ptr: *mut F,
+    c_strides: [isize; 2],
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
     let parallelism = if m * n * k < PARALLEL_MIN_MACS || rayon::current_thread_index().is_some() {
         Parallelism::None
     } else {
         Parallelism::Rayon(rayon::current_num_threads())
     };
-    let ([a_rs, a_cs], [b_rs, b_cs], [c_rs, c_cs]) = (
-        stride2(&a.strides()),
-        stride2(&b.strides()),
-        stride2(&c.strides()),
-    );
-    // SAFETY: the pointers address the first logical element of each view, and the strides
-    // are the views' own, so every (row, column) index gemm forms within (m, k), (k, n) and
-    // (m, n) lies inside its view. `c` is a unique borrow, so it aliases neither `a` nor `b`.
-    // gemm computes dst = alpha_g·dst + beta_g·lhs·rhs; reading dst only when beta ≠ 0.
+    let ([a_rs, a_cs], [b_rs, b_cs], [c_rs, c_cs]) =
+        (stride2(a.strides()), stride2(b.strides()), c_strides);
+    // SAFETY: the caller guarantees `c`; `a` and `b` are live views whose pointers address
+    // their first logical element, so every (row, column) index gemm forms within (m, k)
+    // and (k, n) lies inside them. gemm computes dst = alpha_g·dst + beta_g·lhs·rhs and reads
+    // dst only when asked to.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c_ptr,
             c_cs,
             c_rs,
             !beta.is_zero(),
