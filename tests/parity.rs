@@ -1,0 +1,676 @@
+//! Parity with PyTorch: every layer's forward and backward against autograd, tensor by tensor.
+//!
+//! The fixtures in `tests/parity/fixtures/` were written by `tests/parity/generate.py` from
+//! independent PyTorch modules in float64 (see that script's header and `docs/parity.md`).
+//! For each case this test builds our layer, loads the fixture's parameters into it by name
+//! through `tests/parity/names.json` (the one mapping between our dotted names and the torch
+//! modules', transposing `Linear` weights), runs our forward and backward, and compares every
+//! output, input gradient and parameter gradient in the file. A fixture tensor that no check
+//! reads is itself a failure, so a case cannot silently skip part of what PyTorch computed.
+//!
+//! Tolerances, with `Δ = max |ours − torch|` and `M = max |torch|` over a tensor:
+//! * f64: `Δ / max(1, M) ≤ 1e-10` (absolute, relative to the tensor's scale when it exceeds 1);
+//! * f32 (the same fixture, parameters and inputs rounded to f32, against the f64 truth):
+//!   `Δ / max(M, 1e-3) ≤ 1e-4`.
+//!
+//! The optimizer fixtures apply the same bounds to the loss of each of ten Adam/AdamW steps,
+//! the loss after the last step and every parameter after it.
+//!
+//! Run with `cargo test --release --test parity -- --nocapture` to see every measured error.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use baregpt::kernels::{attention_backward, attention_forward, gelu_backward, gelu_forward};
+use baregpt::layers::{Attention, Block, Embedding, LayerNorm, Linear, Mlp};
+use baregpt::{Adam, AdamConfig, CrossEntropy, Float, Gpt, GptConfig, Layer, LayerInput};
+use ndarray::{Array1, Array2, Array3, ArrayD, Axis, Ix2, Ix3, Ix4};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+const F64_TOL: f64 = 1e-10;
+const F32_TOL: f64 = 1e-4;
+/// Below this scale an f32 tensor is compared absolutely (its values are themselves
+/// rounding-level, so a relative error would measure noise).
+const F32_FLOOR: f64 = 1e-3;
+
+fn parity_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity")
+}
+
+// ----------------------------------------------------------------------------------------
+// Fixtures
+// ----------------------------------------------------------------------------------------
+
+enum Data {
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+/// One safetensors fixture, fully decoded, remembering which tensors were read.
+struct Fixture {
+    case: String,
+    kind: String,
+    config: Value,
+    tensors: BTreeMap<String, (Vec<usize>, Data)>,
+    read: RefCell<BTreeSet<String>>,
+}
+
+impl Fixture {
+    fn load(stem: &str) -> Self {
+        let path = parity_dir()
+            .join("fixtures")
+            .join(format!("{stem}.safetensors"));
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run tests/parity/generate.py)", path.display()));
+        let (_, header) = SafeTensors::read_metadata(&bytes).expect("a safetensors header");
+        let meta: BTreeMap<String, String> = header
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let file = SafeTensors::deserialize(&bytes).expect("a safetensors file");
+        let mut tensors = BTreeMap::new();
+        for (name, view) in file.tensors() {
+            let words = view.data().chunks_exact(8).map(|c| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                w
+            });
+            let data = match view.dtype() {
+                Dtype::F64 => Data::F64(words.map(f64::from_le_bytes).collect()),
+                Dtype::I64 => Data::I64(words.map(i64::from_le_bytes).collect()),
+                other => panic!("{stem}: {name} has unexpected dtype {other:?}"),
+            };
+            tensors.insert(name, (view.shape().to_vec(), data));
+        }
+        let config = serde_json::from_str(&meta["config"]).expect("config metadata is JSON");
+        assert_eq!(meta["case"], stem, "fixture file and case name disagree");
+        Self {
+            case: stem.to_owned(),
+            kind: meta["kind"].clone(),
+            config,
+            tensors,
+            read: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    fn entry(&self, name: &str) -> &(Vec<usize>, Data) {
+        self.read.borrow_mut().insert(name.to_owned());
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no tensor {name}", self.case))
+    }
+
+    fn f64(&self, name: &str) -> ArrayD<f64> {
+        match self.entry(name) {
+            (shape, Data::F64(v)) => ArrayD::from_shape_vec(shape.clone(), v.clone()).unwrap(),
+            _ => panic!("{}: {name} is not F64", self.case),
+        }
+    }
+
+    fn float<F: Float>(&self, name: &str) -> ArrayD<F> {
+        self.f64(name).mapv(F::of)
+    }
+
+    fn float3<F: Float>(&self, name: &str) -> Array3<F> {
+        self.float(name).into_dimensionality::<Ix3>().unwrap()
+    }
+
+    fn ids_dyn(&self, name: &str) -> ArrayD<usize> {
+        match self.entry(name) {
+            (shape, Data::I64(v)) => {
+                let v = v.iter().map(|&i| usize::try_from(i).unwrap()).collect();
+                ArrayD::from_shape_vec(shape.clone(), v).unwrap()
+            }
+            _ => panic!("{}: {name} is not I64", self.case),
+        }
+    }
+
+    fn ids(&self, name: &str) -> Array2<usize> {
+        self.ids_dyn(name).into_dimensionality::<Ix2>().unwrap()
+    }
+
+    fn f64_config(&self, key: &str) -> f64 {
+        self.config[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{}: config.{key}", self.case))
+    }
+
+    fn usize(&self, key: &str) -> usize {
+        let v = self.config[key].as_u64();
+        usize::try_from(v.unwrap_or_else(|| panic!("{}: config.{key}", self.case))).unwrap()
+    }
+
+    fn bool(&self, key: &str) -> bool {
+        self.config[key]
+            .as_bool()
+            .unwrap_or_else(|| panic!("{}: config.{key}", self.case))
+    }
+
+    fn unread(&self) -> Vec<String> {
+        let read = self.read.borrow();
+        self.tensors
+            .keys()
+            .filter(|k| !read.contains(*k))
+            .cloned()
+            .collect()
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// The name mapping (tests/parity/names.json), expanded as generate.py expands it.
+// ----------------------------------------------------------------------------------------
+
+/// One parameter: our dotted name, the torch name, and whether torch stores it transposed.
+#[derive(Clone, Debug, PartialEq)]
+struct NameMap {
+    ours: String,
+    torch: String,
+    transpose: bool,
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    match (prefix.is_empty(), name.is_empty()) {
+        (true, _) => name.to_owned(),
+        (_, true) => prefix.to_owned(),
+        _ => format!("{prefix}.{name}"),
+    }
+}
+
+fn expand(layers: &Value, layer: &str, config: &Value) -> Vec<NameMap> {
+    let entries = layers[layer]
+        .as_array()
+        .unwrap_or_else(|| panic!("names.json has no layer {layer}"));
+    let mut out = Vec::new();
+    for entry in entries {
+        if let Some(key) = entry["when"].as_str() {
+            let on = config[key].as_bool();
+            if !on.unwrap_or_else(|| panic!("names.json: config has no bool {key}")) {
+                continue;
+            }
+        }
+        let count = entry["repeat"].as_str().map(|key| {
+            config[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("names.json: config has no count {key}"))
+        });
+        let indices: Vec<Option<u64>> = match count {
+            Some(n) => (0..n).map(Some).collect(),
+            None => vec![None],
+        };
+        for i in indices {
+            let fill = |key: &str| {
+                let text = entry[key].as_str().expect("names.json: string names");
+                i.map_or(text.to_owned(), |i| text.replace("{i}", &i.to_string()))
+            };
+            let (ours, torch) = (fill("ours"), fill("torch"));
+            if let Some(sub) = entry["layer"].as_str() {
+                let mut sub_config = config.clone();
+                if let Some(set) = entry["set"].as_object() {
+                    for (k, v) in set {
+                        sub_config[k] = v.clone();
+                    }
+                }
+                out.extend(
+                    expand(layers, sub, &sub_config)
+                        .into_iter()
+                        .map(|m| NameMap {
+                            ours: join(&ours, &m.ours),
+                            torch: join(&torch, &m.torch),
+                            transpose: m.transpose,
+                        }),
+                );
+            } else {
+                let transpose = entry["transpose"].as_bool().unwrap_or(false);
+                out.push(NameMap {
+                    ours,
+                    torch,
+                    transpose,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The mapping of `layer` for this fixture's configuration, checked against our names.
+fn mapping_for<F: Float, X: LayerInput<F>>(
+    fx: &Fixture,
+    layer_kind: &str,
+    layer: &(impl Layer<F, X> + ?Sized),
+) -> Vec<NameMap> {
+    let text = std::fs::read_to_string(parity_dir().join("names.json")).unwrap();
+    let names: Value = serde_json::from_str(&text).expect("names.json is JSON");
+    let map = expand(&names["layers"], layer_kind, &fx.config);
+    let mapped: Vec<&str> = map.iter().map(|m| m.ours.as_str()).collect();
+    assert_eq!(
+        layer.param_names(),
+        mapped,
+        "{}: names.json does not list our parameters of {layer_kind} in visit order",
+        fx.case
+    );
+    map
+}
+
+/// A torch tensor in our layout: `(out, in)` matrices become `(in, out)`.
+fn ours_layout(fx: &Fixture, key: &str, m: &NameMap) -> ArrayD<f64> {
+    let t = fx.f64(&format!("{key}/{}", m.torch));
+    if m.transpose { t.reversed_axes() } else { t }
+}
+
+/// Loads every parameter of `layer` from the fixture, by name.
+fn load_params<F: Float, X: LayerInput<F>>(
+    fx: &Fixture,
+    map: &[NameMap],
+    layer: &mut (impl Layer<F, X> + ?Sized),
+) {
+    let by_name: BTreeMap<&str, &NameMap> = map.iter().map(|m| (m.ours.as_str(), m)).collect();
+    layer.for_each_param_mut(&mut |name, mut p| {
+        let value = ours_layout(fx, "param", by_name[name]);
+        assert_eq!(value.shape(), p.value.shape(), "{}: {name}", fx.case);
+        p.value.assign(&value.mapv(F::of));
+    });
+    layer.zero_grad();
+}
+
+// ----------------------------------------------------------------------------------------
+// Comparison
+// ----------------------------------------------------------------------------------------
+
+/// One compared tensor.
+struct Row {
+    tensor: String,
+    max_abs: f64,
+    scale: f64,
+    err: f64,
+}
+
+/// Collects the comparisons of one case in one float type.
+struct Comparer<'a> {
+    fx: &'a Fixture,
+    float: &'static str,
+    rows: Vec<Row>,
+}
+
+impl<'a> Comparer<'a> {
+    fn new<F: Float>(fx: &'a Fixture) -> Self {
+        Self {
+            fx,
+            float: F::NAME,
+            rows: Vec::new(),
+        }
+    }
+
+    fn tol(&self) -> f64 {
+        if self.float == "f64" {
+            F64_TOL
+        } else {
+            F32_TOL
+        }
+    }
+
+    /// Compares `ours` with the fixture tensor `key` (already in our layout).
+    fn check<F: Float>(&mut self, label: &str, ours: ArrayD<F>, torch: ArrayD<f64>) {
+        assert_eq!(
+            ours.shape(),
+            torch.shape(),
+            "{} {}: {label} shape",
+            self.fx.case,
+            self.float
+        );
+        let ours = ours.mapv(F::to_f64_exact);
+        let max_abs = ours
+            .iter()
+            .zip(&torch)
+            .map(|(a, r)| (a - r).abs())
+            .fold(
+                0.0,
+                |m: f64, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+            );
+        let scale = torch.iter().fold(0.0, |m: f64, r| m.max(r.abs()));
+        let denom = if self.float == "f64" {
+            scale.max(1.0)
+        } else {
+            scale.max(F32_FLOOR)
+        };
+        self.rows.push(Row {
+            tensor: label.to_owned(),
+            max_abs,
+            scale,
+            err: max_abs / denom,
+        });
+    }
+
+    fn check_key<F: Float>(&mut self, key: &str, ours: ArrayD<F>) {
+        let torch = self.fx.f64(key);
+        self.check(key, ours, torch);
+    }
+
+    fn check_param_grads<F: Float, X: LayerInput<F>>(
+        &mut self,
+        map: &[NameMap],
+        layer: &(impl Layer<F, X> + ?Sized),
+    ) {
+        let mut grads = Vec::new();
+        layer.for_each_param(&mut |name, p| grads.push((name.to_owned(), p.grad.to_owned())));
+        for ((name, grad), m) in grads.into_iter().zip(map) {
+            let torch = ours_layout(self.fx, "param_grad", m);
+            self.check(&format!("grad {name} ({})", m.torch), grad, torch);
+        }
+    }
+
+    /// Prints every row and fails on any error above tolerance.
+    fn finish(self) -> f64 {
+        let tol = self.tol();
+        let mut failures = Vec::new();
+        for r in &self.rows {
+            let ok = r.err <= tol;
+            println!(
+                "parity {:<3} {:<28} {:<44} max|Δ| {:9.2e}  max|ref| {:9.2e}  err {:9.2e} {}",
+                self.float,
+                self.fx.case,
+                r.tensor,
+                r.max_abs,
+                r.scale,
+                r.err,
+                if ok { "ok" } else { "FAIL" }
+            );
+            if !ok {
+                failures.push(format!("{} err {:.3e} > {tol:.0e}", r.tensor, r.err));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} {}: {}",
+            self.fx.case,
+            self.float,
+            failures.join("; ")
+        );
+        self.rows.iter().map(|r| r.err).fold(0.0, f64::max)
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Runners, one per fixture kind
+// ----------------------------------------------------------------------------------------
+
+/// Forward and backward of a float layer whose parameters follow `names.json`'s `layer_kind`.
+fn float_layer<F: Float>(fx: &Fixture, layer_kind: &str, layer: &mut dyn Layer<F>) -> f64 {
+    let map = mapping_for(fx, layer_kind, layer);
+    load_params(fx, &map, layer);
+    let mut cmp = Comparer::new::<F>(fx);
+    let y = layer.forward(&fx.float3("input/x")).unwrap();
+    cmp.check_key("output/y", y.into_dyn());
+    let dx = layer.backward(&fx.float3("upstream/dy")).unwrap();
+    cmp.check_key("input_grad/x", dx.into_dyn());
+    cmp.check_param_grads(&map, layer);
+    cmp.finish()
+}
+
+fn embedding<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
+    let (v, c, ctx) = (
+        fx.usize("vocab_size"),
+        fx.usize("d_model"),
+        fx.usize("context"),
+    );
+    let mut layer = Embedding::<F>::new(v, c, ctx, rng);
+    let map = mapping_for(fx, "Embedding", &layer);
+    load_params(fx, &map, &mut layer);
+    let mut cmp = Comparer::new::<F>(fx);
+    let y = layer.forward(&fx.ids("input/ids")).unwrap();
+    cmp.check_key("output/y", y.into_dyn());
+    layer.backward(&fx.float3("upstream/dy")).unwrap();
+    cmp.check_param_grads(&map, &layer);
+    cmp.finish()
+}
+
+fn gelu<F: Float>(fx: &Fixture) -> f64 {
+    let mut cmp = Comparer::new::<F>(fx);
+    let x = fx.float3::<F>("input/x");
+    cmp.check_key("output/y", gelu_forward(x.view()).into_dyn());
+    let dx = gelu_backward(x.view(), fx.float3::<F>("upstream/dy").view()).unwrap();
+    cmp.check_key("input_grad/x", dx.into_dyn());
+    cmp.finish()
+}
+
+fn attention_core<F: Float>(fx: &Fixture) -> f64 {
+    let mut cmp = Comparer::new::<F>(fx);
+    let (q, k, v) = (
+        fx.float3::<F>("input/q"),
+        fx.float3::<F>("input/k"),
+        fx.float3::<F>("input/v"),
+    );
+    let (ctx, probs) =
+        attention_forward(q.view(), k.view(), v.view(), fx.usize("n_heads")).unwrap();
+    cmp.check_key("output/ctx", ctx.into_dyn());
+    cmp.check_key("output/probs", probs.clone().into_dyn());
+    let d_ctx = fx.float3::<F>("upstream/d_ctx");
+    let probs = probs.into_dimensionality::<Ix4>().unwrap();
+    let (dq, dk, dv) =
+        attention_backward(q.view(), k.view(), v.view(), probs.view(), d_ctx.view()).unwrap();
+    cmp.check_key("input_grad/q", dq.into_dyn());
+    cmp.check_key("input_grad/k", dk.into_dyn());
+    cmp.check_key("input_grad/v", dv.into_dyn());
+    cmp.finish()
+}
+
+fn cross_entropy<F: Float>(fx: &Fixture) -> f64 {
+    let mut cmp = Comparer::new::<F>(fx);
+    let mut head = CrossEntropy::<F>::new();
+    head.set_targets(fx.ids("input/targets"));
+    let loss = head.forward(&fx.float3("input/logits")).unwrap();
+    cmp.check_key("output/loss", ArrayD::from_elem(vec![], loss[[0, 0, 0]]));
+    let d_logits = head.backward(&fx.float3("upstream/d_loss")).unwrap();
+    cmp.check_key("input_grad/logits", d_logits.into_dyn());
+    cmp.finish()
+}
+
+fn gpt_config(fx: &Fixture) -> GptConfig {
+    GptConfig {
+        vocab_size: fx.usize("vocab_size"),
+        d_model: fx.usize("d_model"),
+        n_heads: fx.usize("n_heads"),
+        n_layers: fx.usize("n_layers"),
+        context: fx.usize("context"),
+        mlp_hidden: fx.usize("mlp_hidden"),
+        final_norm: fx.bool("final_norm"),
+    }
+}
+
+fn gpt<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
+    let mut model = Gpt::<F>::new(gpt_config(fx), rng).unwrap();
+    let map = mapping_for(fx, "Gpt", &model);
+    load_params(fx, &map, &mut model);
+    let mut cmp = Comparer::new::<F>(fx);
+    let (ids, targets) = (fx.ids("input/ids"), fx.ids("input/targets"));
+    let logits = Layer::forward(&mut model, &ids).unwrap();
+    cmp.check_key("output/logits", logits.into_dyn());
+    let loss = model.loss(&ids, &targets).unwrap();
+    cmp.check_key("output/loss", ArrayD::from_elem(vec![], loss));
+    model.backward().unwrap();
+    cmp.check_param_grads(&map, &model);
+    cmp.finish()
+}
+
+/// Ten steps of our `Adam` on a whole `Gpt`, one batch per step, as the fixture's torch
+/// optimizer took them: every step's loss, the loss after the last step and every final
+/// parameter must match.
+fn optimizer<F: Float>(fx: &Fixture) -> f64 {
+    let mut model = Gpt::<F>::new(gpt_config(fx), &mut StdRng::seed_from_u64(0)).unwrap();
+    let map = mapping_for(fx, "Gpt", &model);
+    load_params(fx, &map, &mut model);
+    let config = AdamConfig {
+        lr: fx.f64_config("lr"),
+        beta1: fx.f64_config("beta1"),
+        beta2: fx.f64_config("beta2"),
+        eps: fx.f64_config("eps"),
+        weight_decay: fx.f64_config("weight_decay"),
+        decoupled_weight_decay: fx.bool("decoupled_weight_decay"),
+        amsgrad: fx.bool("amsgrad"),
+        max_grad_norm: fx.config["max_grad_norm"].as_f64(),
+        ..AdamConfig::default()
+    };
+    let mut adam = Adam::<F>::new(config).unwrap();
+    let ids = fx
+        .ids_dyn("input/ids")
+        .into_dimensionality::<Ix3>()
+        .unwrap();
+    let targets = fx
+        .ids_dyn("input/targets")
+        .into_dimensionality::<Ix3>()
+        .unwrap();
+    let batch = |a: &ndarray::Array3<usize>, step| a.index_axis(Axis(0), step).to_owned();
+    let mut losses = Vec::new();
+    for step in 0..fx.usize("steps") {
+        model.zero_grad();
+        losses.push(
+            model
+                .loss(&batch(&ids, step), &batch(&targets, step))
+                .unwrap(),
+        );
+        model.backward().unwrap();
+        adam.step(&mut model).unwrap();
+    }
+    let mut cmp = Comparer::new::<F>(fx);
+    cmp.check_key("output/losses", Array1::from(losses).into_dyn());
+    let after = model.loss(&batch(&ids, 0), &batch(&targets, 0)).unwrap();
+    cmp.check_key("output/loss_after", ArrayD::from_elem(vec![], after));
+    let mut finals = Vec::new();
+    model.for_each_param(&mut |name, p| finals.push((name.to_owned(), p.value.to_owned())));
+    for ((name, value), m) in finals.into_iter().zip(&map) {
+        let torch = ours_layout(fx, "final_param", m);
+        cmp.check(&format!("final {name} ({})", m.torch), value, torch);
+    }
+    cmp.finish()
+}
+
+/// Runs one fixture in float type `F`; returns the worst error (already checked).
+fn run<F: Float>(fx: &Fixture) -> f64 {
+    // Our constructors draw initial weights; every one is then overwritten from the fixture.
+    let mut rng = StdRng::seed_from_u64(0);
+    let (c, h) = (|| fx.usize("d_model"), || fx.usize("n_heads"));
+    match fx.kind.as_str() {
+        "linear" => {
+            let mut layer = Linear::<F>::new(
+                fx.usize("c_in"),
+                fx.usize("c_out"),
+                fx.bool("bias"),
+                &mut rng,
+            );
+            float_layer(fx, "Linear", &mut layer)
+        }
+        "layer_norm" => float_layer(fx, "LayerNorm", &mut LayerNorm::<F>::new(c())),
+        "attention" => {
+            let mut layer = Attention::<F>::new(c(), h(), &mut rng).unwrap();
+            float_layer(fx, "Attention", &mut layer)
+        }
+        "mlp" => {
+            let mut layer = Mlp::<F>::new(c(), fx.usize("mlp_hidden"), &mut rng);
+            float_layer(fx, "Mlp", &mut layer)
+        }
+        "block" => {
+            let mut layer = Block::<F>::new(c(), h(), fx.usize("mlp_hidden"), &mut rng).unwrap();
+            float_layer(fx, "Block", &mut layer)
+        }
+        "embedding" => embedding::<F>(fx, &mut rng),
+        "gelu" => gelu::<F>(fx),
+        "attention_core" => attention_core::<F>(fx),
+        "cross_entropy" => cross_entropy::<F>(fx),
+        "gpt" => gpt::<F>(fx, &mut rng),
+        "optimizer" => optimizer::<F>(fx),
+        other => panic!("{}: unknown fixture kind {other}", fx.case),
+    }
+}
+
+/// Checks one fixture in f64 and in f32, and that every tensor in it was compared or used.
+fn parity(stem: &str) {
+    let fx = Fixture::load(stem);
+    let worst64 = run::<f64>(&fx);
+    let worst32 = run::<f32>(&fx);
+    println!("parity worst {stem}: f64 {worst64:.2e}, f32 {worst32:.2e}");
+    let unread = fx.unread();
+    assert!(
+        unread.is_empty(),
+        "{stem}: tensors never checked: {unread:?}"
+    );
+}
+
+macro_rules! parity_cases {
+    ($($stem:ident),* $(,)?) => {
+        const CASES: &[&str] = &[$(stringify!($stem)),*];
+        /// One test per fixture file, named after it.
+        mod case {
+            $(
+                #[test]
+                fn $stem() {
+                    super::parity(stringify!($stem));
+                }
+            )*
+        }
+    };
+}
+
+parity_cases! {
+    linear,
+    linear_b1_t1_nobias,
+    embedding,
+    embedding_b1_t1,
+    layer_norm,
+    layer_norm_large,
+    gelu,
+    attention_core_1head,
+    attention_core_3heads,
+    attention_core_b1_t1,
+    attention_1head,
+    attention_3heads,
+    mlp,
+    block,
+    block_b1_t1,
+    cross_entropy,
+    cross_entropy_large_logits,
+    gpt_ln_f,
+    gpt_no_ln_f,
+    gpt_b1_t1,
+    adam_10_steps,
+    adamw_10_steps,
+    adam_l2_amsgrad_clip_10_steps,
+}
+
+#[test]
+fn every_fixture_file_has_a_test() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(parity_dir().join("fixtures"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".safetensors").map(str::to_owned)
+        })
+        .collect();
+    on_disk.sort();
+    let mut tested: Vec<String> = CASES.iter().map(|s| (*s).to_owned()).collect();
+    tested.sort();
+    assert_eq!(on_disk, tested);
+}
+
+#[test]
+fn mapping_transposes_exactly_the_matrices_torch_stores_out_by_in() {
+    let fx = Fixture::load("gpt_ln_f");
+    let model = Gpt::<f64>::new(gpt_config(&fx), &mut StdRng::seed_from_u64(0)).unwrap();
+    let map = mapping_for(&fx, "Gpt", &model);
+    let transposed: Vec<&str> = map
+        .iter()
+        .filter(|m| m.transpose)
+        .map(|m| m.ours.as_str())
+        .collect();
+    // Every weight matrix of a Linear or an attention projection, nothing else.
+    assert_eq!(transposed.len(), 2 * (4 + 2) + 1);
+    assert!(
+        transposed
+            .iter()
+            .all(|n| n.ends_with(".w") || n.contains(".w_"))
+    );
+    assert!(!transposed.iter().any(|n| n.starts_with("embed.")));
+}

@@ -1,0 +1,537 @@
+#!/usr/bin/env python3
+"""Writes the PyTorch parity fixtures that `tests/parity.rs` checks baregpt against.
+
+Requirements: Python 3 with `torch` and `numpy` only (the safetensors files are written by
+hand below). Run from anywhere:
+
+    python3 tests/parity/generate.py            # (re)write tests/parity/fixtures/*.safetensors
+    python3 tests/parity/generate.py --check    # regenerate in memory, compare byte for byte
+
+What it does: for every case in CASES it builds the layer as an independent PyTorch module in
+float64 (standard torch ops: nn.Linear, nn.Embedding, nn.LayerNorm, F.gelu(approximate="tanh"),
+F.scaled_dot_product_attention(is_causal=True), F.cross_entropy), draws inputs, parameters and
+an upstream gradient from a seeded generator, runs forward and autograd backward, and stores
+everything in one safetensors file per case:
+
+    input/<name>        inputs (x, ids, targets, q, k, v; ids and targets as I64)
+    upstream/<name>     the gradient fed to backward (dy, or d_loss for a loss)
+    output/<name>       forward results (y, probs, logits, loss)
+    input_grad/<name>   dL/d(input) for float inputs
+    param/<torch name>  parameter values, in torch's layout
+    param_grad/<torch name>  dL/d(parameter), in torch's layout
+    final_param/<torch name>  (optimizer cases) parameters after the last step
+
+Parameter names follow `names.json` beside this file, the single mapping between baregpt's
+dotted names and these modules' `named_parameters()`; this script checks that the mapping is
+a bijection onto each module's parameters, and the Rust test uses the same file to load the
+tensors into our layers (transposing Linear weights). The header `__metadata__` records the
+case, its kind and its configuration as JSON strings.
+
+Determinism: one thread, `torch.use_deterministic_algorithms(True)`, float64, a fixed seed per
+case, tensors and JSON keys written in sorted order. Running the script twice gives
+byte-identical files (`--check` verifies this against the committed ones).
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures")
+NAMES = os.path.join(HERE, "names.json")
+LN_EPS = 1e-5
+
+# --------------------------------------------------------------------------------------
+# The name mapping (names.json), expanded exactly as tests/parity.rs expands it.
+# --------------------------------------------------------------------------------------
+
+
+def load_mapping():
+    with open(NAMES, encoding="utf-8") as f:
+        return json.load(f)["layers"]
+
+
+def join(prefix, name):
+    return name if not prefix else (prefix if not name else f"{prefix}.{name}")
+
+
+def expand(mapping, layer, config):
+    """[(our dotted name, torch name, transpose)] for `layer` with `config`, in file order."""
+    out = []
+    for entry in mapping[layer]:
+        if "when" in entry and not config[entry["when"]]:
+            continue
+        indices = range(config[entry["repeat"]]) if "repeat" in entry else [None]
+        for i in indices:
+            ours = entry["ours"] if i is None else entry["ours"].replace("{i}", str(i))
+            theirs = entry["torch"] if i is None else entry["torch"].replace("{i}", str(i))
+            if "layer" in entry:
+                sub = dict(config, **entry.get("set", {}))
+                for o, t, tr in expand(mapping, entry["layer"], sub):
+                    out.append((join(ours, o), join(theirs, t), tr))
+            else:
+                out.append((ours, theirs, bool(entry.get("transpose", False))))
+    return out
+
+
+def check_mapping(mapping, layer, config, module):
+    """The mapping must name every parameter of `module` exactly once, with sane layouts."""
+    entries = expand(mapping, layer, config)
+    params = dict(module.named_parameters())
+    mapped = [t for _, t, _ in entries]
+    if sorted(mapped) != sorted(params) or len(set(mapped)) != len(mapped):
+        raise SystemExit(f"names.json does not match {layer}: {sorted(mapped)} vs {sorted(params)}")
+    ours = [o for o, _, _ in entries]
+    if len(set(ours)) != len(ours):
+        raise SystemExit(f"names.json repeats one of our names in {layer}: {ours}")
+    for _, t, transpose in entries:
+        if transpose and params[t].dim() != 2:
+            raise SystemExit(f"names.json transposes {t}, which is not a matrix")
+
+
+# --------------------------------------------------------------------------------------
+# The reference modules: plain PyTorch, independent of baregpt's code.
+# --------------------------------------------------------------------------------------
+
+
+class RefEmbedding(nn.Module):
+    def __init__(self, vocab_size, d_model, context):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, d_model)
+        self.wpe = nn.Embedding(context, d_model)
+
+    def forward(self, ids):
+        t = ids.shape[1]
+        return self.wte(ids) + self.wpe(torch.arange(t))
+
+
+class RefAttention(nn.Module):
+    """Causal multi-head self-attention; heads are contiguous column slices of C."""
+
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def split(self, x):
+        b, t, c = x.shape
+        return x.view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (self.split(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(ctx.transpose(1, 2).reshape(b, t, c))
+
+
+def explicit_causal_attention(q, k, v, n_heads):
+    """(ctx, probs) with the mask and softmax written out, to expose the probabilities."""
+    b, t, c = q.shape
+    d = c // n_heads
+    qh, kh, vh = (z.view(b, t, n_heads, d).transpose(1, 2) for z in (q, k, v))
+    scores = qh @ kh.transpose(-2, -1) / math.sqrt(d)
+    future = torch.ones(t, t, dtype=torch.bool).triu(1)
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    ctx = (probs @ vh).transpose(1, 2).reshape(b, t, c)
+    return ctx, probs
+
+
+class RefMlp(nn.Module):
+    def __init__(self, d_model, hidden):
+        super().__init__()
+        self.fc = nn.Linear(d_model, hidden)
+        self.proj = nn.Linear(hidden, d_model)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class RefBlock(nn.Module):
+    """Pre-LN: h = x + attn(ln_1(x)); y = h + mlp(ln_2(h))."""
+
+    def __init__(self, d_model, n_heads, hidden):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d_model, eps=LN_EPS)
+        self.attn = RefAttention(d_model, n_heads)
+        self.ln_2 = nn.LayerNorm(d_model, eps=LN_EPS)
+        self.mlp = RefMlp(d_model, hidden)
+
+    def forward(self, x):
+        h = x + self.attn(self.ln_1(x))
+        return h + self.mlp(self.ln_2(h))
+
+
+class RefGpt(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        c = cfg["d_model"]
+        self.wte = nn.Embedding(cfg["vocab_size"], c)
+        self.wpe = nn.Embedding(cfg["context"], c)
+        self.blocks = nn.ModuleList(
+            RefBlock(c, cfg["n_heads"], cfg["mlp_hidden"]) for _ in range(cfg["n_layers"])
+        )
+        self.ln_f = nn.LayerNorm(c, eps=LN_EPS) if cfg["final_norm"] else None
+        self.lm_head = nn.Linear(c, cfg["vocab_size"])
+
+    def forward(self, ids):
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
+        return self.lm_head(x)
+
+
+def mean_cross_entropy(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+# --------------------------------------------------------------------------------------
+# Deterministic values.
+# --------------------------------------------------------------------------------------
+
+
+def randn(gen, *shape, scale=1.0):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+
+def init_params(module, gen):
+    """Overwrites every parameter (sorted by name) with seeded, non-trivial values:
+    LayerNorm gains near 1 and shifts near 0 (not exactly, so their gradients matter),
+    weights scaled by 1/sqrt(fan_in), biases small, embeddings of unit scale."""
+    kinds = {}
+    for prefix, m in module.named_modules():
+        for local, _ in m.named_parameters(recurse=False):
+            kinds[join(prefix, local)] = (type(m), local)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            kind, local = kinds[name]
+            if kind is nn.LayerNorm:
+                value = randn(gen, *p.shape, scale=0.2) + (1.0 if local == "weight" else 0.0)
+            elif kind is nn.Embedding:
+                value = randn(gen, *p.shape)
+            elif local == "bias":
+                value = randn(gen, *p.shape, scale=0.2)
+            else:
+                value = randn(gen, *p.shape, scale=1.0 / math.sqrt(p.shape[1]))
+            p.copy_(value)
+
+
+def random_ids(gen, high, *shape):
+    return torch.randint(0, high, shape, generator=gen, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------------------
+# Cases. Each returns (tensors, config); kind selects the runner in tests/parity.rs.
+# --------------------------------------------------------------------------------------
+
+
+def params_and_grads(module, out):
+    for name, p in module.named_parameters():
+        out[f"param/{name}"] = p.detach()
+        out[f"param_grad/{name}"] = p.grad.detach()
+
+
+def float_layer_case(mapping, layer, config, module, x, gen):
+    """Forward/backward of a float-to-float module with a random upstream gradient."""
+    check_mapping(mapping, layer, config, module)
+    init_params(module, gen)
+    x = x.clone().requires_grad_(True)
+    y = module(x)
+    dy = randn(gen, *y.shape)
+    y.backward(dy)
+    out = {"input/x": x.detach(), "upstream/dy": dy, "output/y": y.detach(),
+           "input_grad/x": x.grad.detach()}
+    params_and_grads(module, out)
+    return out
+
+
+def case_linear(mapping, gen, cfg):
+    b, t = cfg["batch"], cfg["time"]
+    module = nn.Linear(cfg["c_in"], cfg["c_out"], bias=cfg["bias"])
+    return float_layer_case(mapping, "Linear", cfg, module, randn(gen, b, t, cfg["c_in"]), gen)
+
+
+def case_layer_norm(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    x = randn(gen, b, t, c, scale=cfg["x_scale"]) + cfg["x_shift"]
+    module = nn.LayerNorm(c, eps=LN_EPS)
+    return float_layer_case(mapping, "LayerNorm", cfg, module, x, gen)
+
+
+def case_attention(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    module = RefAttention(c, cfg["n_heads"])
+    out = float_layer_case(mapping, "Attention", cfg, module, randn(gen, b, t, c), gen)
+    # The fused SDPA path and the written-out mask agree (a check of the reference itself).
+    with torch.no_grad():
+        x = out["input/x"]
+        q, k, v = module.q_proj(x), module.k_proj(x), module.v_proj(x)
+        ctx, _ = explicit_causal_attention(q, k, v, cfg["n_heads"])
+        assert torch.allclose(module.out_proj(ctx), out["output/y"], rtol=0, atol=1e-13)
+    return out
+
+
+def case_mlp(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    module = RefMlp(c, cfg["mlp_hidden"])
+    return float_layer_case(mapping, "Mlp", cfg, module, randn(gen, b, t, c), gen)
+
+
+def case_block(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    module = RefBlock(c, cfg["n_heads"], cfg["mlp_hidden"])
+    return float_layer_case(mapping, "Block", cfg, module, randn(gen, b, t, c), gen)
+
+
+def case_gelu(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    x = randn(gen, b, t, c, scale=3.0)
+    x.view(-1)[:6] = torch.tensor([0.0, 1e-3, -1e-3, 10.0, -10.0, -3.0], dtype=torch.float64)
+    x.requires_grad_(True)
+    y = F.gelu(x, approximate="tanh")
+    dy = randn(gen, *y.shape)
+    y.backward(dy)
+    return {"input/x": x.detach(), "upstream/dy": dy, "output/y": y.detach(),
+            "input_grad/x": x.grad.detach()}
+
+
+def case_attention_core(mapping, gen, cfg):
+    b, t, c, h = cfg["batch"], cfg["time"], cfg["d_model"], cfg["n_heads"]
+    q, k, v = (randn(gen, b, t, c).requires_grad_(True) for _ in range(3))
+    ctx, probs = explicit_causal_attention(q, k, v, h)
+    d_ctx = randn(gen, b, t, c)
+    ctx.backward(d_ctx)
+    split = lambda z: z.view(b, t, h, c // h).transpose(1, 2)
+    fused = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True)
+    assert torch.allclose(fused.transpose(1, 2).reshape(b, t, c), ctx, rtol=0, atol=1e-13)
+    out = {"upstream/d_ctx": d_ctx, "output/ctx": ctx.detach(), "output/probs": probs.detach()}
+    for name, z in (("q", q), ("k", k), ("v", v)):
+        out[f"input/{name}"] = z.detach()
+        out[f"input_grad/{name}"] = z.grad.detach()
+    return out
+
+
+def case_embedding(mapping, gen, cfg):
+    module = RefEmbedding(cfg["vocab_size"], cfg["d_model"], cfg["context"])
+    check_mapping(mapping, "Embedding", cfg, module)
+    init_params(module, gen)
+    ids = random_ids(gen, cfg["vocab_size"], cfg["batch"], cfg["time"])
+    ids.view(-1)[-1] = ids.view(-1)[0]  # a repeated id, so the scatter-add must accumulate
+    y = module(ids)
+    dy = randn(gen, *y.shape)
+    y.backward(dy)
+    out = {"input/ids": ids, "upstream/dy": dy, "output/y": y.detach()}
+    params_and_grads(module, out)
+    return out
+
+
+def case_cross_entropy(mapping, gen, cfg):
+    b, t, v = cfg["batch"], cfg["time"], cfg["vocab_size"]
+    logits = randn(gen, b, t, v, scale=cfg["logit_scale"]).requires_grad_(True)
+    targets = random_ids(gen, v, b, t)
+    loss = mean_cross_entropy(logits, targets)
+    d_loss = torch.rand((), generator=gen, dtype=torch.float64) + 0.5
+    loss.backward(d_loss)
+    return {"input/logits": logits.detach(), "input/targets": targets,
+            "upstream/d_loss": d_loss.reshape(1, 1, 1), "output/loss": loss.detach(),
+            "input_grad/logits": logits.grad.detach()}
+
+
+def case_gpt(mapping, gen, cfg):
+    module = RefGpt(cfg)
+    check_mapping(mapping, "Gpt", cfg, module)
+    init_params(module, gen)
+    ids = random_ids(gen, cfg["vocab_size"], cfg["batch"], cfg["time"])
+    targets = random_ids(gen, cfg["vocab_size"], cfg["batch"], cfg["time"])
+    logits = module(ids)
+    loss = mean_cross_entropy(logits, targets)
+    loss.backward()
+    out = {"input/ids": ids, "input/targets": targets, "output/logits": logits.detach(),
+           "output/loss": loss.detach()}
+    params_and_grads(module, out)
+    return out
+
+
+def case_optimizer(mapping, gen, cfg):
+    """cfg["steps"] steps of torch.optim.Adam/AdamW (single-tensor path) on the whole model,
+    one fresh batch per step; records each step's loss, the loss on the first batch after the
+    last step, and every final parameter."""
+    module = RefGpt(cfg)
+    check_mapping(mapping, "Gpt", cfg, module)
+    init_params(module, gen)
+    out = {f"param/{name}": p.detach().clone() for name, p in module.named_parameters()}
+    steps, b, t, v = cfg["steps"], cfg["batch"], cfg["time"], cfg["vocab_size"]
+    ids = random_ids(gen, v, steps, b, t)
+    targets = random_ids(gen, v, steps, b, t)
+    kind = torch.optim.AdamW if cfg["decoupled_weight_decay"] else torch.optim.Adam
+    opt = kind(module.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]),
+               eps=cfg["eps"], weight_decay=cfg["weight_decay"], amsgrad=cfg["amsgrad"],
+               foreach=False)
+    losses = []
+    for step in range(steps):
+        opt.zero_grad(set_to_none=False)
+        loss = mean_cross_entropy(module(ids[step]), targets[step])
+        losses.append(loss.detach())
+        loss.backward()
+        if cfg["max_grad_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg["max_grad_norm"],
+                                           foreach=False)
+        opt.step()
+    with torch.no_grad():
+        loss_after = mean_cross_entropy(module(ids[0]), targets[0])
+    out.update({"input/ids": ids, "input/targets": targets, "output/losses": torch.stack(losses),
+                "output/loss_after": loss_after})
+    for name, p in module.named_parameters():
+        out[f"final_param/{name}"] = p.detach()
+    return out
+
+
+GPT_SMALL = {"vocab_size": 13, "d_model": 15, "n_heads": 3, "n_layers": 2, "context": 8,
+             "mlp_hidden": 24}
+
+# (file stem, kind, seed, config). Shapes cover B = 1, T = 1, T < context, T = context, head
+# sizes 5 and 3 (not powers of two), vocabularies 13, 11, 7 (not powers of two).
+CASES = [
+    ("linear", "linear", 101, {"batch": 2, "time": 3, "c_in": 5, "c_out": 7, "bias": True}),
+    ("linear_b1_t1_nobias", "linear", 102,
+     {"batch": 1, "time": 1, "c_in": 6, "c_out": 3, "bias": False}),
+    ("embedding", "embedding", 103,
+     {"batch": 2, "time": 5, "vocab_size": 13, "d_model": 6, "context": 8}),
+    ("embedding_b1_t1", "embedding", 104,
+     {"batch": 1, "time": 1, "vocab_size": 5, "d_model": 4, "context": 3}),
+    ("layer_norm", "layer_norm", 105,
+     {"batch": 2, "time": 3, "d_model": 6, "x_scale": 2.0, "x_shift": 0.5}),
+    ("layer_norm_large", "layer_norm", 106,
+     {"batch": 1, "time": 4, "d_model": 9, "x_scale": 50.0, "x_shift": 1000.0}),
+    ("gelu", "gelu", 107, {"batch": 2, "time": 3, "d_model": 8}),
+    ("attention_core_1head", "attention_core", 108,
+     {"batch": 2, "time": 4, "d_model": 5, "n_heads": 1}),
+    ("attention_core_3heads", "attention_core", 109,
+     {"batch": 2, "time": 5, "d_model": 15, "n_heads": 3}),
+    ("attention_core_b1_t1", "attention_core", 110,
+     {"batch": 1, "time": 1, "d_model": 6, "n_heads": 2}),
+    ("attention_1head", "attention", 111, {"batch": 2, "time": 4, "d_model": 5, "n_heads": 1}),
+    ("attention_3heads", "attention", 112, {"batch": 2, "time": 6, "d_model": 15, "n_heads": 3}),
+    ("mlp", "mlp", 113, {"batch": 2, "time": 3, "d_model": 6, "mlp_hidden": 10}),
+    ("block", "block", 114,
+     {"batch": 2, "time": 4, "d_model": 15, "n_heads": 3, "mlp_hidden": 24}),
+    ("block_b1_t1", "block", 115,
+     {"batch": 1, "time": 1, "d_model": 6, "n_heads": 2, "mlp_hidden": 12}),
+    ("cross_entropy", "cross_entropy", 116,
+     {"batch": 2, "time": 4, "vocab_size": 13, "logit_scale": 2.0}),
+    ("cross_entropy_large_logits", "cross_entropy", 117,
+     {"batch": 1, "time": 3, "vocab_size": 7, "logit_scale": 40.0}),
+    ("gpt_ln_f", "gpt", 118, dict(GPT_SMALL, final_norm=True, batch=2, time=5)),
+    ("gpt_no_ln_f", "gpt", 119,
+     {"vocab_size": 11, "d_model": 12, "n_heads": 4, "n_layers": 2, "context": 6,
+      "mlp_hidden": 20, "final_norm": False, "batch": 3, "time": 6}),
+    ("gpt_b1_t1", "gpt", 120,
+     {"vocab_size": 7, "d_model": 10, "n_heads": 2, "n_layers": 1, "context": 4,
+      "mlp_hidden": 16, "final_norm": True, "batch": 1, "time": 1}),
+    ("adam_10_steps", "optimizer", 121,
+     dict(GPT_SMALL, final_norm=True, batch=2, time=6, steps=10, lr=1e-2, beta1=0.9,
+          beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+          amsgrad=False, max_grad_norm=None)),
+    ("adamw_10_steps", "optimizer", 122,
+     dict(GPT_SMALL, final_norm=False, batch=2, time=8, steps=10, lr=1e-2, beta1=0.9,
+          beta2=0.95, eps=1e-8, weight_decay=0.1, decoupled_weight_decay=True,
+          amsgrad=False, max_grad_norm=None)),
+    ("adam_l2_amsgrad_clip_10_steps", "optimizer", 123,
+     dict(GPT_SMALL, final_norm=True, batch=3, time=4, steps=10, lr=3e-2, beta1=0.8,
+          beta2=0.99, eps=1e-6, weight_decay=0.05, decoupled_weight_decay=False,
+          amsgrad=True, max_grad_norm=0.5)),
+]
+
+RUNNERS = {
+    "linear": case_linear, "embedding": case_embedding, "layer_norm": case_layer_norm,
+    "gelu": case_gelu, "attention_core": case_attention_core, "attention": case_attention,
+    "mlp": case_mlp, "block": case_block, "cross_entropy": case_cross_entropy,
+    "gpt": case_gpt, "optimizer": case_optimizer,
+}
+
+# --------------------------------------------------------------------------------------
+# safetensors, written by hand: u64 LE header length, JSON header, raw little-endian data.
+# --------------------------------------------------------------------------------------
+
+DTYPES = {torch.float64: ("F64", "<f8"), torch.int64: ("I64", "<i8")}
+
+
+def safetensors_bytes(tensors, metadata):
+    header = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous()
+        dtype, np_dtype = DTYPES[t.dtype]
+        blob = np.ascontiguousarray(t.numpy()).astype(np_dtype, copy=False).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # pad so the data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def build(stem, kind, seed, config, mapping):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = RUNNERS[kind](mapping, gen, config)
+    metadata = {"case": stem, "kind": kind, "seed": str(seed),
+                "config": json.dumps(config, sort_keys=True, separators=(",", ":")),
+                "generator": "tests/parity/generate.py",
+                "reference": f"torch {torch.__version__.split('+')[0]}, float64"}
+    return safetensors_bytes(tensors, metadata)
+
+
+def all_fixtures():
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float64)
+    mapping = load_mapping()
+    files = {}
+    for stem, kind, seed, config in CASES:
+        files[f"{stem}.safetensors"] = build(stem, kind, seed, config, mapping)
+    return files
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the committed fixtures instead of writing")
+    parser.add_argument("--out", default=FIXTURES, help="output directory")
+    args = parser.parse_args()
+    files = all_fixtures()
+    stale = []
+    if not args.check:
+        os.makedirs(args.out, exist_ok=True)
+    for name, data in sorted(files.items()):
+        path = os.path.join(args.out, name)
+        digest = hashlib.sha256(data).hexdigest()
+        if args.check:
+            with open(path, "rb") as f:
+                same = f.read() == data
+            stale += [] if same else [name]
+            print(f"{'ok   ' if same else 'DIFF '} {digest}  {name}")
+        else:
+            with open(path, "wb") as f:
+                f.write(data)
+            print(f"{digest}  {name}  ({len(data)} bytes)")
+    if stale:
+        sys.exit(f"{len(stale)} fixture(s) differ: {', '.join(stale)}")
+
+
+if __name__ == "__main__":
+    main()
