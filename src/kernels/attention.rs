@@ -10,6 +10,7 @@
 
 use ndarray::{Array3, Array4, ArrayView3, Axis, Zip, s};
 
+use super::elementwise::for_each_split;
 use super::matmul::{matmul, matmul_into};
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
@@ -62,12 +63,14 @@ pub fn attention_forward<F: Float>(
     let mut probs = Array4::zeros((b, n_heads, t_q, t_k));
     let mut ctx = Array3::zeros((b, t_q, c));
     // Sequences are independent: one task per batch element, heads in turn within it.
-    Zip::from(probs.outer_iter_mut())
-        .and(ctx.outer_iter_mut())
-        .and(q.outer_iter())
-        .and(k.outer_iter())
-        .and(v.outer_iter())
-        .par_for_each(|mut probs, mut ctx, q, k, v| {
+    for_each_split!(
+        b * t_q * t_k * c,
+        Zip::from(probs.outer_iter_mut())
+            .and(ctx.outer_iter_mut())
+            .and(q.outer_iter())
+            .and(k.outer_iter())
+            .and(v.outer_iter()),
+        |mut probs, mut ctx, q, k, v| {
             for h in 0..n_heads {
                 let (lo, hi) = (h * d, (h + 1) * d);
                 let mut p = probs.index_axis_mut(Axis(0), h);
@@ -87,7 +90,8 @@ pub fn attention_forward<F: Float>(
                     &mut ctx.slice_mut(s![.., lo..hi]),
                 );
             }
-        });
+        }
+    );
     Ok((ctx, probs))
 }
 
@@ -127,12 +131,14 @@ pub fn attention_backward<F: Float>(
     let mut dq = Array3::zeros((b, t_q, c));
     let mut dk = Array3::zeros((b, t_k, c));
     let mut dv = Array3::zeros((b, t_k, c));
-    Zip::indexed(dq.outer_iter_mut())
-        .and(dk.outer_iter_mut())
-        .and(dv.outer_iter_mut())
-        .and(probs.outer_iter())
-        .and(d_ctx.outer_iter())
-        .par_for_each(|bi, mut dq, mut dk, mut dv, probs, d_ctx| {
+    for_each_split!(
+        b * t_q * t_k * c,
+        Zip::indexed(dq.outer_iter_mut())
+            .and(dk.outer_iter_mut())
+            .and(dv.outer_iter_mut())
+            .and(probs.outer_iter())
+            .and(d_ctx.outer_iter()),
+        |bi, mut dq, mut dk, mut dv, probs, d_ctx| {
             let (q, k, v) = (
                 q.index_axis(Axis(0), bi),
                 k.index_axis(Axis(0), bi),
@@ -169,7 +175,8 @@ pub fn attention_backward<F: Float>(
                     &mut dk.slice_mut(s![.., lo..hi]),
                 );
             }
-        });
+        }
+    );
     Ok((dq, dk, dv))
 }
 

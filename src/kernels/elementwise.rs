@@ -15,6 +15,26 @@ const PARALLEL_MIN_LEN: usize = 1 << 15;
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 13;
 
+/// Whether a kernel doing about `work` scalar operations should split across threads: below
+/// this, waking the pool costs more than it saves (and gradient checks run many tiny
+/// forwards).
+pub(crate) fn worth_parallel(work: usize) -> bool {
+    work >= PARALLEL_MIN_LEN
+}
+
+/// Runs an ndarray `Zip` with `for_each`, or with `par_for_each` when
+/// [`worth_parallel`]`(work)`: `for_each_split!(work, zip, closure)`.
+macro_rules! for_each_split {
+    ($work:expr, $zip:expr, $body:expr) => {
+        if $crate::kernels::elementwise::worth_parallel($work) {
+            $zip.par_for_each($body)
+        } else {
+            $zip.for_each($body)
+        }
+    };
+}
+pub(crate) use for_each_split;
+
 /// `out[i] = f(x[i])`. `out` and `x` must have the same length (the shorter one bounds it).
 pub(crate) fn map_unary<F: Float>(x: &[F], out: &mut [F], f: impl Fn(F) -> F + Sync) {
     if x.len() >= PARALLEL_MIN_LEN {
@@ -34,6 +54,18 @@ pub(crate) fn map_binary<F: Float>(x: &[F], y: &[F], out: &mut [F], f: impl Fn(F
             .for_each(|(out, (x, y))| dispatch_binary(x, y, out, &f));
     } else {
         dispatch_binary(x, y, out, &f);
+    }
+}
+
+/// `x[i] = f(x[i])` in place, on the calling thread (for short rows inside parallel tasks).
+pub(crate) fn map_in_place<F: Float>(x: &mut [F], f: impl Fn(F) -> F) {
+    dispatch_in_place(x, &f);
+}
+
+#[inline(always)]
+fn in_place_body<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
+    for v in x.iter_mut() {
+        *v = f(*v);
     }
 }
 
@@ -64,6 +96,16 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
+    pub(super) fn in_place_avx512<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
+        super::in_place_body(x, f);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn in_place_avx2<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
+        super::in_place_body(x, f);
+    }
+
+    #[target_feature(enable = "avx512f")]
     pub(super) fn binary_avx512<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F) {
         super::binary_body(x, y, out, f);
     }
@@ -88,6 +130,22 @@ fn dispatch_unary<F: Copy>(x: &[F], out: &mut [F], f: &impl Fn(F) -> F) {
         }
     }
     unary_body(x, out, f);
+}
+
+fn dispatch_in_place<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { x86::in_place_avx512(x, f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { x86::in_place_avx2(x, f) };
+        }
+    }
+    in_place_body(x, f);
 }
 
 fn dispatch_binary<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F) {
