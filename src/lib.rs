@@ -72,6 +72,7 @@ pub mod param;
 pub mod scalar;
 #[cfg(feature = "proptest")]
 pub mod strategies;
+pub mod threads;
 
 pub use error::{Error, Result};
 pub use gpt::{Gpt, GptConfig};
@@ -79,6 +80,7 @@ pub use layer::{Layer, LayerInput};
 pub use loss::CrossEntropy;
 pub use optim::{Adam, AdamConfig, AdamState, DecayFilter, LrSchedule};
 pub use scalar::Float;
+pub use threads::{num_threads, set_num_threads};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

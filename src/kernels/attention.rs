@@ -8,8 +8,9 @@
 //!
 //! Per batch `b` and head `h`: `S = Q_h·K_hᵀ / √D`, `P = causal_softmax(S)`, `ctx_h = P·V_h`.
 
-use ndarray::{Array3, Array4, ArrayView3, Axis, s};
+use ndarray::{Array3, Array4, ArrayView3, Axis, Zip, s};
 
+use super::elementwise::for_each_split;
 use super::matmul::{matmul, matmul_into};
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
@@ -61,24 +62,36 @@ pub fn attention_forward<F: Float>(
     let offset = t_k - t_q;
     let mut probs = Array4::zeros((b, n_heads, t_q, t_k));
     let mut ctx = Array3::zeros((b, t_q, c));
-    for bi in 0..b {
-        for h in 0..n_heads {
-            let (lo, hi) = (h * d, (h + 1) * d);
-            let q_h = q.slice(s![bi, .., lo..hi]);
-            let k_h = k.slice(s![bi, .., lo..hi]);
-            let v_h = v.slice(s![bi, .., lo..hi]);
-            let mut p = probs.slice_mut(s![bi, h, .., ..]);
-            matmul_into(scale, q_h, k_h.t(), F::zero(), &mut p);
-            causal_softmax_forward(p.view_mut(), offset);
-            matmul_into(
-                F::one(),
-                p.view(),
-                v_h,
-                F::zero(),
-                &mut ctx.slice_mut(s![bi, .., lo..hi]),
-            );
+    // Sequences are independent: one task per batch element, heads in turn within it.
+    for_each_split!(
+        b * t_q * t_k * c,
+        Zip::from(probs.outer_iter_mut())
+            .and(ctx.outer_iter_mut())
+            .and(q.outer_iter())
+            .and(k.outer_iter())
+            .and(v.outer_iter()),
+        |mut probs, mut ctx, q, k, v| {
+            for h in 0..n_heads {
+                let (lo, hi) = (h * d, (h + 1) * d);
+                let mut p = probs.index_axis_mut(Axis(0), h);
+                matmul_into(
+                    scale,
+                    q.slice(s![.., lo..hi]),
+                    k.slice(s![.., lo..hi]).t(),
+                    F::zero(),
+                    &mut p,
+                );
+                causal_softmax_forward(p.view_mut(), offset);
+                matmul_into(
+                    F::one(),
+                    p.view(),
+                    v.slice(s![.., lo..hi]),
+                    F::zero(),
+                    &mut ctx.slice_mut(s![.., lo..hi]),
+                );
+            }
         }
-    }
+    );
     Ok((ctx, probs))
 }
 
@@ -118,39 +131,52 @@ pub fn attention_backward<F: Float>(
     let mut dq = Array3::zeros((b, t_q, c));
     let mut dk = Array3::zeros((b, t_k, c));
     let mut dv = Array3::zeros((b, t_k, c));
-    for bi in 0..b {
-        for h in 0..n_heads {
-            let (lo, hi) = (h * d, (h + 1) * d);
-            let p = probs.slice(s![bi, h, .., ..]);
-            let g = d_ctx.slice(s![bi, .., lo..hi]);
-            // (dv)
-            matmul_into(
-                F::one(),
-                p.t(),
-                g,
-                F::zero(),
-                &mut dv.slice_mut(s![bi, .., lo..hi]),
+    for_each_split!(
+        b * t_q * t_k * c,
+        Zip::indexed(dq.outer_iter_mut())
+            .and(dk.outer_iter_mut())
+            .and(dv.outer_iter_mut())
+            .and(probs.outer_iter())
+            .and(d_ctx.outer_iter()),
+        |bi, mut dq, mut dk, mut dv, probs, d_ctx| {
+            let (q, k, v) = (
+                q.index_axis(Axis(0), bi),
+                k.index_axis(Axis(0), bi),
+                v.index_axis(Axis(0), bi),
             );
-            // (dP), then (dS) in place
-            let mut d_scores = matmul(g, v.slice(s![bi, .., lo..hi]).t());
-            softmax_backward_in_place(p, d_scores.view_mut());
-            // (dq, dk)
-            matmul_into(
-                scale,
-                d_scores.view(),
-                k.slice(s![bi, .., lo..hi]),
-                F::zero(),
-                &mut dq.slice_mut(s![bi, .., lo..hi]),
-            );
-            matmul_into(
-                scale,
-                d_scores.t(),
-                q.slice(s![bi, .., lo..hi]),
-                F::zero(),
-                &mut dk.slice_mut(s![bi, .., lo..hi]),
-            );
+            for h in 0..n_heads {
+                let (lo, hi) = (h * d, (h + 1) * d);
+                let p = probs.index_axis(Axis(0), h);
+                let g = d_ctx.slice(s![.., lo..hi]);
+                // (dv)
+                matmul_into(
+                    F::one(),
+                    p.t(),
+                    g,
+                    F::zero(),
+                    &mut dv.slice_mut(s![.., lo..hi]),
+                );
+                // (dP), then (dS) in place
+                let mut d_scores = matmul(g, v.slice(s![.., lo..hi]).t());
+                softmax_backward_in_place(p, d_scores.view_mut());
+                // (dq, dk)
+                matmul_into(
+                    scale,
+                    d_scores.view(),
+                    k.slice(s![.., lo..hi]),
+                    F::zero(),
+                    &mut dq.slice_mut(s![.., lo..hi]),
+                );
+                matmul_into(
+                    scale,
+                    d_scores.t(),
+                    q.slice(s![.., lo..hi]),
+                    F::zero(),
+                    &mut dk.slice_mut(s![.., lo..hi]),
+                );
+            }
         }
-    }
+    );
     Ok((dq, dk, dv))
 }
 

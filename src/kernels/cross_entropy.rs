@@ -5,8 +5,9 @@
 //! The loss is computed with log-sum-exp: `loss_n = lse(z_n) − z_n[target_n]`, with no
 //! `+1e-9` inside a logarithm.
 
-use ndarray::{Array3, ArrayView2, ArrayView3, Axis, Zip};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
 
+use super::elementwise::for_each_split;
 use crate::error::check_shape;
 use crate::{Error, Float, Result};
 
@@ -47,20 +48,25 @@ pub fn cross_entropy_forward<F: Float>(
     }
     check_targets(targets, v)?;
     let mut probs = Array3::zeros((b, t, v));
-    let mut total = F::zero();
-    Zip::from(probs.lanes_mut(Axis(2)))
-        .and(logits.lanes(Axis(2)))
-        .and(targets)
-        .for_each(|mut p, z, &target| {
+    let mut row_losses = Array2::zeros((b, t));
+    for_each_split!(
+        b * t * v,
+        Zip::from(probs.lanes_mut(Axis(2)))
+            .and(logits.lanes(Axis(2)))
+            .and(targets)
+            .and(&mut row_losses),
+        |mut p, z, &target, row_loss| {
             let max = z.fold(F::neg_infinity(), |m, &v| m.max(v));
-            let sum_exp = z.fold(F::zero(), |acc, &v| acc + (v - max).exp());
+            let sum_exp = z.fold(F::zero(), |acc, &v| acc + (v - max).exp_nonpositive());
             let lse = max + sum_exp.ln();
-            total += lse - z[target];
+            *row_loss = lse - z[target];
             Zip::from(&mut p)
                 .and(&z)
-                .for_each(|p, &z| *p = (z - lse).exp());
-        });
-    Ok((total / F::of((b * t) as f64), probs))
+                .for_each(|p, &z| *p = (z - lse).exp_nonpositive());
+        }
+    );
+    // Summed in a fixed order, so the loss does not depend on the thread count.
+    Ok((row_losses.sum() / F::of((b * t) as f64), probs))
 }
 
 /// Backward of [`cross_entropy_forward`]: `dlogits (B, T, V)` for an upstream `d_loss`.

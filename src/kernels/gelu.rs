@@ -4,6 +4,7 @@
 
 use ndarray::{Array, ArrayView, Dimension, Zip};
 
+use super::elementwise::{map_binary, map_unary};
 use crate::error::check_shape;
 use crate::{Float, Result};
 
@@ -13,7 +14,13 @@ const CUBIC: f64 = 0.044_715;
 /// Applies tanh-GELU element-wise: any shape in, the same shape out.
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
-    x.mapv(|x| half * x * (F::one() + (s * (x + a * x * x * x)).tanh()))
+    let gelu = move |x: F| half * x * (F::one() + (s * (x + a * x * x * x)).gelu_tanh());
+    let mut y = Array::zeros(x.raw_dim());
+    match (x.as_slice(), y.as_slice_mut()) {
+        (Some(xs), Some(ys)) => map_unary(xs, ys, gelu),
+        _ => Zip::from(&mut y).and(&x).for_each(|y, &x| *y = gelu(x)),
+    }
+    y
 }
 
 /// Backward of [`gelu_forward`]: `dx = dy · gelu'(x)`, with `x` the forward's input.
@@ -35,14 +42,22 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     check_shape("gelu", "dy", dy.shape(), &expected)?;
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
     let three_a = F::of(3.0 * CUBIC);
-    Ok(Zip::from(&x).and(&dy).map_collect(|&x, &dy| {
+    let d_gelu = move |x: F, dy: F| {
         let x2 = x * x;
-        let th = (s * (x + a * x2 * x)).tanh();
+        let th = (s * (x + a * x2 * x)).gelu_tanh();
         let term_1 = half * (F::one() + th);
         let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
-        let d_gelu = term_1 + term_2;
-        dy * d_gelu
-    }))
+        dy * (term_1 + term_2)
+    };
+    let mut dx = Array::zeros(x.raw_dim());
+    match (x.as_slice(), dy.as_slice(), dx.as_slice_mut()) {
+        (Some(xs), Some(dys), Some(dxs)) => map_binary(xs, dys, dxs, d_gelu),
+        _ => Zip::from(&mut dx)
+            .and(&x)
+            .and(&dy)
+            .for_each(|dx, &x, &dy| *dx = d_gelu(x, dy)),
+    }
+    Ok(dx)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
 
+use super::elementwise::for_each_split;
 use crate::error::check_shape;
 use crate::{Float, Result};
 
@@ -38,11 +39,13 @@ pub fn layer_norm_forward<F: Float>(
     let mut x_hat = Array2::zeros((n, c));
     let mut rstd = Array1::zeros(n);
     let mut y = Array2::zeros((n, c));
-    Zip::from(x.rows())
-        .and(x_hat.rows_mut())
-        .and(&mut rstd)
-        .and(y.rows_mut())
-        .for_each(|x, mut x_hat, rstd, mut y| {
+    for_each_split!(
+        n * c,
+        Zip::from(x.rows())
+            .and(x_hat.rows_mut())
+            .and(&mut rstd)
+            .and(y.rows_mut()),
+        |x, mut x_hat, rstd, mut y| {
             let mean = x.sum() * inv_c;
             let var = x.fold(F::zero(), |acc, &v| acc + (v - mean) * (v - mean)) * inv_c;
             *rstd = F::one() / (var + eps).sqrt();
@@ -55,7 +58,8 @@ pub fn layer_norm_forward<F: Float>(
                     *x_hat = (x - mean) * *rstd;
                     *y = g * *x_hat + b;
                 });
-        });
+        }
+    );
     Ok((y, LayerNormCache { x_hat, rstd }))
 }
 
@@ -90,11 +94,13 @@ pub fn layer_norm_backward<F: Float>(
     // (dx)
     let inv_c = F::one() / F::of(c as f64);
     let mut dx = Array2::zeros((n, c));
-    Zip::from(dx.rows_mut())
-        .and(dy.rows())
-        .and(cache.x_hat.rows())
-        .and(&cache.rstd)
-        .for_each(|mut dx, dy, x_hat, &rstd| {
+    for_each_split!(
+        n * c,
+        Zip::from(dx.rows_mut())
+            .and(dy.rows())
+            .and(cache.x_hat.rows())
+            .and(&cache.rstd),
+        |mut dx, dy, x_hat, &rstd| {
             let (mut mean_g, mut mean_g_xhat) = (F::zero(), F::zero());
             Zip::from(&dy)
                 .and(&gamma)
@@ -110,7 +116,8 @@ pub fn layer_norm_backward<F: Float>(
                 .and(&gamma)
                 .and(&x_hat)
                 .for_each(|dx, &dy, &g, &xh| *dx = rstd * (dy * g - mean_g - xh * mean_g_xhat));
-        });
+        }
+    );
     Ok(dx)
 }
 

@@ -25,11 +25,18 @@ pub fn linear_forward<F: Float>(
     if let Some(b) = &b {
         check_shape(KERNEL, "b", b.shape(), &[Some(c_out)])?;
     }
-    let mut y = matmul(x, w);
-    if let Some(b) = b {
-        y += &b;
-    }
-    Ok(y)
+    Ok(match b {
+        // Start from the bias in every row and accumulate the product onto it: one pass
+        // over y instead of a product followed by a broadcast add.
+        Some(b) => {
+            let mut y = b
+                .broadcast((x.nrows(), c_out))
+                .map_or_else(|| Array2::zeros((x.nrows(), c_out)), |rows| rows.to_owned());
+            matmul_into(F::one(), x, w, F::one(), &mut y.view_mut());
+            y
+        }
+        None => matmul(x, w),
+    })
 }
 
 /// Backward of [`linear_forward`]; returns `dx (N, C_in)` and **adds** into `d_w` and `d_b`.

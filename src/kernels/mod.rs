@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub(crate) mod elementwise;
 pub mod embedding;
 pub mod gelu;
 pub mod layer_norm;

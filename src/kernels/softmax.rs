@@ -4,8 +4,9 @@
 //! exact zero (no large negative constant is added). The row maximum over the visible
 //! entries is subtracted before exponentiating.
 
-use ndarray::{ArrayView2, ArrayViewMut2, Zip};
+use ndarray::{ArrayView2, ArrayViewMut2, Zip, s};
 
+use super::elementwise::map_in_place;
 use crate::Float;
 
 /// In place on `scores (T_q, T_k)`: row `i` becomes the softmax of its entries `j ≤ i + offset`,
@@ -17,21 +18,15 @@ use crate::Float;
 pub fn causal_softmax_forward<F: Float>(mut scores: ArrayViewMut2<'_, F>, offset: usize) {
     for (i, mut row) in scores.rows_mut().into_iter().enumerate() {
         let visible = (i + offset + 1).min(row.len());
-        let max = row
-            .iter()
-            .take(visible)
-            .fold(F::neg_infinity(), |m, &v| m.max(v));
-        let mut sum = F::zero();
-        for (j, v) in row.iter_mut().enumerate() {
-            if j < visible {
-                *v = (*v - max).exp();
-                sum += *v;
-            } else {
-                *v = F::zero();
-            }
+        let mut seen = row.slice_mut(s![..visible]);
+        let max = seen.fold(F::neg_infinity(), |m, &v| m.max(v));
+        match seen.as_slice_mut() {
+            Some(values) => map_in_place(values, |v| (v - max).exp_nonpositive()),
+            None => seen.mapv_inplace(|v| (v - max).exp_nonpositive()),
         }
-        let inv_sum = F::one() / sum;
-        row.mapv_inplace(|v| v * inv_sum);
+        let inv_sum = F::one() / seen.sum();
+        seen.mapv_inplace(|v| v * inv_sum);
+        row.slice_mut(s![visible..]).fill(F::zero());
     }
 }
 

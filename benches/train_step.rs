@@ -1,0 +1,175 @@
+//! One full training step (forward, backward, Adam) of a `Gpt<f32>`, timed per preset.
+//!
+//! ```sh
+//! cargo bench --bench train_step -- --preset baregpt            # one preset, human-readable
+//! cargo bench --bench train_step -- --preset all --json         # every preset, JSON lines
+//! cargo bench --bench train_step -- --preset tiny --threads 1   # fix the thread count
+//! ```
+//!
+//! Printed per preset: median, min and max milliseconds per step over `--steps` steps after
+//! `--warmup` untimed ones, tokens per second, achieved GFLOP/s, and memory. The FLOP count
+//! is the usual model estimate, `6 · (matmul weights) · tokens` plus causal attention counted
+//! in full, `layers · B · 3 · (4 · T² · C)` — the same formula as the PyTorch peer script
+//! `benches/torch_step.py`, so the two are comparable. Memory: the process's peak resident
+//! set (`VmHWM`) and its growth over the resident set before the model was built.
+
+use std::time::Instant;
+
+use baregpt::{Adam, AdamConfig, Gpt, GptConfig, Layer};
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+/// `(name, vocab, d_model, heads, layers, T, B)`, as in the PyTorch peer script.
+const PRESETS: [(&str, usize, usize, usize, usize, usize, usize); 4] = [
+    ("tiny", 65, 64, 4, 2, 32, 8),
+    ("baregpt", 65, 256, 4, 2, 128, 16),
+    ("char-6l", 65, 384, 6, 6, 256, 8),
+    ("gpt2-small", 50257, 768, 12, 12, 64, 4),
+];
+
+struct Args {
+    preset: String,
+    steps: usize,
+    warmup: usize,
+    threads: usize,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        preset: "all".into(),
+        steps: 8,
+        warmup: 3,
+        threads: 0,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let number = |name: &str, v: String| v.parse::<usize>().map_err(|e| format!("{name}: {e}"));
+        match arg.as_str() {
+            "--preset" => args.preset = value("--preset")?,
+            "--steps" => args.steps = number("--steps", value("--steps")?)?,
+            "--warmup" => args.warmup = number("--warmup", value("--warmup")?)?,
+            "--threads" => args.threads = number("--threads", value("--threads")?)?,
+            "--json" => args.json = true,
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if args.steps == 0 {
+        return Err("--steps must be positive".into());
+    }
+    Ok(args)
+}
+
+/// A field of `/proc/self/status` in MiB (`VmRSS`, `VmHWM`); 0 where unavailable.
+fn status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn model_flops(vocab: usize, d: usize, layers: usize, t: usize, b: usize) -> f64 {
+    let matmul_params = layers * 12 * d * d + d * vocab;
+    let attention = layers * b * 3 * 4 * t * t * d;
+    (6 * matmul_params * b * t + attention) as f64
+}
+
+fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
+    let &(_, vocab, d, heads, layers, t, b) =
+        PRESETS
+            .iter()
+            .find(|p| p.0 == name)
+            .ok_or_else(|| baregpt::Error::InvalidConfig {
+                layer: "train_step",
+                reason: format!("unknown preset {name}"),
+            })?;
+    let rss_before = status_mib("VmRSS");
+    let config = GptConfig {
+        vocab_size: vocab,
+        d_model: d,
+        n_heads: heads,
+        n_layers: layers,
+        context: t,
+        mlp_hidden: 4 * d,
+        final_norm: true,
+    };
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut model = Gpt::<f32>::new(config, &mut rng)?;
+    let mut adam = Adam::new(AdamConfig::adam(3e-4))?;
+    let ids = Array2::from_shape_simple_fn((b, t), || rng.random_range(0..vocab));
+    let targets = Array2::from_shape_simple_fn((b, t), || rng.random_range(0..vocab));
+    let mut times = Vec::with_capacity(args.steps);
+    let mut loss = 0.0;
+    for i in 0..args.warmup + args.steps {
+        let start = Instant::now();
+        model.zero_grad();
+        loss = model.loss(&ids, &targets)?;
+        model.backward()?;
+        adam.step(&mut model)?;
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let (median, min, max) = (times[times.len() / 2], times[0], times[times.len() - 1]);
+    let gflop = model_flops(vocab, d, layers, t, b) / 1e9;
+    let gflops = gflop / (median / 1e3);
+    let peak = status_mib("VmHWM");
+    let growth = peak - rss_before;
+    let tokens_per_s = (b * t) as f64 / (median / 1e3);
+    let threads = baregpt::num_threads();
+    Ok(if args.json {
+        format!(
+            "{{\"impl\": \"baregpt\", \"preset\": \"{name}\", \"threads\": {threads}, \
+             \"ms_per_step_median\": {median:.2}, \"ms_min\": {min:.2}, \"ms_max\": {max:.2}, \
+             \"tokens_per_s\": {tokens_per_s:.1}, \"gflop_per_step\": {gflop:.3}, \
+             \"gflops\": {gflops:.2}, \"peak_rss_mib\": {peak:.1}, \
+             \"rss_growth_mib\": {growth:.1}, \"loss_after\": {loss:.4}}}"
+        )
+    } else {
+        format!(
+            "{name:>11} f32 threads={threads}: {median:9.2} ms/step (min {min:.2}, max {max:.2}), \
+             {tokens_per_s:9.1} tok/s, {gflops:6.2} GFLOP/s, peak RSS {peak:.0} MiB \
+             (+{growth:.0} MiB)"
+        )
+    })
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("train_step: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.threads > 0 {
+        if let Err(e) = baregpt::set_num_threads(args.threads) {
+            eprintln!("train_step: {e}");
+            std::process::exit(2);
+        }
+    }
+    let names: Vec<&str> = if args.preset == "all" {
+        PRESETS.iter().map(|p| p.0).collect()
+    } else {
+        vec![args.preset.as_str()]
+    };
+    for name in names {
+        match run(name, &args) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("train_step: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
