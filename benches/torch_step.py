@@ -110,7 +110,7 @@ def run(name, steps, warmup):
         "gflops": round(gflop / (median / 1e3), 2),
         "peak_rss_mib": round(peak, 1),
         "rss_growth_mib": round(peak - rss_before, 1),
-        "loss_after": round(float(loss), 4),
+        "loss_after": round(float(loss.detach()), 4),
     }
 
 
