@@ -16,10 +16,8 @@ pub(crate) fn rows<'a, F: Float>(x: ArrayView3<'a, F>) -> CowArray<'a, F, Ix2> {
             return CowArray::from(view);
         }
     }
-    let owned = x.to_owned();
-    let flat = Array2::from_shape_vec((b * t, c), owned.into_iter().collect::<Vec<_>>());
-    // The length is b·t·c by construction; fall back to zeros only to avoid a panic path.
-    CowArray::from(flat.unwrap_or_else(|_| Array2::zeros((b * t, c))))
+    // Row n of the result is position (n / T, n % T); with T = 0 there are no rows to fill.
+    CowArray::from(Array2::from_shape_fn((b * t, c), |(n, j)| x[[n / t, n % t, j]]))
 }
 
 /// Reshapes `(B·T, C)` rows back to `(B, T, C)`.
@@ -113,4 +111,22 @@ pub(crate) fn check_ids_for(
     context: usize,
 ) -> Result<()> {
     crate::kernels::embedding::check_ids(layer, ids.view(), vocab_size, context)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_a_non_standard_layout_match_the_standard_copy() {
+        // A (B, T, C) = (2, 3, 4) view whose memory is laid out (C, T, B).
+        let storage = Array3::from_shape_fn((4, 3, 2), |(c, t, b)| (100 * b + 10 * t + c) as f64);
+        let x = storage.view().reversed_axes();
+        assert!(!x.is_standard_layout());
+        let flat = rows(x);
+        assert_eq!(flat.dim(), (6, 4));
+        assert_eq!(flat, rows(x.as_standard_layout().view()));
+        assert_eq!(flat[[4, 2]], 112.0); // b = 1, t = 1, c = 2
+        assert_eq!(rows(Array3::<f64>::zeros((2, 0, 3)).view()).dim(), (0, 3));
+    }
 }
