@@ -164,15 +164,18 @@ proptest! {
         let mut head = CrossEntropy::new();
         head.loss(&logits, &targets).unwrap();
         let d_logits = head.backward_loss().unwrap();
+        // Exactly zero in exact arithmetic; in f64 the V probabilities each carry a rounding
+        // error of about one ulp of 1, so the sum is within a few V·ε of zero.
+        let bound = 4.0 * f64::EPSILON * logits.dim().2 as f64;
         for row in d_logits.lanes(Axis(2)) {
-            prop_assert!(row.sum().abs() < 1e-15, "row sums to {}", row.sum());
+            prop_assert!(row.sum().abs() < bound, "row sums to {}", row.sum());
         }
         // The Layer form, with an upstream dL/dloss, too.
         head.set_targets(targets.clone());
         head.forward(&logits).unwrap();
         let d_logits = head.backward(&Array3::from_elem((1, 1, 1), -2.5)).unwrap();
         for row in d_logits.lanes(Axis(2)) {
-            prop_assert!(row.sum().abs() < 1e-14, "row sums to {}", row.sum());
+            prop_assert!(row.sum().abs() < 2.5 * bound, "row sums to {}", row.sum());
         }
     }
 }

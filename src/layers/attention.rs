@@ -3,7 +3,7 @@
 use ndarray::{Array2, Array3, Array4, s};
 use rand::Rng;
 
-use super::util::{cached, check_activation, check_dy, glorot_uniform, rows, unrows};
+use super::util::{cached, check_activation, check_dy, glorot_uniform, into_rows, rows, unrows};
 use crate::error::check_shape;
 use crate::generate::LayerKv;
 use crate::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
@@ -167,7 +167,7 @@ impl<F: Float> Layer<F> for Attention<F> {
             project(&self.w_v)?,
         );
         let (ctx, probs) = attention_forward(q.view(), k.view(), v.view(), self.n_heads)?;
-        let ctx_rows = rows(ctx.view()).into_owned();
+        let ctx_rows = into_rows(ctx);
         let y = linear_forward(ctx_rows.view(), self.w_o.value.view(), None)?;
         self.cache = Some(AttentionCache {
             x_rows,

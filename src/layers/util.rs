@@ -17,7 +17,23 @@ pub(crate) fn rows<'a, F: Float>(x: ArrayView3<'a, F>) -> CowArray<'a, F, Ix2> {
         }
     }
     // Row n of the result is position (n / T, n % T); with T = 0 there are no rows to fill.
-    CowArray::from(Array2::from_shape_fn((b * t, c), |(n, j)| x[[n / t, n % t, j]]))
+    CowArray::from(Array2::from_shape_fn((b * t, c), |(n, j)| {
+        x[[n / t, n % t, j]]
+    }))
+}
+
+/// Turns an owned `(B, T, C)` array into `(B·T, C)` rows, moving rather than copying when it
+/// is in standard layout.
+pub(crate) fn into_rows<F: Float>(x: Array3<F>) -> Array2<F> {
+    let (b, t, c) = x.dim();
+    if x.is_standard_layout() {
+        match x.into_shape_with_order((b * t, c)) {
+            Ok(flat) => flat,
+            Err(e) => unreachable!("a standard-layout (B, T, C) array reshapes to rows: {e}"),
+        }
+    } else {
+        rows(x.view()).into_owned()
+    }
 }
 
 /// Reshapes `(B·T, C)` rows back to `(B, T, C)`.
@@ -28,7 +44,12 @@ pub(crate) fn unrows<F: Float>(
     t: usize,
 ) -> Result<Array3<F>> {
     let (n, c) = y.dim();
-    let y = y.as_standard_layout().into_owned();
+    // Kernel outputs are fresh standard-layout arrays, so this reshape moves, not copies.
+    let y = if y.is_standard_layout() {
+        y
+    } else {
+        y.as_standard_layout().into_owned()
+    };
     y.into_shape_with_order((b, t, c))
         .map_err(|_| Error::ShapeMismatch {
             layer,

@@ -9,6 +9,7 @@ use ndarray::{ArrayViewD, ArrayViewMutD, Zip, aview_mut1, aview1};
 use super::clip::{NormAccumulator, check_max_norm, clip_coefficient};
 use super::{AdamState, DecayFilter, LrSchedule, ParamState};
 use crate::error::ExpectedShape;
+use crate::kernels::elementwise::for_each_split;
 use crate::{Error, Float, Layer, LayerInput, Result};
 
 const LAYER: &str = "Adam";
@@ -591,15 +592,19 @@ fn update<F: Float>(
         let denom = v_hat.sqrt() / c.bc2_sqrt + c.eps;
         *p += -c.step_size * (*m / denom);
     };
+    let work = value.len();
     let zip = Zip::from(&mut value)
         .and(&grad)
         .and(&mut state.m)
         .and(&mut state.v);
+    // Each element's update is independent, so large tensors are split across threads.
     match state.v_max.as_mut().filter(|_| c.amsgrad) {
-        Some(v_max) if v_max.shape() == shape => zip
-            .and(v_max)
-            .for_each(|p, &g, m, v, v_max| step_one(p, g, m, v, Some(v_max))),
-        _ => zip.for_each(|p, &g, m, v| step_one(p, g, m, v, None)),
+        Some(v_max) if v_max.shape() == shape => for_each_split!(
+            work,
+            zip.and(v_max),
+            |p, &g, m, v, v_max| step_one(p, g, m, v, Some(v_max))
+        ),
+        _ => for_each_split!(work, zip, |p, &g, m, v| step_one(p, g, m, v, None)),
     }
 }
 
