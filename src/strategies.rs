@@ -72,6 +72,10 @@ pub fn seed() -> impl Strategy<Value = u64> {
 
 /// A small [`GptConfig`]: vocabulary 2–12, 1–2 heads of size 1–4, 1–2 layers, context 1–6,
 /// MLP width 1–8, with or without the final LayerNorm.
+///
+/// `d_model = 2` is never drawn: a LayerNorm over two features is `±1` by the sign of their
+/// difference, so its curvature grows without bound as the two agree, and central finite
+/// differences stop being accurate there — an ill-conditioned input, not a wrong gradient.
 pub fn small_gpt_config() -> impl Strategy<Value = GptConfig> {
     (
         2..=12usize,
@@ -82,6 +86,10 @@ pub fn small_gpt_config() -> impl Strategy<Value = GptConfig> {
         1..=8usize,
         any::<bool>(),
     )
+        .prop_filter(
+            "a 2-wide LayerNorm is too curved for finite differences",
+            |draw| draw.1 * draw.2 != 2,
+        )
         .prop_map(
             |(vocab_size, n_heads, head_dim, n_layers, context, mlp_hidden, final_norm)| {
                 GptConfig {

@@ -198,8 +198,12 @@ proptest! {
 proptest! {
     #![proptest_config(config(32, REGRESSIONS))]
 
+    /// Width 2 is left out, for the reason given on `sequential_of_boxed_layers`.
     #[test]
-    fn block((x, heads, seed) in attention_case(1..=2), hidden in 1..=8usize) {
+    fn block(
+        (x, heads, seed) in attention_case(1..=2).prop_filter("2-wide LayerNorm", |c| c.0.dim().2 != 2),
+        hidden in 1..=8usize,
+    ) {
         let mut block = Block::new(x.dim().2, heads, hidden, &mut rng(seed)).unwrap();
         jitter_params(&mut block, seed, 0.3);
         gradcheck_passes(&mut block, &x, true)?;
