@@ -302,7 +302,7 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
         if let Some(ln_f) = &mut self.ln_f {
             x = ln_f.forward(&x)?;
         }
-        self.head.forward(&x)
+        self.head.forward_owned(x)
     }
 
     fn backward(&mut self, d_logits: &Array3<F>) -> Result<()> {

@@ -35,15 +35,23 @@ impl<F: Float> Gelu<F> {
     }
 }
 
+impl<F: Float> Gelu<F> {
+    /// [`Layer::forward`] for an input the caller no longer needs: it is moved into the
+    /// cache instead of copied.
+    pub(crate) fn forward_owned(&mut self, x: Array3<F>) -> Result<Array3<F>> {
+        let y = gelu_forward(x.view());
+        self.input = Some(x);
+        Ok(y)
+    }
+}
+
 impl<F: Float> Layer<F> for Gelu<F> {
     fn kind(&self) -> &'static str {
         LAYER
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        let y = gelu_forward(x.view());
-        self.input = Some(x.clone());
-        Ok(y)
+        self.forward_owned(x.clone())
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {

@@ -3,7 +3,7 @@
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 
-use super::util::{cached, check_activation, check_dy, glorot_uniform, rows, unrows};
+use super::util::{cached, check_activation, check_dy, glorot_uniform, into_rows, rows, unrows};
 use crate::kernels::{linear_backward, linear_forward};
 use crate::param::{Param1, Param2, ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Float, Layer, Result};
@@ -102,14 +102,16 @@ impl<F: Float> Linear<F> {
     }
 }
 
-impl<F: Float> Layer<F> for Linear<F> {
-    fn kind(&self) -> &'static str {
-        LAYER
+impl<F: Float> Linear<F> {
+    /// [`Layer::forward`] for an input the caller no longer needs: it is moved into the
+    /// cache instead of copied.
+    pub(crate) fn forward_owned(&mut self, x: Array3<F>) -> Result<Array3<F>> {
+        let (b, t) = check_activation(LAYER, "input", x.view(), self.c_in())?;
+        self.forward_rows(into_rows(x), b, t)
     }
 
-    fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        let (b, t) = check_activation(LAYER, "input", x.view(), self.c_in())?;
-        let x_rows = rows(x.view()).into_owned();
+    /// The forward on rows `(B·T, C_in)` already checked, caching them.
+    fn forward_rows(&mut self, x_rows: Array2<F>, b: usize, t: usize) -> Result<Array3<F>> {
         let y = linear_forward(
             x_rows.view(),
             self.w.value.view(),
@@ -117,6 +119,17 @@ impl<F: Float> Layer<F> for Linear<F> {
         )?;
         self.cache = Some((x_rows, (b, t)));
         unrows(LAYER, y, b, t)
+    }
+}
+
+impl<F: Float> Layer<F> for Linear<F> {
+    fn kind(&self) -> &'static str {
+        LAYER
+    }
+
+    fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        let (b, t) = check_activation(LAYER, "input", x.view(), self.c_in())?;
+        self.forward_rows(rows(x.view()).into_owned(), b, t)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {

@@ -70,9 +70,10 @@ impl<F: Float> Layer<F> for Mlp<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        // The hidden activations are moved into the GELU's and proj's caches, not copied.
         let h = self.fc.forward(x)?;
-        let a = self.act.forward(&h)?;
-        self.proj.forward(&a)
+        let a = self.act.forward_owned(h)?;
+        self.proj.forward_owned(a)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
