@@ -94,11 +94,13 @@ impl<F: Float> Layer<F> for CrossEntropy<F> {
 
     /// The loss as a `(1, 1, 1)` array; targets must have been set.
     fn forward(&mut self, logits: &Array3<F>) -> Result<Array3<F>> {
-        let targets = self.targets.clone().ok_or(Error::InvalidConfig {
+        self.probs = None;
+        let targets = self.targets.as_ref().ok_or_else(|| Error::InvalidConfig {
             layer: LAYER,
             reason: "no targets set: call set_targets before forward".into(),
         })?;
-        let loss = self.loss(logits, &targets)?;
+        let (loss, probs) = cross_entropy_forward(logits.view(), targets.view())?;
+        self.probs = Some(probs);
         Ok(Array3::from_elem((1, 1, 1), loss))
     }
 

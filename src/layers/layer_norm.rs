@@ -1,8 +1,8 @@
 //! [`LayerNorm`]: affine normalisation of each position's features.
 
-use ndarray::Array3;
+use ndarray::{Array1, Array3};
 
-use super::util::{cached, check_activation, check_dy, filled, rows, unrows};
+use super::util::{cached, check_activation, check_dy, rows, unrows};
 use crate::kernels::{LayerNormCache, layer_norm_backward, layer_norm_forward};
 use crate::param::{Param1, ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Float, Layer, Result};
@@ -45,8 +45,8 @@ impl<F: Float> LayerNorm<F> {
     /// As [`LayerNorm::new`] with a chosen `eps`.
     pub fn with_eps(c: usize, eps: f64) -> Self {
         Self {
-            gamma: Param1::new(filled(c, F::one())),
-            beta: Param1::new(filled(c, F::zero())),
+            gamma: Param1::new(Array1::from_elem(c, F::one())),
+            beta: Param1::new(Array1::zeros(c)),
             eps: F::of(eps),
             cache: None,
         }

@@ -86,8 +86,12 @@ impl<F: Float> Layer<F> for Sequential<F> {
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
         self.out_shape = None;
-        let mut y = x.clone();
-        for layer in &mut self.layers {
+        let mut layers = self.layers.iter_mut();
+        let mut y = match layers.next() {
+            Some(first) => first.forward(x)?,
+            None => x.clone(),
+        };
+        for layer in layers {
             y = layer.forward(&y)?;
         }
         self.out_shape = Some(y.dim());
@@ -98,8 +102,12 @@ impl<F: Float> Layer<F> for Sequential<F> {
         // Check before any layer accumulates, so a failed call changes no gradient.
         let shape = *cached("Sequential", &self.out_shape)?;
         check_dy("Sequential", dy, shape)?;
-        let mut d = dy.clone();
-        for layer in self.layers.iter_mut().rev() {
+        let mut layers = self.layers.iter_mut().rev();
+        let mut d = match layers.next() {
+            Some(last) => last.backward(dy)?,
+            None => dy.clone(),
+        };
+        for layer in layers {
             d = layer.backward(&d)?;
         }
         Ok(d)

@@ -1,7 +1,7 @@
 //! Small helpers shared by the layers: flattening `(B, T, C)` to rows, cache access and
 //! weight initialisation.
 
-use ndarray::{Array1, Array2, Array3, ArrayView3, CowArray, Ix2};
+use ndarray::{Array2, Array3, ArrayView3, CowArray, Ix2};
 use rand::{Rng, RngExt};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -117,11 +117,6 @@ pub fn normal<F: Float, R: Rng + ?Sized>(
         let z: f64 = StandardNormal.sample(rng);
         F::of(z * std)
     })
-}
-
-/// A vector of `n` copies of `value`.
-pub(crate) fn filled<F: Float>(n: usize, value: F) -> Array1<F> {
-    Array1::from_elem(n, value)
 }
 
 /// Checks token ids `(B, T)` against the vocabulary and context, naming `layer`.
