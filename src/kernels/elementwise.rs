@@ -36,14 +36,10 @@ macro_rules! for_each_split {
 pub(crate) use for_each_split;
 
 /// `out[i] = f(x[i])`. `out` and `x` must have the same length (the shorter one bounds it).
+///
+/// It runs on the two-input path with `x` read twice, so one compiled loop serves both.
 pub(crate) fn map_unary<F: Float>(x: &[F], out: &mut [F], f: impl Fn(F) -> F + Sync) {
-    if x.len() >= PARALLEL_MIN_LEN {
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(out, x)| dispatch_unary(x, out, &f));
-    } else {
-        dispatch_unary(x, out, &f);
-    }
+    map_binary(x, x, out, move |v, _| f(v));
 }
 
 /// `out[i] = f(x[i], y[i])`, as [`map_unary`] with two inputs.
@@ -70,13 +66,6 @@ fn in_place_body<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
 }
 
 #[inline(always)]
-fn unary_body<F: Copy>(x: &[F], out: &mut [F], f: &impl Fn(F) -> F) {
-    for (o, &x) in out.iter_mut().zip(x) {
-        *o = f(x);
-    }
-}
-
-#[inline(always)]
 fn binary_body<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F) {
     for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
         *o = f(x, y);
@@ -85,16 +74,6 @@ fn binary_body<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F)
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn unary_avx512<F: Copy>(x: &[F], out: &mut [F], f: &impl Fn(F) -> F) {
-        super::unary_body(x, out, f);
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn unary_avx2<F: Copy>(x: &[F], out: &mut [F], f: &impl Fn(F) -> F) {
-        super::unary_body(x, out, f);
-    }
-
     #[target_feature(enable = "avx512f")]
     pub(super) fn in_place_avx512<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
         super::in_place_body(x, f);
@@ -114,22 +93,6 @@ mod x86 {
     pub(super) fn binary_avx2<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F) {
         super::binary_body(x, y, out, f);
     }
-}
-
-fn dispatch_unary<F: Copy>(x: &[F], out: &mut [F], f: &impl Fn(F) -> F) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { x86::unary_avx512(x, out, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { x86::unary_avx2(x, out, f) };
-        }
-    }
-    unary_body(x, out, f);
 }
 
 fn dispatch_in_place<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use ndarray::{ArrayViewD, ArrayViewMutD, Zip, aview_mut1, aview1};
 
 use super::clip::{NormAccumulator, check_max_norm, clip_coefficient};
-use super::{AdamState, DecayFilter, LrSchedule, ParamState};
+use super::{AdamState, DecayFilter, LrSchedule, ParamState, invalid};
 use crate::error::ExpectedShape;
 use crate::kernels::elementwise::for_each_split;
 use crate::{Error, Float, Layer, LayerInput, Result};
@@ -113,12 +113,18 @@ impl AdamConfig {
         ];
         for (field, x) in non_negative {
             if !(x >= 0.0 && x.is_finite()) {
-                return Err(invalid(format!("{field} must be finite and ≥ 0, got {x}")));
+                return Err(invalid(
+                    LAYER,
+                    format!("{field} must be finite and ≥ 0, got {x}"),
+                ));
             }
         }
         for (field, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&beta) {
-                return Err(invalid(format!("{field} must be in [0, 1), got {beta}")));
+                return Err(invalid(
+                    LAYER,
+                    format!("{field} must be in [0, 1), got {beta}"),
+                ));
             }
         }
         if let Some(max_norm) = self.max_grad_norm {
@@ -387,7 +393,7 @@ impl<F: Float> Adam<F> {
             .state
             .step
             .checked_add(1)
-            .ok_or_else(|| invalid("the step counter overflowed".into()))?;
+            .ok_or_else(|| invalid(LAYER, "the step counter overflowed".into()))?;
         let grad_norm = self.validate(params)?;
         let lr = self.config.schedule.lr(self.config.lr, t);
         let clip = self
@@ -663,13 +669,6 @@ impl<F: Float> ParamSet<F> for SliceParams<'_, '_, '_, F> {
                 aview1(grad).into_dyn(),
             );
         }
-    }
-}
-
-fn invalid(reason: String) -> Error {
-    Error::InvalidConfig {
-        layer: LAYER,
-        reason,
     }
 }
 

@@ -18,3 +18,8 @@ pub use clip::{clip_grad_norm, clip_grad_norm_slices, grad_norm};
 pub use decay::{DecayFilter, is_usually_excluded};
 pub use schedule::LrSchedule;
 pub use state::{AdamState, ParamState};
+
+/// An [`Error::InvalidConfig`](crate::Error::InvalidConfig) from `layer` with `reason`.
+fn invalid(layer: &'static str, reason: String) -> crate::Error {
+    crate::Error::InvalidConfig { layer, reason }
+}

@@ -2,7 +2,8 @@
 
 use std::f64::consts::PI;
 
-use crate::{Error, Result};
+use super::invalid;
+use crate::Result;
 
 const LAYER: &str = "LrSchedule";
 
@@ -75,6 +76,7 @@ impl LrSchedule {
     pub fn linear_warmup(warmup_steps: u64) -> Result<Self> {
         if warmup_steps == 0 {
             return Err(invalid(
+                LAYER,
                 "linear_warmup needs warmup_steps > 0 (use constant() for no warmup)".into(),
             ));
         }
@@ -92,14 +94,20 @@ impl LrSchedule {
     /// [`Error::InvalidConfig`] unless `total_steps > warmup_steps` and `0 ≤ floor ≤ 1`.
     pub fn warmup_cosine(warmup_steps: u64, total_steps: u64, floor: f64) -> Result<Self> {
         if total_steps <= warmup_steps {
-            return Err(invalid(format!(
-                "warmup_cosine needs total_steps ({total_steps}) > warmup_steps ({warmup_steps})"
-            )));
+            return Err(invalid(
+                LAYER,
+                format!(
+                    "warmup_cosine needs total_steps ({total_steps}) > warmup_steps ({warmup_steps})"
+                ),
+            ));
         }
         if !(0.0..=1.0).contains(&floor) {
-            return Err(invalid(format!(
-                "warmup_cosine floor {floor} is not in [0, 1] (it is a fraction of the base lr)"
-            )));
+            return Err(invalid(
+                LAYER,
+                format!(
+                    "warmup_cosine floor {floor} is not in [0, 1] (it is a fraction of the base lr)"
+                ),
+            ));
         }
         Ok(Self {
             kind: Kind::WarmupCosine {
@@ -146,13 +154,6 @@ fn warmup_factor(t: u64, warmup: u64) -> f64 {
         1.0
     } else {
         t as f64 / warmup as f64
-    }
-}
-
-fn invalid(reason: String) -> Error {
-    Error::InvalidConfig {
-        layer: LAYER,
-        reason,
     }
 }
 
