@@ -72,7 +72,7 @@ impl LrSchedule {
     /// A linear warmup over `warmup_steps` steps, constant afterwards.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `warmup_steps` is 0 (use [`LrSchedule::constant`]).
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when `warmup_steps` is 0 (use [`LrSchedule::constant`]).
     pub fn linear_warmup(warmup_steps: u64) -> Result<Self> {
         if warmup_steps == 0 {
             return Err(invalid(
@@ -91,7 +91,7 @@ impl LrSchedule {
     /// `floor · lr` at step `total_steps` and stays there.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] unless `total_steps > warmup_steps` and `0 ≤ floor ≤ 1`.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) unless `total_steps > warmup_steps` and `0 ≤ floor ≤ 1`.
     pub fn warmup_cosine(warmup_steps: u64, total_steps: u64, floor: f64) -> Result<Self> {
         if total_steps <= warmup_steps {
             return Err(invalid(
