@@ -58,6 +58,31 @@ pub(crate) fn map_in_place<F: Float>(x: &mut [F], f: impl Fn(F) -> F) {
     dispatch_in_place(x, &f);
 }
 
+/// `dst += src` element-wise, in parallel chunks when large (the residual connections).
+///
+/// Shapes: `dst` and `src` the same (checked by the caller); standard-layout arrays take the
+/// slice path, others a plain `Zip`.
+pub(crate) fn add_assign<F: Float, D: ndarray::Dimension>(
+    dst: &mut ndarray::ArrayRef<F, D>,
+    src: &ndarray::ArrayRef<F, D>,
+) {
+    match (dst.as_slice_mut(), src.as_slice()) {
+        (Some(dst), Some(src)) if dst.len() >= PARALLEL_MIN_LEN => dst
+            .par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(dst, src)| add_slices(dst, src)),
+        (Some(dst), Some(src)) => add_slices(dst, src),
+        _ => *dst += src,
+    }
+}
+
+/// Memory-bound: the baseline vector width already saturates the loads and stores.
+fn add_slices<F: Float>(dst: &mut [F], src: &[F]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
 #[inline(always)]
 fn in_place_body<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
     for v in x.iter_mut() {

@@ -4,9 +4,10 @@
 //! `σ² = mean((x − μ)²)` (biased), `rstd = 1/√(σ² + eps)`, `x̂ = (x − μ)·rstd`,
 //! `y = gamma ⊙ x̂ + beta`.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
 use super::elementwise::for_each_split;
+use super::reduce::add_column_sums;
 use crate::error::check_shape;
 use crate::{Float, Result};
 
@@ -89,8 +90,8 @@ pub fn layer_norm_backward<F: Float>(
     check_shape(KERNEL, "d_gamma", d_gamma.shape(), &[Some(c)])?;
     check_shape(KERNEL, "d_beta", d_beta.shape(), &[Some(c)])?;
     // (dgamma, dbeta)
-    d_gamma += &(&dy * &cache.x_hat).sum_axis(Axis(0));
-    d_beta += &dy.sum_axis(Axis(0));
+    add_column_sums(d_gamma.view_mut(), dy, Some(cache.x_hat.view()));
+    add_column_sums(d_beta.view_mut(), dy, None);
     // (dx)
     let inv_c = F::one() / F::of(c as f64);
     let mut dx = Array2::zeros((n, c));

@@ -3,9 +3,10 @@
 //! Shapes: `x (N, C_in)`, `W (C_in, C_out)`, `b (C_out)`, `y (N, C_out)`. The weight is stored
 //! input-major, as in the NumPy original, so the forward is one plain product.
 
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 use super::matmul::{matmul, matmul_into};
+use super::reduce::add_column_sums;
 use crate::error::check_shape;
 use crate::{Float, Result};
 
@@ -53,9 +54,43 @@ pub fn linear_backward<F: Float>(
     x: ArrayView2<'_, F>,
     w: ArrayView2<'_, F>,
     dy: ArrayView2<'_, F>,
-    mut d_w: ArrayViewMut2<'_, F>,
+    d_w: ArrayViewMut2<'_, F>,
     d_b: Option<ArrayViewMut1<'_, F>>,
 ) -> Result<Array2<F>> {
+    add_param_grads(x, w, dy, d_w, d_b)?;
+    // (dx)
+    Ok(matmul(dy, w.t()))
+}
+
+/// [`linear_backward`] that adds `dy·Wᵀ` into `dx (N, C_in)` instead of returning it, for
+/// an input feeding several linear maps (the attention's Q, K and V projections).
+pub(crate) fn linear_backward_add<F: Float>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    dy: ArrayView2<'_, F>,
+    d_w: ArrayViewMut2<'_, F>,
+    dx: &mut ArrayViewMut2<'_, F>,
+) -> Result<()> {
+    check_shape(
+        KERNEL,
+        "dx",
+        dx.shape(),
+        &[Some(x.nrows()), Some(w.nrows())],
+    )?;
+    add_param_grads(x, w, dy, d_w, None)?;
+    // (dx), accumulated
+    matmul_into(F::one(), dy, w.t(), F::one(), dx);
+    Ok(())
+}
+
+/// The shape checks and the parameter terms *(dW)* and *(db)* of [`linear_backward`].
+fn add_param_grads<F: Float>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    dy: ArrayView2<'_, F>,
+    mut d_w: ArrayViewMut2<'_, F>,
+    d_b: Option<ArrayViewMut1<'_, F>>,
+) -> Result<()> {
     let (c_in, c_out) = w.dim();
     let n = x.nrows();
     check_shape(KERNEL, "x", x.shape(), &[None, Some(c_in)])?;
@@ -68,10 +103,9 @@ pub fn linear_backward<F: Float>(
     matmul_into(F::one(), x.t(), dy, F::one(), &mut d_w);
     // (db)
     if let Some(mut d_b) = d_b {
-        d_b += &dy.sum_axis(Axis(0));
+        add_column_sums(d_b.view_mut(), dy, None);
     }
-    // (dx)
-    Ok(matmul(dy, w.t()))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub(crate) mod matmul;
+pub(crate) mod reduce;
 pub mod softmax;
 
 pub use attention::{attention_backward, attention_forward};

@@ -3,9 +3,12 @@
 use ndarray::{Array2, Array3, Array4, s};
 use rand::Rng;
 
-use super::util::{cached, check_activation, check_dy, glorot_uniform, into_rows, rows, unrows};
+use super::util::{
+    cached, check_activation, check_dy, copy_reusing, glorot_uniform, into_rows, rows, unrows,
+};
 use crate::error::check_shape;
 use crate::generate::LayerKv;
+use crate::kernels::linear::linear_backward_add;
 use crate::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
 use crate::param::{Param2, ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Error, Float, Layer, Result};
@@ -157,7 +160,10 @@ impl<F: Float> Layer<F> for Attention<F> {
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
         let (b, t) = check_activation(LAYER, "input", x.view(), self.width())?;
-        let x_rows = rows(x.view()).into_owned();
+        let x_rows = copy_reusing(
+            self.cache.take().map(|old| old.x_rows),
+            rows(x.view()).view(),
+        );
         let project = |w: &Param2<F>| {
             linear_forward(x_rows.view(), w.value.view(), None).and_then(|y| unrows(LAYER, y, b, t))
         };
@@ -202,18 +208,22 @@ impl<F: Float> Layer<F> for Attention<F> {
             cache.probs.view(),
             d_ctx.view(),
         )?;
-        let mut dx = Array2::zeros(cache.x_rows.raw_dim());
-        for (w, d) in [
-            (&mut self.w_q, dq),
-            (&mut self.w_k, dk),
-            (&mut self.w_v, dv),
-        ] {
-            dx += &linear_backward(
-                cache.x_rows.view(),
+        // dx = dq·W_qᵀ + dk·W_kᵀ + dv·W_vᵀ, accumulated in place by the products.
+        let x_rows = cache.x_rows.view();
+        let mut dx = linear_backward(
+            x_rows,
+            self.w_q.value.view(),
+            rows(dq.view()).view(),
+            self.w_q.grad.view_mut(),
+            None,
+        )?;
+        for (w, d) in [(&mut self.w_k, dk), (&mut self.w_v, dv)] {
+            linear_backward_add(
+                x_rows,
                 w.value.view(),
                 rows(d.view()).view(),
                 w.grad.view_mut(),
-                None,
+                &mut dx.view_mut(),
             )?;
         }
         unrows(LAYER, dx, b, t)

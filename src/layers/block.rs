@@ -5,6 +5,7 @@ use rand::Rng;
 
 use super::{Attention, LayerNorm, Mlp};
 use crate::generate::LayerKv;
+use crate::kernels::elementwise::add_assign;
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Float, Layer, Result};
 
@@ -98,16 +99,21 @@ impl<F: Float> Layer<F> for Block<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        let h = x + &self.attn.forward(&self.ln1.forward(x)?)?;
-        let y = &h + &self.mlp.forward(&self.ln2.forward(&h)?)?;
+        // Residuals are added in place into the branch outputs, which are fresh arrays.
+        let mut h = self.attn.forward(&self.ln1.forward(x)?)?;
+        add_assign(&mut h, x);
+        let mut y = self.mlp.forward(&self.ln2.forward(&h)?)?;
+        add_assign(&mut y, &h);
         Ok(y)
     }
 
     /// Each residual passes the gradient straight through and adds the branch's:
     /// `dh = dy + ln2ᵀ(mlpᵀ(dy))`, then `dx = dh + ln1ᵀ(attnᵀ(dh))`.
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
-        let dh = dy + &self.ln2.backward(&self.mlp.backward(dy)?)?;
-        let dx = &dh + &self.ln1.backward(&self.attn.backward(&dh)?)?;
+        let mut dh = self.ln2.backward(&self.mlp.backward(dy)?)?;
+        add_assign(&mut dh, dy);
+        let mut dx = self.ln1.backward(&self.attn.backward(&dh)?)?;
+        add_assign(&mut dx, &dh);
         Ok(dx)
     }
 

@@ -3,7 +3,9 @@
 use ndarray::{Array1, Array2, Array3};
 use rand::Rng;
 
-use super::util::{cached, check_activation, check_dy, glorot_uniform, into_rows, rows, unrows};
+use super::util::{
+    cached, check_activation, check_dy, copy_reusing, glorot_uniform, into_rows, rows, unrows,
+};
 use crate::kernels::{linear_backward, linear_forward};
 use crate::param::{Param1, Param2, ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Float, Layer, Result};
@@ -129,7 +131,8 @@ impl<F: Float> Layer<F> for Linear<F> {
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
         let (b, t) = check_activation(LAYER, "input", x.view(), self.c_in())?;
-        self.forward_rows(rows(x.view()).into_owned(), b, t)
+        let x_rows = copy_reusing(self.cache.take().map(|(old, _)| old), rows(x.view()).view());
+        self.forward_rows(x_rows, b, t)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {

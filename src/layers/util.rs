@@ -1,7 +1,7 @@
 //! Small helpers shared by the layers: flattening `(B, T, C)` to rows, cache access and
 //! weight initialisation.
 
-use ndarray::{Array2, Array3, ArrayView3, CowArray, Ix2};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, CowArray, Ix2};
 use rand::{Rng, RngExt};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -24,6 +24,18 @@ pub(crate) fn rows<'a, F: Float>(x: ArrayView3<'a, F>) -> CowArray<'a, F, Ix2> {
 
 /// Turns an owned `(B, T, C)` array into `(B·T, C)` rows, moving rather than copying when it
 /// is in standard layout.
+/// `x` copied into `buffer` when that has the same shape (reusing its allocation, as the
+/// caches do from one step to the next), otherwise into a new array.
+pub(crate) fn copy_reusing<F: Float>(buffer: Option<Array2<F>>, x: ArrayView2<'_, F>) -> Array2<F> {
+    match buffer {
+        Some(mut buffer) if buffer.dim() == x.dim() => {
+            buffer.assign(&x);
+            buffer
+        }
+        _ => x.to_owned(),
+    }
+}
+
 pub(crate) fn into_rows<F: Float>(x: Array3<F>) -> Array2<F> {
     let (b, t, c) = x.dim();
     if x.is_standard_layout() {
