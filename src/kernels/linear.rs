@@ -5,7 +5,7 @@
 
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
-use super::matmul::{matmul, matmul_into};
+use super::matmul::{join_products, matmul, matmul_into};
 use super::reduce::add_column_sums;
 use crate::error::check_shape;
 use crate::{Float, Result};
@@ -57,9 +57,14 @@ pub fn linear_backward<F: Float>(
     d_w: ArrayViewMut2<'_, F>,
     d_b: Option<ArrayViewMut1<'_, F>>,
 ) -> Result<Array2<F>> {
-    add_param_grads(x, w, dy, d_w, d_b)?;
-    // (dx)
-    Ok(matmul(dy, w.t()))
+    check_param_grads(x, w, dy, &d_w, &d_b)?;
+    // (dW, db) beside (dx): the two products are independent.
+    let ((), dx) = join_products(
+        x.len() * w.ncols(),
+        || add_param_grads(x, dy, d_w, d_b),
+        || matmul(dy, w.t()),
+    );
+    Ok(dx)
 }
 
 /// [`linear_backward`] that adds `dy·Wᵀ` into `dx (N, C_in)` instead of returning it, for
@@ -77,19 +82,23 @@ pub(crate) fn linear_backward_add<F: Float>(
         dx.shape(),
         &[Some(x.nrows()), Some(w.nrows())],
     )?;
-    add_param_grads(x, w, dy, d_w, None)?;
-    // (dx), accumulated
-    matmul_into(F::one(), dy, w.t(), F::one(), dx);
+    check_param_grads(x, w, dy, &d_w, &None)?;
+    join_products(
+        x.len() * w.ncols(),
+        || add_param_grads(x, dy, d_w, None),
+        // (dx), accumulated
+        || matmul_into(F::one(), dy, w.t(), F::one(), dx),
+    );
     Ok(())
 }
 
-/// The shape checks and the parameter terms *(dW)* and *(db)* of [`linear_backward`].
-fn add_param_grads<F: Float>(
+/// The shape checks of [`linear_backward`].
+fn check_param_grads<F: Float>(
     x: ArrayView2<'_, F>,
     w: ArrayView2<'_, F>,
     dy: ArrayView2<'_, F>,
-    mut d_w: ArrayViewMut2<'_, F>,
-    d_b: Option<ArrayViewMut1<'_, F>>,
+    d_w: &ArrayViewMut2<'_, F>,
+    d_b: &Option<ArrayViewMut1<'_, F>>,
 ) -> Result<()> {
     let (c_in, c_out) = w.dim();
     let n = x.nrows();
@@ -99,13 +108,22 @@ fn add_param_grads<F: Float>(
     if let Some(d_b) = &d_b {
         check_shape(KERNEL, "d_b", d_b.shape(), &[Some(c_out)])?;
     }
+    Ok(())
+}
+
+/// The parameter terms *(dW)* and *(db)* of [`linear_backward`], shapes already checked.
+fn add_param_grads<F: Float>(
+    x: ArrayView2<'_, F>,
+    dy: ArrayView2<'_, F>,
+    mut d_w: ArrayViewMut2<'_, F>,
+    d_b: Option<ArrayViewMut1<'_, F>>,
+) {
     // (dW)
     matmul_into(F::one(), x.t(), dy, F::one(), &mut d_w);
     // (db)
     if let Some(mut d_b) = d_b {
         add_column_sums(d_b.view_mut(), dy, None);
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -135,6 +153,46 @@ mod tests {
         assert_eq!(dx, array![[0.0, 2.5], [0.0, 1.0]]);
         assert_eq!(d_w, array![[1.0, 3.0, 1.0], [2.0, 4.0, 2.0]]);
         assert_eq!(d_b, array![1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn large_backward_on_the_parallel_paths_matches_reference() {
+        // Big enough for the joined products and the parallel bias-gradient sum.
+        use crate::kernels::matmul::matmul_reference;
+        let sample = |r: usize, c: usize, k: f64| {
+            Array2::from_shape_fn((r, c), |(i, j)| ((i * 7 + j * 3) as f64 * k).sin())
+        };
+        let (x, w, dy) = (
+            sample(600, 80, 0.13),
+            sample(80, 70, 0.29),
+            sample(600, 70, 0.41),
+        );
+        let (mut d_w, mut d_b) = (Array2::ones((80, 70)), Array1::ones(70));
+        let dx = linear_backward(
+            x.view(),
+            w.view(),
+            dy.view(),
+            d_w.view_mut(),
+            Some(d_b.view_mut()),
+        )
+        .unwrap();
+        approx::assert_abs_diff_eq!(dx, matmul_reference(dy.view(), w.t()), epsilon = 1e-10);
+        let expected_d_w = matmul_reference(x.t(), dy.view()) + 1.0;
+        approx::assert_abs_diff_eq!(d_w, expected_d_w, epsilon = 1e-10);
+        let expected_d_b = dy.sum_axis(ndarray::Axis(0)) + 1.0;
+        approx::assert_abs_diff_eq!(d_b, expected_d_b, epsilon = 1e-10);
+        let mut dx_sum = dx.clone();
+        let mut d_w2 = Array2::zeros((80, 70));
+        linear_backward_add(
+            x.view(),
+            w.view(),
+            dy.view(),
+            d_w2.view_mut(),
+            &mut dx_sum.view_mut(),
+        )
+        .unwrap();
+        approx::assert_abs_diff_eq!(dx_sum, &dx * 2.0, epsilon = 1e-10);
+        approx::assert_abs_diff_eq!(d_w2, expected_d_w - 1.0, epsilon = 1e-10);
     }
 
     #[test]
