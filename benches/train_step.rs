@@ -12,7 +12,11 @@
 //! in full, `layers · B · 3 · (4 · T² · C)` — the same formula as the PyTorch peer script
 //! `benches/torch_step.py`, so the two are comparable. Memory: the process's peak resident
 //! set (`VmHWM`) and its growth over the resident set before the model was built.
+//! Allocations: heap allocations (calls and bytes) per timed step, counted by a global
+//! allocator wrapper around the system one.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use baregpt::{Adam, AdamConfig, Gpt, GptConfig, Layer};
@@ -20,6 +24,45 @@ use ndarray::Array2;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 /// `(name, vocab, d_model, heads, layers, T, B)`, as in the PyTorch peer script.
+/// The system allocator, counting calls and bytes, so the benchmark can report what a
+/// warmed-up step still allocates.
+struct CountingAlloc;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged; the caller upholds realloc's contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged; `ptr` came from this allocator with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
 const PRESETS: [(&str, usize, usize, usize, usize, usize, usize); 4] = [
     ("tiny", 65, 64, 4, 2, 32, 8),
     ("baregpt", 65, 256, 4, 2, 128, 16),
@@ -109,7 +152,12 @@ fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
     let targets = Array2::from_shape_simple_fn((b, t), || rng.random_range(0..vocab));
     let mut times = Vec::with_capacity(args.steps);
     let mut loss = 0.0;
+    let (mut allocations, mut allocated) = (0, 0);
     for i in 0..args.warmup + args.steps {
+        if i == args.warmup {
+            allocations = ALLOCATIONS.load(Ordering::Relaxed);
+            allocated = ALLOCATED_BYTES.load(Ordering::Relaxed);
+        }
         let start = Instant::now();
         model.zero_grad();
         loss = model.loss(&ids, &targets)?;
@@ -119,6 +167,10 @@ fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
+    let allocs_per_step = (ALLOCATIONS.load(Ordering::Relaxed) - allocations) / args.steps;
+    let alloc_mib_per_step = (ALLOCATED_BYTES.load(Ordering::Relaxed) - allocated) as f64
+        / args.steps as f64
+        / (1024.0 * 1024.0);
     times.sort_by(f64::total_cmp);
     let (median, min, max) = (times[times.len() / 2], times[0], times[times.len() - 1]);
     let gflop = model_flops(vocab, d, layers, t, b) / 1e9;
@@ -133,13 +185,15 @@ fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
              \"ms_per_step_median\": {median:.2}, \"ms_min\": {min:.2}, \"ms_max\": {max:.2}, \
              \"tokens_per_s\": {tokens_per_s:.1}, \"gflop_per_step\": {gflop:.3}, \
              \"gflops\": {gflops:.2}, \"peak_rss_mib\": {peak:.1}, \
-             \"rss_growth_mib\": {growth:.1}, \"loss_after\": {loss:.4}}}"
+             \"rss_growth_mib\": {growth:.1}, \"allocs_per_step\": {allocs_per_step}, \
+             \"alloc_mib_per_step\": {alloc_mib_per_step:.1}, \"loss_after\": {loss:.4}}}"
         )
     } else {
         format!(
             "{name:>11} f32 threads={threads}: {median:9.2} ms/step (min {min:.2}, max {max:.2}), \
              {tokens_per_s:9.1} tok/s, {gflops:6.2} GFLOP/s, peak RSS {peak:.0} MiB \
-             (+{growth:.0} MiB)"
+             (+{growth:.0} MiB), {allocs_per_step} allocations ({alloc_mib_per_step:.1} MiB) \
+             per step"
         )
     })
 }
