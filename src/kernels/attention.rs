@@ -11,7 +11,7 @@
 use ndarray::{Array3, Array4, ArrayView3, Axis, Zip, s};
 
 use super::elementwise::for_each_split;
-use super::matmul::{matmul, matmul_into};
+use super::matmul::{matmul, matmul_uninit};
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
 use crate::{Error, Float, Result};
@@ -60,8 +60,10 @@ pub fn attention_forward<F: Float>(
     let (b, t_q, t_k, c, d) = check_dims(&q, &k, &v, n_heads)?;
     let scale = F::one() / F::of(d as f64).sqrt();
     let offset = t_k - t_q;
-    let mut probs = Array4::zeros((b, n_heads, t_q, t_k));
-    let mut ctx = Array3::zeros((b, t_q, c));
+    // Every element of both is written below (each head its probabilities and its columns
+    // of the context), so they start uninitialised rather than zeroed.
+    let mut probs = Array4::<F>::uninit((b, n_heads, t_q, t_k));
+    let mut ctx = Array3::<F>::uninit((b, t_q, c));
     // Sequences are independent: one task per batch element, heads in turn within it.
     for_each_split!(
         b * t_q * t_k * c,
@@ -73,26 +75,24 @@ pub fn attention_forward<F: Float>(
         |mut probs, mut ctx, q, k, v| {
             for h in 0..n_heads {
                 let (lo, hi) = (h * d, (h + 1) * d);
-                let mut p = probs.index_axis_mut(Axis(0), h);
-                matmul_into(
+                let mut p = matmul_uninit(
                     scale,
                     q.slice(s![.., lo..hi]),
                     k.slice(s![.., lo..hi]).t(),
-                    F::zero(),
-                    &mut p,
+                    probs.index_axis_mut(Axis(0), h),
                 );
                 causal_softmax_forward(p.view_mut(), offset);
-                matmul_into(
+                matmul_uninit(
                     F::one(),
                     p.view(),
                     v.slice(s![.., lo..hi]),
-                    F::zero(),
-                    &mut ctx.slice_mut(s![.., lo..hi]),
+                    ctx.slice_mut(s![.., lo..hi]),
                 );
             }
         }
     );
-    Ok((ctx, probs))
+    // SAFETY: the heads' column slices cover all `C` columns, so every element was written.
+    Ok(unsafe { (ctx.assume_init(), probs.assume_init()) })
 }
 
 /// Backward of [`attention_forward`]; returns `(dq, dk, dv)` shaped like `q`, `k`, `v`.
@@ -128,9 +128,10 @@ pub fn attention_backward<F: Float>(
         &[Some(b), Some(t_q), Some(c)],
     )?;
     let scale = F::one() / F::of(d as f64).sqrt();
-    let mut dq = Array3::zeros((b, t_q, c));
-    let mut dk = Array3::zeros((b, t_k, c));
-    let mut dv = Array3::zeros((b, t_k, c));
+    // Written whole below, head by head, like the forward's outputs.
+    let mut dq = Array3::<F>::uninit((b, t_q, c));
+    let mut dk = Array3::<F>::uninit((b, t_k, c));
+    let mut dv = Array3::<F>::uninit((b, t_k, c));
     for_each_split!(
         b * t_q * t_k * c,
         Zip::indexed(dq.outer_iter_mut())
@@ -149,35 +150,28 @@ pub fn attention_backward<F: Float>(
                 let p = probs.index_axis(Axis(0), h);
                 let g = d_ctx.slice(s![.., lo..hi]);
                 // (dv)
-                matmul_into(
-                    F::one(),
-                    p.t(),
-                    g,
-                    F::zero(),
-                    &mut dv.slice_mut(s![.., lo..hi]),
-                );
+                matmul_uninit(F::one(), p.t(), g, dv.slice_mut(s![.., lo..hi]));
                 // (dP), then (dS) in place
                 let mut d_scores = matmul(g, v.slice(s![.., lo..hi]).t());
                 softmax_backward_in_place(p, d_scores.view_mut());
                 // (dq, dk)
-                matmul_into(
+                matmul_uninit(
                     scale,
                     d_scores.view(),
                     k.slice(s![.., lo..hi]),
-                    F::zero(),
-                    &mut dq.slice_mut(s![.., lo..hi]),
+                    dq.slice_mut(s![.., lo..hi]),
                 );
-                matmul_into(
+                matmul_uninit(
                     scale,
                     d_scores.t(),
                     q.slice(s![.., lo..hi]),
-                    F::zero(),
-                    &mut dk.slice_mut(s![.., lo..hi]),
+                    dk.slice_mut(s![.., lo..hi]),
                 );
             }
         }
     );
-    Ok((dq, dk, dv))
+    // SAFETY: the heads' column slices cover all `C` columns, so every element was written.
+    Ok(unsafe { (dq.assume_init(), dk.assume_init(), dv.assume_init()) })
 }
 
 /// Naive loops over every index: the reference the fast path is tested against.

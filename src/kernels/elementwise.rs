@@ -6,6 +6,8 @@
 //! three times — for AVX-512, for AVX2 with FMA, and for the baseline — and the widest one
 //! the running CPU supports is chosen at run time.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::Float;
@@ -35,15 +37,31 @@ macro_rules! for_each_split {
 }
 pub(crate) use for_each_split;
 
-/// `out[i] = f(x[i])`. `out` and `x` must have the same length (the shorter one bounds it).
+/// `[f(x[0]), f(x[1]), …]` as a new vector, each element written once (no zero fill first).
 ///
 /// It runs on the two-input path with `x` read twice, so one compiled loop serves both.
-pub(crate) fn map_unary<F: Float>(x: &[F], out: &mut [F], f: impl Fn(F) -> F + Sync) {
-    map_binary(x, x, out, move |v, _| f(v));
+pub(crate) fn map_unary<F: Float>(x: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> {
+    map_binary(x, x, move |v, _| f(v))
 }
 
-/// `out[i] = f(x[i], y[i])`, as [`map_unary`] with two inputs.
-pub(crate) fn map_binary<F: Float>(x: &[F], y: &[F], out: &mut [F], f: impl Fn(F, F) -> F + Sync) {
+/// `[f(x[0], y[0]), …]` as a new vector, as [`map_unary`] with two inputs of the same length
+/// (the shorter one bounds it).
+pub(crate) fn map_binary<F: Float>(x: &[F], y: &[F], f: impl Fn(F, F) -> F + Sync) -> Vec<F> {
+    let len = x.len().min(y.len());
+    let mut out = Vec::with_capacity(len);
+    map_binary_into(x, y, &mut out.spare_capacity_mut()[..len], f);
+    // SAFETY: `map_binary_into` wrote every one of the first `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Writes `f(x[i], y[i])` into every element of `out` (all three the same length).
+fn map_binary_into<F: Float>(
+    x: &[F],
+    y: &[F],
+    out: &mut [MaybeUninit<F>],
+    f: impl Fn(F, F) -> F + Sync,
+) {
     if x.len() >= PARALLEL_MIN_LEN {
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
@@ -91,14 +109,16 @@ fn in_place_body<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
 }
 
 #[inline(always)]
-fn binary_body<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F) {
+fn binary_body<F: Copy>(x: &[F], y: &[F], out: &mut [MaybeUninit<F>], f: &impl Fn(F, F) -> F) {
     for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
-        *o = f(x, y);
+        o.write(f(x, y));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::mem::MaybeUninit;
+
     #[target_feature(enable = "avx512f")]
     pub(super) fn in_place_avx512<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
         super::in_place_body(x, f);
@@ -110,12 +130,22 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) fn binary_avx512<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F) {
+    pub(super) fn binary_avx512<F: Copy>(
+        x: &[F],
+        y: &[F],
+        out: &mut [MaybeUninit<F>],
+        f: &impl Fn(F, F) -> F,
+    ) {
         super::binary_body(x, y, out, f);
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn binary_avx2<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F) {
+    pub(super) fn binary_avx2<F: Copy>(
+        x: &[F],
+        y: &[F],
+        out: &mut [MaybeUninit<F>],
+        f: &impl Fn(F, F) -> F,
+    ) {
         super::binary_body(x, y, out, f);
     }
 }
@@ -136,7 +166,7 @@ fn dispatch_in_place<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
     in_place_body(x, f);
 }
 
-fn dispatch_binary<F: Copy>(x: &[F], y: &[F], out: &mut [F], f: &impl Fn(F, F) -> F) {
+fn dispatch_binary<F: Copy>(x: &[F], y: &[F], out: &mut [MaybeUninit<F>], f: &impl Fn(F, F) -> F) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -162,9 +192,9 @@ mod tests {
             let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
             let y: Vec<f64> = (0..n).map(|i| (i as f64 * 0.11).cos()).collect();
             let mut out = vec![0.0; n];
-            map_unary(&x, &mut out, |v| v * v + 1.0);
+            let out = map_unary(&x, |v| v * v + 1.0);
             assert!(out.iter().zip(&x).all(|(o, v)| *o == v * v + 1.0));
-            map_binary(&x, &y, &mut out, |a, b| a - 2.0 * b);
+            let out = map_binary(&x, &y, |a, b| a - 2.0 * b);
             assert!(
                 out.iter()
                     .zip(x.iter().zip(&y))

@@ -15,12 +15,10 @@ const CUBIC: f64 = 0.044_715;
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
     let gelu = move |x: F| half * x * (F::one() + (s * (x + a * x * x * x)).gelu_tanh());
-    let mut y = Array::zeros(x.raw_dim());
-    match (x.as_slice(), y.as_slice_mut()) {
-        (Some(xs), Some(ys)) => map_unary(xs, ys, gelu),
-        _ => Zip::from(&mut y).and(&x).for_each(|y, &x| *y = gelu(x)),
+    match x.as_slice() {
+        Some(xs) => from_standard_vec(x.raw_dim(), map_unary(xs, gelu)),
+        None => x.mapv(gelu),
     }
-    y
 }
 
 /// Backward of [`gelu_forward`]: `dx = dy · gelu'(x)`, with `x` the forward's input.
@@ -49,15 +47,19 @@ pub fn gelu_backward<F: Float, D: Dimension>(
         let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
         dy * (term_1 + term_2)
     };
-    let mut dx = Array::zeros(x.raw_dim());
-    match (x.as_slice(), dy.as_slice(), dx.as_slice_mut()) {
-        (Some(xs), Some(dys), Some(dxs)) => map_binary(xs, dys, dxs, d_gelu),
-        _ => Zip::from(&mut dx)
-            .and(&x)
-            .and(&dy)
-            .for_each(|dx, &x, &dy| *dx = d_gelu(x, dy)),
+    Ok(match (x.as_slice(), dy.as_slice()) {
+        (Some(xs), Some(dys)) => from_standard_vec(x.raw_dim(), map_binary(xs, dys, d_gelu)),
+        _ => Zip::from(&x).and(&dy).map_collect(|&x, &dy| d_gelu(x, dy)),
+    })
+}
+
+/// The standard-layout array of `shape` holding `values` (one per element, as the maps
+/// above produce for standard-layout inputs).
+fn from_standard_vec<F: Float, D: Dimension>(shape: D, values: Vec<F>) -> Array<F, D> {
+    match Array::from_shape_vec(shape, values) {
+        Ok(array) => array,
+        Err(e) => unreachable!("a map over a standard-layout input keeps its length: {e}"),
     }
-    Ok(dx)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! Views may be strided (transposes and head slices are passed without copying).
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 use gemm::Parallelism;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
@@ -68,20 +69,46 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
 ///
 /// Callers check that the inner dimensions agree.
 pub(crate) fn matmul<F: Float>(a: ArrayView2<'_, F>, b: ArrayView2<'_, F>) -> Array2<F> {
-    let (m, n) = (a.nrows(), b.ncols());
-    assert_eq!(a.ncols(), b.nrows(), "matmul: inner dimensions differ");
-    if m == 0 || n == 0 || a.ncols() == 0 {
-        return Array2::zeros((m, n));
+    let mut c = Array2::<F>::uninit((a.nrows(), b.ncols()));
+    matmul_uninit(F::one(), a, b, c.view_mut());
+    // SAFETY: `matmul_uninit` wrote every element of `c`.
+    unsafe { c.assume_init() }
+}
+
+/// `c = alpha · a · b` into an uninitialised `c (M, N)`, returned as an initialised view:
+/// the output of a product is written whole, so it need not be zeroed first.
+///
+/// Callers check the shapes, as for [`matmul_into`].
+pub(crate) fn matmul_uninit<'c, F: Float>(
+    alpha: F,
+    a: ArrayView2<'_, F>,
+    b: ArrayView2<'_, F>,
+    mut c: ArrayViewMut2<'c, MaybeUninit<F>>,
+) -> ArrayViewMut2<'c, F> {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    assert_eq!(b.nrows(), k, "matmul: inner dimensions differ");
+    assert_eq!(c.dim(), (m, n), "matmul: output shape differs");
+    if k == 0 {
+        c.fill(MaybeUninit::new(F::zero()));
+    } else if m > 0 && n > 0 {
+        let c_strides = stride2(c.strides());
+        // SAFETY: `c` is a live, uniquely borrowed (m, n) view with these strides, and
+        // `MaybeUninit<F>` has `F`'s layout; with beta = 0 gemm writes every element of `c`
+        // without reading it.
+        unsafe {
+            gemm_raw(
+                alpha,
+                a,
+                b,
+                F::zero(),
+                c.as_mut_ptr().cast::<F>(),
+                c_strides,
+            )
+        }
     }
-    let mut c = Array2::<F>::uninit((m, n));
-    // With beta = 0 and k > 0, gemm writes every element of `c` without reading it.
-    let c_ptr = c.as_mut_ptr().cast::<F>();
-    let c_strides = stride2(c.strides());
-    // SAFETY: as in `matmul_into`; `c` is a fresh (m, n) allocation in standard layout.
-    unsafe {
-        gemm_raw(F::one(), a, b, F::zero(), c_ptr, c_strides);
-        c.assume_init()
-    }
+    // SAFETY: every element was written just above.
+    unsafe { c.assume_init() }
 }
 
 /// `c = alpha · a · b + beta · c` in place; shapes `(M, K)`, `(K, N)`, `(M, N)`.
