@@ -191,7 +191,6 @@ mod tests {
         for n in [0, 5, 100, PARALLEL_MIN_LEN + 7] {
             let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
             let y: Vec<f64> = (0..n).map(|i| (i as f64 * 0.11).cos()).collect();
-            let mut out = vec![0.0; n];
             let out = map_unary(&x, |v| v * v + 1.0);
             assert!(out.iter().zip(&x).all(|(o, v)| *o == v * v + 1.0));
             let out = map_binary(&x, &y, |a, b| a - 2.0 * b);
