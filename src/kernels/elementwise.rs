@@ -192,8 +192,10 @@ mod tests {
             let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
             let y: Vec<f64> = (0..n).map(|i| (i as f64 * 0.11).cos()).collect();
             let out = map_unary(&x, |v| v * v + 1.0);
+            assert_eq!(out.len(), n);
             assert!(out.iter().zip(&x).all(|(o, v)| *o == v * v + 1.0));
             let out = map_binary(&x, &y, |a, b| a - 2.0 * b);
+            assert_eq!(out.len(), n);
             assert!(
                 out.iter()
                     .zip(x.iter().zip(&y))
