@@ -16,7 +16,7 @@ use crate::Float;
 
 /// Products smaller than this many multiply-adds run on the calling thread: splitting them
 /// costs more than it saves.
-const PARALLEL_MIN_MACS: usize = 64 * 64 * 64;
+const PARALLEL_MIN_MACS: usize = 256 * 128 * 128;
 
 thread_local! {
     /// The threads a product issued on this thread may use, while inside [`join_products`].
