@@ -163,10 +163,11 @@ mod tests {
             Array2::from_shape_fn((r, c), |(i, j)| ((i * 7 + j * 3) as f64 * k).sin())
         };
         let (x, w, dy) = (
-            sample(600, 80, 0.13),
+            sample(800, 80, 0.13),
             sample(80, 70, 0.29),
-            sample(600, 70, 0.41),
+            sample(800, 70, 0.41),
         );
+        assert!(800 * 80 * 70 >= crate::kernels::matmul::PARALLEL_MIN_MACS);
         let (mut d_w, mut d_b) = (Array2::ones((80, 70)), Array1::ones(70));
         let dx = linear_backward(
             x.view(),

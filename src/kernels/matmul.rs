@@ -16,7 +16,7 @@ use crate::Float;
 
 /// Products smaller than this many multiply-adds run on the calling thread: splitting them
 /// costs more than it saves.
-const PARALLEL_MIN_MACS: usize = 256 * 128 * 128;
+pub(crate) const PARALLEL_MIN_MACS: usize = 256 * 128 * 128;
 
 thread_local! {
     /// The threads a product issued on this thread may use, while inside [`join_products`].
@@ -241,11 +241,12 @@ mod tests {
     #[test]
     fn large_parallel_products_match_reference() {
         // Big enough to take the parallel path; column slices as in attention heads.
-        let a = sample(150, 90, 0.11);
-        let b = sample(90, 130, 0.07);
+        let a = sample(300, 120, 0.11);
+        let b = sample(120, 130, 0.07);
+        assert!(300 * 120 * 130 >= PARALLEL_MIN_MACS);
         let slow = matmul_reference(a.view(), b.view());
         assert_abs_diff_eq!(matmul(a.view(), b.view()), slow, epsilon = 1e-10);
-        let mut wide = Array2::zeros((150, 260));
+        let mut wide = Array2::zeros((300, 260));
         matmul_into(
             1.0,
             a.view(),
