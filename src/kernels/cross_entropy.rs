@@ -7,7 +7,7 @@
 
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
 
-use super::elementwise::for_each_split;
+use super::elementwise::{for_each_split, map_array};
 use crate::error::check_shape;
 use crate::{Error, Float, Result};
 
@@ -47,7 +47,8 @@ pub fn cross_entropy_forward<F: Float>(
         });
     }
     check_targets(targets, v)?;
-    let mut probs = Array3::zeros((b, t, v));
+    // Every row of probabilities is written whole below.
+    let mut probs = Array3::<F>::uninit((b, t, v));
     let mut row_losses = Array2::zeros((b, t));
     for_each_split!(
         b * t * v,
@@ -60,11 +61,13 @@ pub fn cross_entropy_forward<F: Float>(
             let sum_exp = z.fold(F::zero(), |acc, &v| acc + (v - max).exp_nonpositive());
             let lse = max + sum_exp.ln();
             *row_loss = lse - z[target];
-            Zip::from(&mut p)
-                .and(&z)
-                .for_each(|p, &z| *p = (z - lse).exp_nonpositive());
+            Zip::from(&mut p).and(&z).for_each(|p, &z| {
+                p.write((z - lse).exp_nonpositive());
+            });
         }
     );
+    // SAFETY: the loop above wrote every row of `probs` (the lanes along the last axis).
+    let probs = unsafe { probs.assume_init() };
     // Summed in a fixed order, so the loss does not depend on the thread count.
     Ok((row_losses.sum() / F::of((b * t) as f64), probs))
 }
@@ -89,7 +92,7 @@ pub fn cross_entropy_backward<F: Float>(
     check_targets(targets, v)?;
     // (dlogits): d_loss·probs/N, then −d_loss/N at each target
     let scale = d_loss / F::of((b * t).max(1) as f64);
-    let mut d_logits = probs.mapv(|p| p * scale);
+    let mut d_logits = map_array(probs, |p| p * scale);
     Zip::from(d_logits.lanes_mut(Axis(2)))
         .and(targets)
         .for_each(|mut row, &target| row[target] -= scale);

@@ -8,6 +8,7 @@
 
 use std::mem::MaybeUninit;
 
+use ndarray::{Array, ArrayView, Dimension, Zip};
 use rayon::prelude::*;
 
 use crate::Float;
@@ -53,6 +54,39 @@ pub(crate) fn map_binary<F: Float>(x: &[F], y: &[F], f: impl Fn(F, F) -> F + Syn
     // SAFETY: `map_binary_into` wrote every one of the first `len` elements.
     unsafe { out.set_len(len) };
     out
+}
+
+/// `f` applied to every element of `x`: on the vectorised parallel path for standard-layout
+/// input, with `Array::mapv` otherwise.
+pub(crate) fn map_array<F: Float, D: Dimension>(
+    x: ArrayView<'_, F, D>,
+    f: impl Fn(F) -> F + Sync,
+) -> Array<F, D> {
+    match x.as_slice() {
+        Some(xs) => from_standard_vec(x.raw_dim(), map_unary(xs, f)),
+        None => x.mapv(f),
+    }
+}
+
+/// `f(x, y)` for every pair of elements of `x` and `y`, of the same shape (checked by the
+/// caller), as [`map_array`].
+pub(crate) fn zip_map_array<F: Float, D: Dimension>(
+    x: ArrayView<'_, F, D>,
+    y: ArrayView<'_, F, D>,
+    f: impl Fn(F, F) -> F + Sync,
+) -> Array<F, D> {
+    match (x.as_slice(), y.as_slice()) {
+        (Some(xs), Some(ys)) => from_standard_vec(x.raw_dim(), map_binary(xs, ys, f)),
+        _ => Zip::from(&x).and(&y).map_collect(|&x, &y| f(x, y)),
+    }
+}
+
+/// The standard-layout array of `shape` holding `values`, one per element.
+fn from_standard_vec<F: Float, D: Dimension>(shape: D, values: Vec<F>) -> Array<F, D> {
+    match Array::from_shape_vec(shape, values) {
+        Ok(array) => array,
+        Err(e) => unreachable!("a map over a standard-layout input keeps its length: {e}"),
+    }
 }
 
 /// Writes `f(x[i], y[i])` into every element of `out` (all three the same length).

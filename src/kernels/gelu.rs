@@ -2,9 +2,9 @@
 //!
 //! Element-wise, so any shape works; the output has the input's shape.
 
-use ndarray::{Array, ArrayView, Dimension, Zip};
+use ndarray::{Array, ArrayView, Dimension};
 
-use super::elementwise::{map_binary, map_unary};
+use super::elementwise::{map_array, zip_map_array};
 use crate::error::check_shape;
 use crate::{Float, Result};
 
@@ -15,10 +15,7 @@ const CUBIC: f64 = 0.044_715;
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
     let gelu = move |x: F| half * x * (F::one() + (s * (x + a * x * x * x)).gelu_tanh());
-    match x.as_slice() {
-        Some(xs) => from_standard_vec(x.raw_dim(), map_unary(xs, gelu)),
-        None => x.mapv(gelu),
-    }
+    map_array(x, gelu)
 }
 
 /// Backward of [`gelu_forward`]: `dx = dy · gelu'(x)`, with `x` the forward's input.
@@ -47,19 +44,7 @@ pub fn gelu_backward<F: Float, D: Dimension>(
         let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
         dy * (term_1 + term_2)
     };
-    Ok(match (x.as_slice(), dy.as_slice()) {
-        (Some(xs), Some(dys)) => from_standard_vec(x.raw_dim(), map_binary(xs, dys, d_gelu)),
-        _ => Zip::from(&x).and(&dy).map_collect(|&x, &dy| d_gelu(x, dy)),
-    })
-}
-
-/// The standard-layout array of `shape` holding `values` (one per element, as the maps
-/// above produce for standard-layout inputs).
-fn from_standard_vec<F: Float, D: Dimension>(shape: D, values: Vec<F>) -> Array<F, D> {
-    match Array::from_shape_vec(shape, values) {
-        Ok(array) => array,
-        Err(e) => unreachable!("a map over a standard-layout input keeps its length: {e}"),
-    }
+    Ok(zip_map_array(x, dy, d_gelu))
 }
 
 #[cfg(test)]
