@@ -216,6 +216,45 @@ fn dispatch_binary<F: Copy>(x: &[F], y: &[F], out: &mut [MaybeUninit<F>], f: &im
     binary_body(x, y, out, f);
 }
 
+/// A loop for [`run_widest`]. Implement [`WideLoop::run`] with `#[inline(always)]`, so that
+/// its body is compiled into each of the vector-unit variants.
+pub(crate) trait WideLoop {
+    /// What the loop returns.
+    type Output;
+    /// Runs the loop.
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `work` in a function compiled for the widest vector unit the CPU has (AVX-512, AVX2
+/// with FMA, or the baseline), chosen at run time as for the maps above. Rust never
+/// contracts `a * b + c` into an FMA on its own, so every variant computes the baseline's
+/// result bit for bit.
+pub(crate) fn run_widest<L: WideLoop>(work: L) -> L::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512<L: WideLoop>(work: L) -> L::Output {
+            work.run()
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<L: WideLoop>(work: L) -> L::Output {
+            work.run()
+        }
+
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { avx512(work) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { avx2(work) };
+        }
+    }
+    work.run()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
