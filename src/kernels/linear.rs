@@ -167,7 +167,7 @@ mod tests {
             sample(80, 70, 0.29),
             sample(800, 70, 0.41),
         );
-        assert!(800 * 80 * 70 >= crate::kernels::matmul::PARALLEL_MIN_MACS);
+        const { assert!(800 * 80 * 70 >= crate::kernels::matmul::PARALLEL_MIN_MACS) };
         let (mut d_w, mut d_b) = (Array2::ones((80, 70)), Array1::ones(70));
         let dx = linear_backward(
             x.view(),

@@ -243,7 +243,7 @@ mod tests {
         // Big enough to take the parallel path; column slices as in attention heads.
         let a = sample(300, 120, 0.11);
         let b = sample(120, 130, 0.07);
-        assert!(300 * 120 * 130 >= PARALLEL_MIN_MACS);
+        const { assert!(300 * 120 * 130 >= PARALLEL_MIN_MACS) };
         let slow = matmul_reference(a.view(), b.view());
         assert_abs_diff_eq!(matmul(a.view(), b.view()), slow, epsilon = 1e-10);
         let mut wide = Array2::zeros((300, 260));
