@@ -3,8 +3,9 @@
 //! Shapes: `x (N, C_in)`, `W (C_in, C_out)`, `b (C_out)`, `y (N, C_out)`. The weight is stored
 //! input-major, as in the NumPy original, so the forward is one plain product.
 
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Zip};
 
+use super::elementwise::for_each_split;
 use super::matmul::{join_products, matmul, matmul_into};
 use super::reduce::add_column_sums;
 use crate::error::check_shape;
@@ -30,9 +31,15 @@ pub fn linear_forward<F: Float>(
         // Start from the bias in every row and accumulate the product onto it: one pass
         // over y instead of a product followed by a broadcast add.
         Some(b) => {
-            let mut y = b
-                .broadcast((x.nrows(), c_out))
-                .map_or_else(|| Array2::zeros((x.nrows(), c_out)), |rows| rows.to_owned());
+            let n = x.nrows();
+            let mut y = Array2::<F>::uninit((n, c_out));
+            for_each_split!(n * c_out, Zip::from(y.rows_mut()), |mut row| {
+                Zip::from(&mut row).and(&b).for_each(|y, &b| {
+                    y.write(b);
+                });
+            });
+            // SAFETY: every row was set to the bias just above.
+            let mut y = unsafe { y.assume_init() };
             matmul_into(F::one(), x, w, F::one(), &mut y.view_mut());
             y
         }
