@@ -14,7 +14,7 @@ use std::ops::Range;
 use ndarray::{Array3, Array4, ArrayView3, Axis, Zip, s};
 
 use super::elementwise::for_each_split;
-use super::matmul::{matmul, matmul_into, matmul_uninit};
+use super::matmul::{matmul, matmul_into, matmul_uninit, on_one_thread};
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
 use crate::{Error, Float, Result};
@@ -111,7 +111,7 @@ fn forward_blocked<F: Float>(
             .and(q.outer_iter())
             .and(k.outer_iter())
             .and(v.outer_iter()),
-        |mut probs, mut ctx, q, k, v| {
+        |mut probs, mut ctx, q, k, v| on_one_thread(|| {
             for h in 0..n_heads {
                 let cols = s![.., h * d..(h + 1) * d];
                 let (q, k, v) = (q.slice(cols), k.slice(cols), v.slice(cols));
@@ -133,7 +133,7 @@ fn forward_blocked<F: Float>(
                     );
                 }
             }
-        }
+        })
     );
     // SAFETY: the heads' column slices cover all `C` columns and the query blocks all `T_q`
     // rows, each block writing all `T_k` probabilities of its rows, so every element of both
@@ -202,7 +202,7 @@ fn backward_blocked<F: Float>(
             .and(dv.outer_iter_mut())
             .and(probs.outer_iter())
             .and(d_ctx.outer_iter()),
-        |bi, mut dq, mut dk, mut dv, probs, d_ctx| {
+        |bi, mut dq, mut dk, mut dv, probs, d_ctx| on_one_thread(|| {
             let (q, k, v) = (
                 q.index_axis(Axis(0), bi),
                 k.index_axis(Axis(0), bi),
@@ -249,7 +249,7 @@ fn backward_blocked<F: Float>(
                     );
                 }
             }
-        }
+        })
     );
     // SAFETY: the heads' column slices cover all `C` columns and the query blocks all `T_q`
     // rows of dq, so every element was written.

@@ -43,6 +43,13 @@ pub(crate) fn join_products<A: Send, B: Send>(
     rayon::join(|| with_budget(half, a), || with_budget(threads - half, b))
 }
 
+/// Runs `f` with its products on the calling thread only: for work that is already one of
+/// many parallel tasks (attention's per-sequence work), where splitting each product again
+/// would only add hand-offs.
+pub(crate) fn on_one_thread<R>(f: impl FnOnce() -> R) -> R {
+    with_budget(1, f)
+}
+
 fn with_budget<R>(threads: usize, f: impl FnOnce() -> R) -> R {
     let outer = THREAD_BUDGET.replace(Some(threads));
     let result = f();
@@ -54,8 +61,6 @@ fn with_budget<R>(threads: usize, f: impl FnOnce() -> R) -> R {
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = match THREAD_BUDGET.get() {
         Some(budget) => budget,
-        // Inside a parallel task (attention's per-sequence work) the pool is already busy.
-        None if rayon::current_thread_index().is_some() => 1,
         None => rayon::current_num_threads(),
     };
     if threads < 2 || m * n * k < PARALLEL_MIN_MACS {
