@@ -7,6 +7,7 @@ use rand::Rng;
 use crate::generate::KvCache;
 use crate::layers::{Block, Embedding, LayerNorm, Linear};
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
+use crate::threads::in_pool;
 use crate::{CrossEntropy, Error, Float, Layer, Result};
 
 const LAYER: &str = "Gpt";
@@ -295,25 +296,29 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
     }
 
     fn forward(&mut self, ids: &Array2<usize>) -> Result<Array3<F>> {
-        let mut x = self.embed.forward(ids)?;
-        for block in &mut self.blocks {
-            x = block.forward(&x)?;
-        }
-        if let Some(ln_f) = &mut self.ln_f {
-            x = ln_f.forward(&x)?;
-        }
-        self.head.forward_owned(x)
+        in_pool(|| {
+            let mut x = self.embed.forward(ids)?;
+            for block in &mut self.blocks {
+                x = block.forward(&x)?;
+            }
+            if let Some(ln_f) = &mut self.ln_f {
+                x = ln_f.forward(&x)?;
+            }
+            self.head.forward_owned(x)
+        })
     }
 
     fn backward(&mut self, d_logits: &Array3<F>) -> Result<()> {
-        let mut d = self.head.backward(d_logits)?;
-        if let Some(ln_f) = &mut self.ln_f {
-            d = ln_f.backward(&d)?;
-        }
-        for block in self.blocks.iter_mut().rev() {
-            d = block.backward(&d)?;
-        }
-        self.embed.backward(&d)
+        in_pool(|| {
+            let mut d = self.head.backward(d_logits)?;
+            if let Some(ln_f) = &mut self.ln_f {
+                d = ln_f.backward(&d)?;
+            }
+            for block in self.blocks.iter_mut().rev() {
+                d = block.backward(&d)?;
+            }
+            self.embed.backward(&d)
+        })
     }
 
     fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
