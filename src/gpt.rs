@@ -211,8 +211,10 @@ impl<F: Float> Gpt<F> {
             targets.shape(),
             &[Some(ids.nrows()), Some(ids.ncols())],
         )?;
-        let logits = self.forward(ids)?;
-        self.loss_head.loss(&logits, targets)
+        in_pool(|| {
+            let logits = self.forward(ids)?;
+            self.loss_head.loss(&logits, targets)
+        })
     }
 
     /// Logits for new tokens that continue the sequence held in a key/value cache, without
@@ -285,8 +287,10 @@ impl<F: Float> Gpt<F> {
     /// # Errors
     /// [`Error::BackwardBeforeForward`] when no loss has been computed.
     pub fn backward(&mut self) -> Result<()> {
-        let d_logits = self.loss_head.backward_loss()?;
-        Layer::backward(self, &d_logits)
+        in_pool(|| {
+            let d_logits = self.loss_head.backward_loss()?;
+            Layer::backward(self, &d_logits)
+        })
     }
 }
 
