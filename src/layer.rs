@@ -2,6 +2,7 @@
 
 use ndarray::{Array2, Array3, ArrayViewD, ArrayViewMutD};
 
+use crate::kernels::elementwise::fill_zero;
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
 use crate::{Float, Result};
 
@@ -125,7 +126,7 @@ pub trait Layer<F: Float, X: LayerInput<F> = Array3<F>> {
 
     /// Sets every parameter gradient to zero.
     fn zero_grad(&mut self) {
-        self.for_each_param_mut(&mut |_, mut p| p.grad.fill(F::zero()));
+        self.for_each_param_mut(&mut |_, mut p| fill_zero(&mut p.grad));
     }
 
     /// The number of scalar parameters.
