@@ -211,10 +211,8 @@ impl<F: Float> Gpt<F> {
             targets.shape(),
             &[Some(ids.nrows()), Some(ids.ncols())],
         )?;
-        in_pool(|| {
-            let logits = self.forward(ids)?;
-            self.loss_head.loss(&logits, targets)
-        })
+        let logits = self.forward(ids)?;
+        self.loss_head.loss(&logits, targets)
     }
 
     /// Logits for new tokens that continue the sequence held in a key/value cache, without
@@ -287,10 +285,8 @@ impl<F: Float> Gpt<F> {
     /// # Errors
     /// [`Error::BackwardBeforeForward`] when no loss has been computed.
     pub fn backward(&mut self) -> Result<()> {
-        in_pool(|| {
-            let d_logits = self.loss_head.backward_loss()?;
-            Layer::backward(self, &d_logits)
-        })
+        let d_logits = self.loss_head.backward_loss()?;
+        Layer::backward(self, &d_logits)
     }
 }
 
