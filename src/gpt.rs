@@ -7,7 +7,7 @@ use rand::Rng;
 use crate::generate::KvCache;
 use crate::layers::{Block, Embedding, LayerNorm, Linear};
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
-use crate::threads::in_pool;
+use crate::threads::in_pool_if_small;
 use crate::{CrossEntropy, Error, Float, Layer, Result};
 
 const LAYER: &str = "Gpt";
@@ -296,7 +296,7 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
     }
 
     fn forward(&mut self, ids: &Array2<usize>) -> Result<Array3<F>> {
-        in_pool(|| {
+        in_pool_if_small(ids.len() * self.config.d_model, || {
             let mut x = self.embed.forward(ids)?;
             for block in &mut self.blocks {
                 x = block.forward(&x)?;
@@ -309,7 +309,8 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
     }
 
     fn backward(&mut self, d_logits: &Array3<F>) -> Result<()> {
-        in_pool(|| {
+        let activations = d_logits.len() / d_logits.dim().2.max(1) * self.config.d_model;
+        in_pool_if_small(activations, || {
             let mut d = self.head.backward(d_logits)?;
             if let Some(ln_f) = &mut self.ln_f {
                 d = ln_f.backward(&d)?;

@@ -4,10 +4,13 @@
 //! on rayon's global pool. By default it has one thread per logical CPU (or as many as the
 //! `RAYON_NUM_THREADS` environment variable says); [`set_num_threads`] chooses another count.
 //!
-//! [`Gpt`](crate::Gpt)'s forward and backward run whole on one of the pool's threads, so
-//! that each parallel kernel inside hands work to the other threads through the pool's own
+//! A small [`Gpt`](crate::Gpt)'s forward and backward run whole on one of the pool's threads,
+//! so that each parallel kernel inside hands work to the other threads through the pool's own
 //! queues instead of waking the pool from outside (one wake-up per pass instead of one per
-//! kernel: about 20% of a `tiny` step on two threads).
+//! kernel: about 20% of a `tiny` step on two threads). Larger passes stay on the calling
+//! thread: their kernels are long enough that the wake-ups do not show, and allocating their
+//! activations from the pool's threads spreads them over more of the allocator's per-thread
+//! arenas, which raised the peak memory of a `char-6l` step by about half.
 
 use crate::{Error, Result};
 
@@ -34,9 +37,20 @@ pub fn set_num_threads(n: usize) -> Result<()> {
         })
 }
 
-/// Runs `f` on one of the pool's threads (in place when already on one) and waits for it.
-pub(crate) fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+/// Activations (elements of one `(B, T, C)` array) up to which a whole pass runs on a pool
+/// thread: `tiny` (16 K) and `gpt2-small` (196 K) do, `baregpt` (524 K) and `char-6l` (786 K)
+/// do not.
+const POOL_PASS_MAX_ACTIVATIONS: usize = 1 << 18;
+
+/// Runs `f` on one of the pool's threads (in place when already on one) when the pass has at
+/// most [`POOL_PASS_MAX_ACTIVATIONS`] activations per `(B, T, C)` array, otherwise on the
+/// calling thread; see the module documentation.
+pub(crate) fn in_pool_if_small<R: Send>(activations: usize, f: impl FnOnce() -> R + Send) -> R {
+    if activations <= POOL_PASS_MAX_ACTIVATIONS {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
 }
 
 /// The number of worker threads the kernels use.
