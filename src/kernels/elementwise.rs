@@ -99,15 +99,15 @@ fn map_binary_into<F: Float>(
     if x.len() >= PARALLEL_MIN_LEN {
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-            .for_each(|(out, (x, y))| dispatch_binary(x, y, out, &f));
+            .for_each(|(out, (x, y))| run_widest(BinaryLoop { x, y, out, f: &f }));
     } else {
-        dispatch_binary(x, y, out, &f);
+        run_widest(BinaryLoop { x, y, out, f: &f });
     }
 }
 
 /// `x[i] = f(x[i])` in place, on the calling thread (for short rows inside parallel tasks).
 pub(crate) fn map_in_place<F: Float>(x: &mut [F], f: impl Fn(F) -> F) {
-    dispatch_in_place(x, &f);
+    run_widest(InPlaceLoop { x, f: &f });
 }
 
 /// `dst += src` element-wise, in parallel chunks when large (the residual connections).
@@ -147,85 +147,40 @@ fn add_slices<F: Float>(dst: &mut [F], src: &[F]) {
     }
 }
 
-#[inline(always)]
-fn in_place_body<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
-    for v in x.iter_mut() {
-        *v = f(*v);
+/// `x[i] = f(x[i])`, as a loop for [`run_widest`].
+struct InPlaceLoop<'a, F, G> {
+    x: &'a mut [F],
+    f: &'a G,
+}
+
+impl<F: Copy, G: Fn(F) -> F> WideLoop for InPlaceLoop<'_, F, G> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for v in self.x.iter_mut() {
+            *v = (self.f)(*v);
+        }
     }
 }
 
-#[inline(always)]
-fn binary_body<F: Copy>(x: &[F], y: &[F], out: &mut [MaybeUninit<F>], f: &impl Fn(F, F) -> F) {
-    for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
-        o.write(f(x, y));
-    }
+/// `out[i] = f(x[i], y[i])`, as a loop for [`run_widest`].
+struct BinaryLoop<'a, F, G> {
+    x: &'a [F],
+    y: &'a [F],
+    out: &'a mut [MaybeUninit<F>],
+    f: &'a G,
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::mem::MaybeUninit;
+impl<F: Copy, G: Fn(F, F) -> F> WideLoop for BinaryLoop<'_, F, G> {
+    type Output = ();
 
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn in_place_avx512<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
-        super::in_place_body(x, f);
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn in_place_avx2<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
-        super::in_place_body(x, f);
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn binary_avx512<F: Copy>(
-        x: &[F],
-        y: &[F],
-        out: &mut [MaybeUninit<F>],
-        f: &impl Fn(F, F) -> F,
-    ) {
-        super::binary_body(x, y, out, f);
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn binary_avx2<F: Copy>(
-        x: &[F],
-        y: &[F],
-        out: &mut [MaybeUninit<F>],
-        f: &impl Fn(F, F) -> F,
-    ) {
-        super::binary_body(x, y, out, f);
-    }
-}
-
-fn dispatch_in_place<F: Copy>(x: &mut [F], f: &impl Fn(F) -> F) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { x86::in_place_avx512(x, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { x86::in_place_avx2(x, f) };
+    #[inline(always)]
+    fn run(self) {
+        for ((o, &x), &y) in self.out.iter_mut().zip(self.x).zip(self.y) {
+            o.write((self.f)(x, y));
         }
     }
-    in_place_body(x, f);
-}
-
-fn dispatch_binary<F: Copy>(x: &[F], y: &[F], out: &mut [MaybeUninit<F>], f: &impl Fn(F, F) -> F) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { x86::binary_avx512(x, y, out, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { x86::binary_avx2(x, y, out, f) };
-        }
-    }
-    binary_body(x, y, out, f);
 }
 
 /// A loop for [`run_widest`]. Implement [`WideLoop::run`] with `#[inline(always)]`, so that
