@@ -105,11 +105,6 @@ fn map_binary_into<F: Float>(
     }
 }
 
-/// `x[i] = f(x[i])` in place, on the calling thread (for short rows inside parallel tasks).
-pub(crate) fn map_in_place<F: Float>(x: &mut [F], f: impl Fn(F) -> F) {
-    run_widest(InPlaceLoop { x, f: &f });
-}
-
 /// `dst += src` element-wise, in parallel chunks when large (the residual connections).
 ///
 /// Shapes: `dst` and `src` the same (checked by the caller); standard-layout arrays take the
@@ -144,23 +139,6 @@ pub(crate) fn fill_zero<F: Float, D: ndarray::Dimension>(x: &mut ndarray::ArrayR
 fn add_slices<F: Float>(dst: &mut [F], src: &[F]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d += s;
-    }
-}
-
-/// `x[i] = f(x[i])`, as a loop for [`run_widest`].
-struct InPlaceLoop<'a, F, G> {
-    x: &'a mut [F],
-    f: &'a G,
-}
-
-impl<F: Copy, G: Fn(F) -> F> WideLoop for InPlaceLoop<'_, F, G> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run(self) {
-        for v in self.x.iter_mut() {
-            *v = (self.f)(*v);
-        }
     }
 }
 

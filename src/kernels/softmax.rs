@@ -6,7 +6,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2, Zip, s};
 
-use super::elementwise::map_in_place;
+use super::elementwise::{WideLoop, run_widest};
 use crate::Float;
 
 /// In place on `scores (T_q, T_k)`: row `i` becomes the softmax of its entries `j ≤ i + offset`,
@@ -15,18 +15,71 @@ use crate::Float;
 /// `offset = 0` with `T_q = T_k` is ordinary causal self-attention. With a key/value cache,
 /// query `i` is absolute position `offset + i`, so it sees keys `0..=offset + i`.
 /// Every row sees at least key 0, so no row is empty.
-pub fn causal_softmax_forward<F: Float>(mut scores: ArrayViewMut2<'_, F>, offset: usize) {
-    for (i, mut row) in scores.rows_mut().into_iter().enumerate() {
-        let visible = (i + offset + 1).min(row.len());
-        let mut seen = row.slice_mut(s![..visible]);
-        let max = seen.fold(F::neg_infinity(), |m, &v| m.max(v));
-        match seen.as_slice_mut() {
-            Some(values) => map_in_place(values, |v| (v - max).exp_nonpositive()),
-            None => seen.mapv_inplace(|v| (v - max).exp_nonpositive()),
+pub fn causal_softmax_forward<F: Float>(scores: ArrayViewMut2<'_, F>, offset: usize) {
+    run_widest(CausalSoftmaxRows { scores, offset });
+}
+
+/// The rows of [`causal_softmax_forward`], as one loop for [`run_widest`].
+struct CausalSoftmaxRows<'a, F> {
+    scores: ArrayViewMut2<'a, F>,
+    offset: usize,
+}
+
+impl<F: Float> WideLoop for CausalSoftmaxRows<'_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(mut self) {
+        for (i, mut row) in self.scores.rows_mut().into_iter().enumerate() {
+            let visible = (i + self.offset + 1).min(row.len());
+            if let Some(values) = row.as_slice_mut() {
+                let (seen, hidden) = values.split_at_mut(visible);
+                softmax_in_place(seen);
+                hidden.fill(F::zero());
+                continue;
+            }
+            let mut seen = row.slice_mut(s![..visible]);
+            let max = seen.fold(F::neg_infinity(), |m, &v| m.max(v));
+            seen.mapv_inplace(|v| (v - max).exp_nonpositive());
+            let inv_sum = F::one() / seen.sum();
+            seen.mapv_inplace(|v| v * inv_sum);
+            row.slice_mut(s![visible..]).fill(F::zero());
         }
-        let inv_sum = F::one() / seen.sum();
-        seen.mapv_inplace(|v| v * inv_sum);
-        row.slice_mut(s![visible..]).fill(F::zero());
+    }
+}
+
+/// Lanes of the running maximum and sum in [`softmax_in_place`]: independent accumulators
+/// let those loops vectorise.
+const LANES: usize = 16;
+
+/// The softmax of a contiguous, non-empty row, in place: the maximum is subtracted, the
+/// exponentials and their sum taken in one pass, then each is divided by the sum.
+#[inline(always)]
+fn softmax_in_place<F: Float>(row: &mut [F]) {
+    let mut lanes = [F::neg_infinity(); LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v);
+        }
+    }
+    let max = (chunks.remainder().iter().chain(&lanes)).fold(F::neg_infinity(), |m, &v| m.max(v));
+    let mut lanes = [F::zero(); LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *v = (*v - max).exp_nonpositive();
+            *lane += *v;
+        }
+    }
+    let mut sum = F::zero();
+    for v in chunks.into_remainder() {
+        *v = (*v - max).exp_nonpositive();
+        sum += *v;
+    }
+    let inv_sum = F::one() / lanes.iter().fold(sum, |acc, &lane| acc + lane);
+    for v in row.iter_mut() {
+        *v *= inv_sum;
     }
 }
 
@@ -61,6 +114,39 @@ mod tests {
     use super::*;
     use approx::assert_abs_diff_eq;
     use ndarray::{Array2, array};
+
+    #[test]
+    fn long_rows_match_a_plain_softmax() {
+        // Rows longer than the accumulator lanes, with the maximum in the lanes or in the
+        // remainder, and a strided (non-contiguous) view taking the fallback path.
+        let mut s =
+            Array2::from_shape_fn((3, 40), |(i, j)| ((i * 40 + j) as f64 * 0.37).sin() * 9.0);
+        s[[2, 38]] = 30.0;
+        let expected: Vec<Vec<f64>> = (0..3)
+            .map(|i| {
+                let seen: Vec<f64> = (0..=i + 37).map(|j| s[[i, j]]).collect();
+                let max = seen.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = seen.iter().map(|v| (v - max).exp()).sum();
+                seen.iter().map(|v| (v - max).exp() / total).collect()
+            })
+            .collect();
+        // f32 evaluates exp only on its non-positive domain, so a maximum missed in the
+        // remainder would show there.
+        let mut single = s.mapv(|v| v as f32);
+        causal_softmax_forward(single.view_mut(), 37);
+        let mut strided = Array2::zeros((3, 80));
+        strided.slice_mut(s![.., ..;2]).assign(&s);
+        causal_softmax_forward(s.view_mut(), 37);
+        causal_softmax_forward(strided.slice_mut(s![.., ..;2]), 37);
+        for (i, row) in expected.iter().enumerate() {
+            for (j, &p) in row.iter().enumerate() {
+                assert_abs_diff_eq!(s[[i, j]], p, epsilon = 1e-14);
+                assert_abs_diff_eq!(strided[[i, 2 * j]], p, epsilon = 1e-14);
+                assert_abs_diff_eq!(f64::from(single[[i, j]]), p, epsilon = 1e-6);
+            }
+            assert!(s.row(i).iter().skip(row.len()).all(|&p| p == 0.0));
+        }
+    }
 
     #[test]
     fn rows_sum_to_one_and_future_is_exactly_zero() {
