@@ -4,9 +4,7 @@
 //! then added in block order. The block size does not depend on the thread count, so the
 //! result is the same, bit for bit, on any number of threads.
 
-use std::ops::Range;
-
-use ndarray::{Array1, ArrayView2, ArrayViewMut1, Zip};
+use ndarray::{Array2, ArrayView2, ArrayViewMut1, Zip};
 use rayon::prelude::*;
 
 use super::elementwise::worth_parallel;
@@ -24,36 +22,42 @@ pub(crate) fn add_column_sums<F: Float>(
     b: Option<ArrayView2<'_, F>>,
 ) {
     let (n, c) = a.dim();
-    let block_sum = |rows: Range<usize>| {
-        let mut sum = Array1::<F>::zeros(c);
-        for i in rows {
+    // One partial sum per block, all in one array; a single block when not worth splitting.
+    let rows_per_block = if worth_parallel(n * c) {
+        ROWS_PER_BLOCK
+    } else {
+        n.max(1)
+    };
+    let mut partial = Array2::<F>::zeros((n.div_ceil(rows_per_block), c));
+    let block_sum = |(i, mut sum): (usize, ArrayViewMut1<'_, F>)| {
+        for row in i * rows_per_block..((i + 1) * rows_per_block).min(n) {
             match &b {
                 Some(b) => Zip::from(&mut sum)
-                    .and(a.row(i))
-                    .and(b.row(i))
+                    .and(a.row(row))
+                    .and(b.row(row))
                     .for_each(|s, &x, &y| *s += x * y),
-                None => sum += &a.row(i),
+                None => sum += &a.row(row),
             }
         }
-        sum
     };
-    if !worth_parallel(n * c) {
-        acc += &block_sum(0..n);
-        return;
+    if partial.nrows() > 1 {
+        partial
+            .outer_iter_mut()
+            .into_par_iter()
+            .enumerate()
+            .for_each(block_sum);
+    } else {
+        partial.outer_iter_mut().enumerate().for_each(block_sum);
     }
-    let blocks: Vec<Array1<F>> = (0..n.div_ceil(ROWS_PER_BLOCK))
-        .into_par_iter()
-        .map(|i| block_sum(i * ROWS_PER_BLOCK..((i + 1) * ROWS_PER_BLOCK).min(n)))
-        .collect();
-    for sum in &blocks {
-        acc += sum;
+    for sum in partial.rows() {
+        acc += &sum;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array2;
+    use ndarray::Array1;
 
     fn sample(n: usize, c: usize, seed: f64) -> Array2<f64> {
         Array2::from_shape_fn((n, c), |(i, j)| ((i * 13 + j * 7) as f64 * seed).sin())
