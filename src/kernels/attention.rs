@@ -11,10 +11,10 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use ndarray::{Array3, Array4, ArrayView3, Axis, Zip, s};
+use ndarray::{Array2, Array3, Array4, ArrayView3, Axis, Zip, s};
 
 use super::elementwise::for_each_split;
-use super::matmul::{matmul, matmul_into, matmul_uninit, on_one_thread};
+use super::matmul::{matmul_into, matmul_uninit, on_one_thread};
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
 use crate::{Error, Float, Result};
@@ -208,6 +208,8 @@ fn backward_blocked<F: Float>(
                 k.index_axis(Axis(0), bi),
                 v.index_axis(Axis(0), bi),
             );
+            // dP/dS of one query block, reused by every block and head of this sequence.
+            let mut d_scores_buffer = Array2::<F>::uninit((block.min(t_q), t_k));
             for h in 0..n_heads {
                 let cols = s![.., h * d..(h + 1) * d];
                 let (q, k, v, g) = (
@@ -231,7 +233,12 @@ fn backward_blocked<F: Float>(
                         &mut dv.slice_mut(s![..keys, ..]),
                     );
                     // (dP), then (dS) in place
-                    let mut d_scores = matmul(g, v.slice(s![..keys, ..]).t());
+                    let mut d_scores = matmul_uninit(
+                        F::one(),
+                        g,
+                        v.slice(s![..keys, ..]).t(),
+                        d_scores_buffer.slice_mut(s![..rows.len(), ..keys]),
+                    );
                     softmax_backward_in_place(p, d_scores.view_mut());
                     // (dq, dk)
                     matmul_uninit(
