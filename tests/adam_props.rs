@@ -8,10 +8,13 @@
 //! * a non-finite gradient anywhere is an error that changes nothing.
 
 use baregpt::optim::{LrSchedule, StepInfo, clip_grad_norm, clip_grad_norm_slices, grad_norm};
-use baregpt::param::{Param, ParamPath, ParamVisitor, ParamVisitorMut};
-use baregpt::{Adam, AdamConfig, Error, Float, Layer};
-use ndarray::{Array1, Array3, Ix1};
+use baregpt::param::Param;
+use baregpt::{Adam, AdamConfig, Error, Float};
+use common::NamedParams;
+use ndarray::{Array1, Ix1};
 use proptest::prelude::*;
+
+mod common;
 
 /// Parameters as plain vectors: values and, per step, gradients of the same lengths.
 #[derive(Clone, Debug)]
@@ -210,57 +213,31 @@ fn check_resume<F: Float>(problem: &Problem, config: AdamConfig, n1: usize) {
 }
 
 /// A model made of 1-D parameters named `p0`, `p1`, …, for the visitor path.
-#[derive(Clone, Debug)]
-struct Vectors<F: Float>(Vec<Param<F, Ix1>>);
+type Vectors<F> = NamedParams<F, Ix1>;
 
 impl<F: Float> Vectors<F> {
     fn new(values: &[Vec<F>]) -> Self {
-        Self(
+        NamedParams(
             values
                 .iter()
-                .map(|v| Param::new(Array1::from(v.clone())))
+                .enumerate()
+                .map(|(i, v)| (format!("p{i}"), Param::new(Array1::from(v.clone()))))
                 .collect(),
         )
     }
 
     fn set_grads(&mut self, grads: &[Vec<F>]) {
-        for (p, g) in self.0.iter_mut().zip(grads) {
+        for ((_, p), g) in self.0.iter_mut().zip(grads) {
             p.grad = Array1::from(g.clone());
         }
     }
 
     fn values(&self) -> Vec<Vec<F>> {
-        self.0.iter().map(|p| p.value.to_vec()).collect()
+        self.0.iter().map(|(_, p)| p.value.to_vec()).collect()
     }
 
     fn grads(&self) -> Vec<Vec<F>> {
-        self.0.iter().map(|p| p.grad.to_vec()).collect()
-    }
-}
-
-impl<F: Float> Layer<F> for Vectors<F> {
-    fn kind(&self) -> &'static str {
-        "Vectors"
-    }
-
-    fn forward(&mut self, x: &Array3<F>) -> baregpt::Result<Array3<F>> {
-        Ok(x.clone())
-    }
-
-    fn backward(&mut self, dy: &Array3<F>) -> baregpt::Result<Array3<F>> {
-        Ok(dy.clone())
-    }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
-        for (i, p) in self.0.iter().enumerate() {
-            p.visit(&format!("p{i}"), path, f);
-        }
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
-        for (i, p) in self.0.iter_mut().enumerate() {
-            p.visit_mut(&format!("p{i}"), path, f);
-        }
+        self.0.iter().map(|(_, p)| p.grad.to_vec()).collect()
     }
 }
 

@@ -8,9 +8,12 @@
 use std::collections::BTreeMap;
 
 use baregpt::optim::{DecayFilter, LrSchedule};
-use baregpt::param::{Param, ParamPath, ParamVisitor, ParamVisitorMut};
-use baregpt::{Adam, AdamConfig, Layer};
-use ndarray::{Array3, ArrayD, IxDyn};
+use baregpt::param::Param;
+use baregpt::{Adam, AdamConfig};
+use common::NamedParams;
+use ndarray::{ArrayD, IxDyn};
+
+mod common;
 
 const REFERENCE: &str = include_str!("reference/adam_reference.txt");
 /// Largest allowed |rust − torch| for parameter values (they are of order 1).
@@ -141,35 +144,6 @@ impl Case {
         match self.get("no_decay") {
             "-" => Vec::new(),
             list => list.split(',').map(str::to_owned).collect(),
-        }
-    }
-}
-
-/// A "model" that is nothing but named parameters, to drive `Adam::step` through the visitor.
-struct NamedParams(Vec<(String, Param<f64, IxDyn>)>);
-
-impl Layer<f64> for NamedParams {
-    fn kind(&self) -> &'static str {
-        "NamedParams"
-    }
-
-    fn forward(&mut self, x: &Array3<f64>) -> baregpt::Result<Array3<f64>> {
-        Ok(x.clone())
-    }
-
-    fn backward(&mut self, dy: &Array3<f64>) -> baregpt::Result<Array3<f64>> {
-        Ok(dy.clone())
-    }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, f64>) {
-        for (name, p) in &self.0 {
-            p.visit(name, path, f);
-        }
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, f64>) {
-        for (name, p) in &mut self.0 {
-            p.visit_mut(name, path, f);
         }
     }
 }

@@ -1,11 +1,13 @@
-//! Helpers shared by the integration tests: proptest configuration, parameter jitter and
-//! bit-exact snapshots of a layer's parameters and gradients.
+//! Helpers shared by the integration tests: proptest configuration, parameter jitter,
+//! bit-exact snapshots of a layer's parameters and gradients, and a bag of named parameters.
 
 // Each test crate includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
 use baregpt::gradcheck::{self, GradCheckOptions, GradCheckReport};
+use baregpt::param::{Param, ParamPath, ParamVisitor, ParamVisitorMut};
 use baregpt::{Float, Layer, LayerInput};
+use ndarray::{Array3, Dimension};
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -104,4 +106,35 @@ where
         return Err(TestCaseError::fail(format!("{report}")));
     }
     Ok(report)
+}
+
+/// A "model" that is nothing but named parameters, with an identity forward and backward:
+/// drives `Adam` and the gradient-norm functions through the parameter visitor.
+#[derive(Clone, Debug)]
+pub struct NamedParams<F: Float, D: Dimension>(pub Vec<(String, Param<F, D>)>);
+
+impl<F: Float, D: Dimension> Layer<F> for NamedParams<F, D> {
+    fn kind(&self) -> &'static str {
+        "NamedParams"
+    }
+
+    fn forward(&mut self, x: &Array3<F>) -> baregpt::Result<Array3<F>> {
+        Ok(x.clone())
+    }
+
+    fn backward(&mut self, dy: &Array3<F>) -> baregpt::Result<Array3<F>> {
+        Ok(dy.clone())
+    }
+
+    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
+        for (name, p) in &self.0 {
+            p.visit(name, path, f);
+        }
+    }
+
+    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
+        for (name, p) in &mut self.0 {
+            p.visit_mut(name, path, f);
+        }
+    }
 }
