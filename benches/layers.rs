@@ -37,6 +37,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use baregpt::prelude::*;
 use baregpt::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
 use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp};
 use baregpt::{Adam, AdamConfig, CrossEntropy, Gpt, GptConfig, Layer, LayerInput};
@@ -204,7 +205,7 @@ fn backward(c: &mut Criterion) {
         .expect("valid ids and targets");
     g.measurement_time(WHOLE_MODEL_TIME);
     g.bench_function("gpt", |b| {
-        b.iter(|| model.backward().expect("backward after loss"));
+        b.iter(|| model.backward_loss().expect("backward after loss"));
     });
     g.finish();
 }
@@ -216,7 +217,7 @@ fn adam_step(c: &mut Criterion) {
     model
         .loss(&ids_in, &targets)
         .expect("valid ids and targets");
-    model.backward().expect("backward after loss");
+    model.backward_loss().expect("backward after loss");
     let mut adam = Adam::new(AdamConfig::adam(3e-4)).expect("a valid Adam config");
     let mut g = group(c, "step");
     g.bench_function("adam", |b| {

@@ -19,6 +19,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use baregpt::prelude::*;
 use baregpt::{Adam, AdamConfig, Gpt, GptConfig, Layer};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -136,15 +137,7 @@ fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
                 reason: format!("unknown preset {name}"),
             })?;
     let rss_before = status_mib("VmRSS");
-    let config = GptConfig {
-        vocab_size: vocab,
-        d_model: d,
-        n_heads: heads,
-        n_layers: layers,
-        context: t,
-        mlp_hidden: 4 * d,
-        final_norm: true,
-    };
+    let config = GptConfig { mlp_hidden: 4 * d, final_norm: true, ..GptConfig::with_sizes(vocab, d, heads, layers, t) };
     let mut rng = StdRng::seed_from_u64(0);
     let mut model = Gpt::<f32>::new(config, &mut rng)?;
     let mut adam = Adam::new(AdamConfig::adam(3e-4))?;
@@ -161,7 +154,7 @@ fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
         let start = Instant::now();
         model.zero_grad();
         loss = model.loss(&ids, &targets)?;
-        model.backward()?;
+        model.backward_loss()?;
         adam.step(&mut model)?;
         if i >= args.warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);

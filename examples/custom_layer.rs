@@ -10,6 +10,7 @@
 
 use std::process::ExitCode;
 
+use baregpt::prelude::*;
 use baregpt::error::check_shape;
 use baregpt::gradcheck::{self, GradCheckOptions, GradCheckReport};
 use baregpt::layers::{Attention, Gelu, LayerNorm, Linear, Sequential};

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use baregpt::prelude::*;
 use baregpt::checkpoint;
 use baregpt::data::AdditionTask;
 use baregpt::generate::{SampleOptions, generate};

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use baregpt::prelude::*;
 use baregpt::checkpoint::{self, Extras, OptimizerState};
 use baregpt::generate::{SampleOptions, generate};
 use baregpt::{Adam, AdamConfig, Gpt, GptConfig, Layer, LrSchedule};
@@ -143,15 +144,7 @@ fn main() -> ExitCode {
 
 /// The defaults of a task and preset, before flags.
 fn defaults(args: &Args, vocab_size: usize, context: usize) -> Setup {
-    let model = |d_model, n_heads, n_layers, final_norm| GptConfig {
-        vocab_size,
-        d_model,
-        n_heads,
-        n_layers,
-        context,
-        mlp_hidden: 4 * d_model,
-        final_norm,
-    };
+    let model = |d_model, n_heads, n_layers, final_norm| GptConfig { mlp_hidden: 4 * d_model, final_norm, ..GptConfig::with_sizes(vocab_size, d_model, n_heads, n_layers, context) };
     match (&args.text, args.preset) {
         (None, _) => Setup {
             config: model(64, 4, 2, true),

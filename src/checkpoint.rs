@@ -30,7 +30,7 @@
 //! # Example
 //!
 //! ```
-//! use baregpt::{checkpoint, Gpt, GptConfig, Layer};
+//! use baregpt::{checkpoint, Gpt, GptConfig};
 //! use rand::SeedableRng;
 //!
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -63,7 +63,8 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::data::CharVocab;
 use crate::optim::ParamState;
-use crate::{Adam, AdamState, Error, Float, Gpt, GptConfig, Layer, Result};
+use crate::param::{ParamMap, Params};
+use crate::{Adam, AdamState, Error, Float, Gpt, GptConfig, Result};
 
 /// The value of the `format` metadata key of every checkpoint this version writes.
 pub const FORMAT: &str = "baregpt-checkpoint/1";
@@ -239,7 +240,7 @@ pub fn load_into<F: Float>(path: impl AsRef<Path>, model: &mut Gpt<F>) -> Result
 pub fn read_config(path: impl AsRef<Path>) -> Result<GptConfig> {
     let bytes = read(path.as_ref())?;
     let (_, meta) = parse_file(&bytes)?;
-    config_from(&meta)
+    GptConfig::from_metadata(&meta)
 }
 
 /// Serialises `model` and `extras` to the bytes of a checkpoint file.
@@ -261,7 +262,7 @@ pub fn to_bytes<F: Float>(model: &Gpt<F>, extras: &Extras<F>) -> Result<Vec<u8>>
     let mut meta = HashMap::new();
     meta.insert("format".to_owned(), FORMAT.to_owned());
     meta.insert("dtype".to_owned(), F::NAME.to_owned());
-    for (field, value) in config_fields(model.config()) {
+    for (field, value) in model.config().to_metadata() {
         meta.insert(format!("config.{field}"), value);
     }
     if let Some(vocab) = &extras.vocab {
@@ -314,10 +315,11 @@ pub fn from_bytes<F: Float>(bytes: &[u8]) -> Result<(Gpt<F>, Extras<F>)> {
     // Refuse before allocating a model that the file's tensors cannot fill (a corrupt config
     // could otherwise ask for an enormous model).
     let stored: usize = parsed.params.values().map(ArrayD::len).sum();
-    if checked_param_count(&parsed.config) != Some(stored) {
+    let needed = parsed.config.checked_param_count();
+    if needed != Some(stored) {
         return Err(Error::Checkpoint(format!(
             "the recorded config needs {} parameters but the file holds {stored}",
-            checked_param_count(&parsed.config).map_or("too many".to_owned(), |n| n.to_string())
+            needed.map_or("too many".to_owned(), |n| n.to_string())
         )));
     }
     // The initial values are overwritten; any seed will do.
@@ -345,7 +347,13 @@ struct Parsed<F> {
 impl<F: Float> Parsed<F> {
     /// Checks everything against `model`, then assigns; nothing is assigned on error.
     fn apply(self, model: &mut Gpt<F>) -> Result<Extras<F>> {
-        check_config(model.config(), &self.config)?;
+        if let Some((field, model, checkpoint)) = model.config().first_difference(&self.config) {
+            return Err(Error::ConfigMismatch {
+                field,
+                model,
+                checkpoint,
+            });
+        }
         let mut expected: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         model.for_each_param(&mut |name, p| {
             expected.insert(name.to_owned(), p.value.shape().to_vec());
@@ -386,14 +394,11 @@ impl<F: Float> Parsed<F> {
                 }
             }
         }
-        // Everything is checked: from here on nothing can fail.
-        let params = self.params;
-        model.for_each_param_mut(&mut |name, mut p| {
-            if let Some(value) = params.get(name) {
-                p.value.assign(value);
-            }
-            p.grad.fill(F::zero());
-        });
+        // Everything is checked: the import cannot fail, and it makes the model forget the
+        // forward and loss computed before the load.
+        let params: ParamMap<F> = self.params.into_iter().collect();
+        model.import_params(&params)?;
+        model.zero_grad();
         Ok(self.extras)
     }
 }
@@ -437,7 +442,7 @@ fn parse_file(bytes: &[u8]) -> Result<(SafeTensors<'_>, HashMap<String, String>)
 fn parse<F: Float>(bytes: &[u8]) -> Result<Parsed<F>> {
     let dtype = dtype_of::<F>()?;
     let (file, meta) = parse_file(bytes)?;
-    let config = config_from(&meta)?;
+    let config = GptConfig::from_metadata(&meta)?;
     let stored_dtype = meta.get("dtype").map(String::as_str).unwrap_or("(none)");
     if stored_dtype != F::NAME {
         return Err(Error::DtypeMismatch {
@@ -537,74 +542,6 @@ fn optimizer_from<F>(meta: &HashMap<String, String>) -> Result<Option<OptimizerS
     }))
 }
 
-/// The config's fields as `(name, value)` strings, in declaration order.
-fn config_fields(c: &GptConfig) -> [(&'static str, String); 7] {
-    [
-        ("vocab_size", c.vocab_size.to_string()),
-        ("d_model", c.d_model.to_string()),
-        ("n_heads", c.n_heads.to_string()),
-        ("n_layers", c.n_layers.to_string()),
-        ("context", c.context.to_string()),
-        ("mlp_hidden", c.mlp_hidden.to_string()),
-        ("final_norm", c.final_norm.to_string()),
-    ]
-}
-
-fn config_from(meta: &HashMap<String, String>) -> Result<GptConfig> {
-    fn field<T: std::str::FromStr>(meta: &HashMap<String, String>, name: &str) -> Result<T> {
-        let key = format!("config.{name}");
-        let raw = meta
-            .get(&key)
-            .ok_or_else(|| Error::Checkpoint(format!("missing metadata `{key}`")))?;
-        raw.parse()
-            .map_err(|_| Error::Checkpoint(format!("unreadable metadata `{key}` = {raw:?}")))
-    }
-    Ok(GptConfig {
-        vocab_size: field(meta, "vocab_size")?,
-        d_model: field(meta, "d_model")?,
-        n_heads: field(meta, "n_heads")?,
-        n_layers: field(meta, "n_layers")?,
-        context: field(meta, "context")?,
-        mlp_hidden: field(meta, "mlp_hidden")?,
-        final_norm: field(meta, "final_norm")?,
-    })
-}
-
-/// The first field in which the checkpoint's config differs from the model's.
-fn check_config(model: &GptConfig, stored: &GptConfig) -> Result<()> {
-    let differing = config_fields(model)
-        .into_iter()
-        .zip(config_fields(stored))
-        .find(|((_, m), (_, s))| m != s);
-    match differing {
-        None => Ok(()),
-        Some(((field, model), (_, checkpoint))) => Err(Error::ConfigMismatch {
-            field,
-            model,
-            checkpoint,
-        }),
-    }
-}
-
-/// [`GptConfig::param_count`] without overflow.
-fn checked_param_count(c: &GptConfig) -> Option<usize> {
-    let (v, d, h) = (c.vocab_size, c.d_model, c.mlp_hidden);
-    let sq = d.checked_mul(d)?;
-    let dh = d.checked_mul(h)?;
-    let block = sq
-        .checked_mul(4)?
-        .checked_add(d.checked_mul(4)?)?
-        .checked_add(dh.checked_mul(2)?)?
-        .checked_add(h)?
-        .checked_add(d)?;
-    v.checked_add(c.context)?
-        .checked_mul(d)?
-        .checked_add(c.n_layers.checked_mul(block)?)?
-        .checked_add(usize::from(c.final_norm).checked_mul(2 * d)?)?
-        .checked_add(d.checked_mul(v)?)?
-        .checked_add(v)
-}
-
 fn check_slot_name(slot: &str) -> Result<()> {
     if slot.is_empty() || slot.contains('.') {
         return Err(Error::Checkpoint(format!(
@@ -693,30 +630,5 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
                 format!("cannot write checkpoint {}: {e}", path.display()),
             )))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checked_count_agrees_with_param_count() {
-        for config in [
-            GptConfig::tiny(12),
-            GptConfig::baregpt(65),
-            GptConfig {
-                final_norm: false,
-                n_layers: 0,
-                ..GptConfig::tiny(3)
-            },
-        ] {
-            assert_eq!(checked_param_count(&config), Some(config.param_count()));
-        }
-        let huge = GptConfig {
-            d_model: usize::MAX / 2,
-            ..GptConfig::tiny(3)
-        };
-        assert_eq!(checked_param_count(&huge), None);
     }
 }

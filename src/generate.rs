@@ -3,11 +3,11 @@
 //!
 //! # The key/value cache
 //!
-//! A [`KvCache`] holds, for every block, the keys and values of the positions seen so far,
-//! `(B, T_cached, C)` each. [`Gpt::forward_incremental`] embeds only the new ids at their
+//! A [`KvCache`] holds, for every attention layer, the keys and values of the positions seen
+//! so far, `(B, T_cached, C)` each. [`KvCache::infer`] embeds only the new ids at their
 //! absolute positions, appends their keys and values, and lets the new queries attend to all
 //! cached keys, so each generated token costs one position instead of a full re-run of the
-//! prefix. Its logits equal those of a full [`Layer::forward`] (the tests check this to
+//! prefix. Its logits equal those of a full [`Layer::infer`] (the tests check this to
 //! `1e-12` in `f64`).
 //!
 //! # When the context is full
@@ -39,162 +39,15 @@
 //! # Ok::<(), baregpt::Error>(())
 //! ```
 //!
-//! [`Layer::forward`]: crate::Layer::forward
+//! [`Layer::infer`]: crate::Layer::infer
 
-use ndarray::{Array2, Array3, ArrayView1, Axis, s};
+use ndarray::{Array2, ArrayView1, Axis, s};
 use rand::{Rng, RngExt};
 
-use crate::{Error, Float, Gpt, GptConfig, Layer, Result};
+pub use crate::layer::{KvCache, LayerKv};
+use crate::{Error, Float, Gpt, Layer, Result};
 
-const CACHE: &str = "KvCache";
 const SAMPLER: &str = "sampler";
-
-/// The keys and values of one attention layer: two buffers `(B, context, C)` of which the
-/// first `len` positions are filled.
-#[derive(Clone, Debug)]
-pub struct LayerKv<F> {
-    keys: Array3<F>,
-    values: Array3<F>,
-    len: usize,
-}
-
-impl<F: Float> LayerKv<F> {
-    /// An empty cache for batch size `batch`, `capacity` positions and width `width`.
-    pub fn new(batch: usize, capacity: usize, width: usize) -> Self {
-        Self {
-            keys: Array3::zeros((batch, capacity, width)),
-            values: Array3::zeros((batch, capacity, width)),
-            len: 0,
-        }
-    }
-
-    /// The number of cached positions.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no position is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The batch size `B`.
-    pub fn batch(&self) -> usize {
-        self.keys.dim().0
-    }
-
-    /// The most positions the cache can hold.
-    pub fn capacity(&self) -> usize {
-        self.keys.dim().1
-    }
-
-    /// The width `C` of keys and values.
-    pub fn width(&self) -> usize {
-        self.keys.dim().2
-    }
-
-    /// The cached keys `(B, len, C)`.
-    pub fn keys(&self) -> ndarray::ArrayView3<'_, F> {
-        self.keys.slice(s![.., ..self.len, ..])
-    }
-
-    /// The cached values `(B, len, C)`.
-    pub fn values(&self) -> ndarray::ArrayView3<'_, F> {
-        self.values.slice(s![.., ..self.len, ..])
-    }
-
-    /// Both whole buffers, for the attention layer to write new positions into.
-    pub(crate) fn buffers_mut(&mut self) -> (&mut Array3<F>, &mut Array3<F>) {
-        (&mut self.keys, &mut self.values)
-    }
-
-    /// Marks the first `len` positions as filled (`len ≤ capacity`).
-    pub(crate) fn set_len(&mut self, len: usize) {
-        self.len = len.min(self.capacity());
-    }
-}
-
-/// The key/value cache of a whole [`Gpt`]: one [`LayerKv`] per block, all at the same length.
-#[derive(Clone, Debug)]
-pub struct KvCache<F> {
-    layers: Vec<LayerKv<F>>,
-    batch: usize,
-    context: usize,
-    width: usize,
-}
-
-impl<F: Float> KvCache<F> {
-    /// An empty cache for a model of `config` and `batch` sequences.
-    pub fn new(config: &GptConfig, batch: usize) -> Self {
-        Self {
-            layers: (0..config.n_layers)
-                .map(|_| LayerKv::new(batch, config.context, config.d_model))
-                .collect(),
-            batch,
-            context: config.context,
-            width: config.d_model,
-        }
-    }
-
-    /// The number of cached positions.
-    pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, LayerKv::len)
-    }
-
-    /// Whether no position is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The batch size `B`.
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
-
-    /// Forgets every cached position.
-    pub fn clear(&mut self) {
-        self.truncate(0);
-    }
-
-    /// The per-block caches.
-    pub fn layers(&self) -> &[LayerKv<F>] {
-        &self.layers
-    }
-
-    pub(crate) fn layers_mut(&mut self) -> &mut [LayerKv<F>] {
-        &mut self.layers
-    }
-
-    /// Forgets the positions from `len` on.
-    pub(crate) fn truncate(&mut self, len: usize) {
-        for layer in &mut self.layers {
-            layer.set_len(len.min(layer.len()));
-        }
-    }
-
-    /// Checks that the cache was made for a model of `config`.
-    pub(crate) fn check_config(&self, config: &GptConfig) -> Result<()> {
-        if self.layers.len() != config.n_layers
-            || self.context != config.context
-            || self.width != config.d_model
-        {
-            return Err(Error::InvalidConfig {
-                layer: CACHE,
-                reason: format!(
-                    "cache for {} layers, context {}, width {} used with a model of {} layers, \
-                     context {}, width {}",
-                    self.layers.len(),
-                    self.context,
-                    self.width,
-                    config.n_layers,
-                    config.context,
-                    config.d_model
-                ),
-            });
-        }
-        Ok(())
-    }
-}
 
 /// How the next token is drawn from the logits.
 #[derive(Clone, Debug, PartialEq)]
@@ -343,8 +196,8 @@ pub fn generate<F: Float, R: Rng + ?Sized>(
     options.validate()?;
     let context = model.config().context;
     let mut window = initial_window(prompt, context)?;
-    let mut cache = KvCache::new(model.config(), 1);
-    let mut logits = model.forward_incremental(&row(&window), &mut cache)?;
+    let mut cache = model.kv_cache(1)?;
+    let mut logits = cache.infer(model, &row(&window))?;
     let mut out = Vec::with_capacity(max_new);
     for step in 0..max_new {
         let last = logits.index_axis(Axis(0), 0);
@@ -357,16 +210,16 @@ pub fn generate<F: Float, R: Rng + ?Sized>(
         if window.len() == context {
             window = slid_window(&window, id, context);
             cache.clear();
-            logits = model.forward_incremental(&row(&window), &mut cache)?;
+            logits = cache.infer(model, &row(&window))?;
         } else {
             window.push(id);
-            logits = model.forward_incremental(&row(&[id]), &mut cache)?;
+            logits = cache.infer(model, &row(&[id]))?;
         }
     }
     Ok(out)
 }
 
-/// [`generate`] without a cache: a full [`Layer::forward`] over the window for every token.
+/// [`generate`] without a cache: a full [`Layer::infer`] over the window for every token.
 ///
 /// It follows the same window rule and draws from `rng` in the same way, so with equal seeds
 /// it returns the same ids as [`generate`] (up to floating-point ties); it is the reference
@@ -375,7 +228,7 @@ pub fn generate<F: Float, R: Rng + ?Sized>(
 /// # Errors
 /// As [`generate`].
 pub fn generate_uncached<F: Float, R: Rng + ?Sized>(
-    model: &mut Gpt<F>,
+    model: &Gpt<F>,
     prompt: &[usize],
     max_new: usize,
     options: &SampleOptions,
@@ -387,7 +240,7 @@ pub fn generate_uncached<F: Float, R: Rng + ?Sized>(
     let mut window = initial_window(prompt, context)?;
     let mut out = Vec::with_capacity(max_new);
     for _ in 0..max_new {
-        let logits = model.forward(&row(&window))?;
+        let logits = model.infer(&row(&window))?;
         let id = sample_logits(logits.slice(s![0, window.len() - 1, ..]), options, rng)?;
         on_token(id);
         out.push(id);

@@ -33,6 +33,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::layer::LayerInput;
+use crate::param::Params;
 use crate::{Float, Layer, Result};
 
 /// How the numeric gradient is sampled.
@@ -510,7 +511,7 @@ fn compare<F: Float>(
 }
 
 /// Runs `f` on the value of the `index`-th parameter in visit order.
-fn with_param<F: Float, X: LayerInput<F>, L: Layer<F, X> + ?Sized>(
+fn with_param<F: Float, L: Params<F> + ?Sized>(
     layer: &mut L,
     index: usize,
     f: impl FnOnce(&mut ArrayViewMutD<'_, F>),
@@ -527,13 +528,13 @@ fn with_param<F: Float, X: LayerInput<F>, L: Layer<F, X> + ?Sized>(
     });
 }
 
-fn collect_grads<F: Float, X: LayerInput<F>, L: Layer<F, X> + ?Sized>(layer: &L) -> Vec<ArrayD<F>> {
+fn collect_grads<F: Float, L: Params<F> + ?Sized>(layer: &L) -> Vec<ArrayD<F>> {
     let mut grads = Vec::new();
     layer.for_each_param(&mut |_, p| grads.push(p.grad.to_owned()));
     grads
 }
 
-fn restore_grads<F: Float, X: LayerInput<F>, L: Layer<F, X> + ?Sized>(
+fn restore_grads<F: Float, L: Params<F> + ?Sized>(
     layer: &mut L,
     saved: &[ArrayD<F>],
 ) {

@@ -17,15 +17,17 @@
 //!
 //! ## The contract of a layer
 //!
-//! [`Layer::forward`] caches what the backward needs; [`Layer::backward`] takes `dL/dy`,
-//! **adds** into the parameter gradients and returns `dL/dx`. Gradients accumulate until
-//! [`Layer::zero_grad`]. Parameters are reached by dotted name (`blocks.0.attn.w_q`) through
-//! one visitor, which the optimizer, the checker and checkpoints share.
+//! [`Layer::forward`] caches what the backward needs; [`Layer::infer`] computes the same
+//! output from `&self` without caching; [`Layer::backward`] takes `dL/dy`, **adds** into the
+//! parameter gradients and returns `dL/dx`. Gradients accumulate until
+//! [`Params::zero_grad`]. Parameters are listed once per layer ([`params!`]) and reached by
+//! dotted name (`blocks.0.attn.w_q`); the optimizer, the checker and checkpoints take
+//! anything that implements [`Params`], boxed layers included.
 //!
 //! ## Example: a block by hand, then a gradient check
 //!
 //! ```
-//! use baregpt::{gradcheck, layers::Block, Layer};
+//! use baregpt::{gradcheck, layers::Block, prelude::*};
 //! use ndarray::Array3;
 //! use rand::SeedableRng;
 //!
@@ -36,7 +38,7 @@
 //! let dx = block.backward(&Array3::ones(y.raw_dim()))?; // dL/dx; grads accumulated
 //! assert_eq!(dx.shape(), x.shape());
 //!
-//! let report = gradcheck::check_layer(block.as_mut(), &x, &Default::default())?;
+//! let report = gradcheck::check_layer(&mut block, &x, &Default::default())?;
 //! assert!(report.passed(), "{report}");
 //! # Ok::<(), baregpt::Error>(())
 //! ```
@@ -47,7 +49,9 @@
 //! * [`layers`]: owning layers built on the kernels; [`Gpt`] and [`CrossEntropy`] on top.
 //! * [`gradcheck`]: the finite-difference checker.
 //! * [`optim`]: the [`Adam`] optimizer, gradient clipping and learning-rate schedules.
-//! * [`param`]: parameters and the dotted-name visitor.
+//! * [`param`]: parameters, the [`Params`] trait, named access and [`param::ParamMap`].
+//! * [`layer`]: the [`Layer`] trait and what a layer is written with (caches, row
+//!   helpers, the inference state and key/value cache).
 //! * [`checkpoint`]: safetensors save/load of a model, its vocabulary and optimizer state.
 //! * [`generate`]: key/value-cache generation with temperature and top-k sampling.
 //! * [`data`]: a character vocabulary, a text data set and the embedded addition task.
@@ -77,10 +81,18 @@ pub mod threads;
 pub use error::{Error, Result};
 pub use gpt::{Gpt, GptConfig};
 pub use layer::{Layer, LayerInput};
+pub use param::Params;
 pub use loss::CrossEntropy;
 pub use optim::{Adam, AdamConfig, AdamState, DecayFilter, LrSchedule};
 pub use scalar::Float;
 pub use threads::{num_threads, set_num_threads};
+
+/// The traits a user of the crate calls methods of: `use baregpt::prelude::*;`.
+pub mod prelude {
+    pub use crate::layer::{Layer, LayerInput};
+    pub use crate::param::Params;
+    pub use crate::scalar::Float;
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -4,9 +4,9 @@ use ndarray::{Array2, Array3};
 
 use crate::error::check_shape;
 use crate::kernels::{cross_entropy_backward, cross_entropy_forward};
-use crate::layers::util::cached;
-use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
-use crate::{Error, Float, Layer, Result};
+use crate::layer::InferState;
+use crate::param::Params;
+use crate::{Error, Float, Layer, Result, params};
 
 const LAYER: &str = "CrossEntropy";
 
@@ -76,15 +76,34 @@ impl<F: Float> CrossEntropy<F> {
     }
 
     fn backward_scaled(&self, d_loss: F) -> Result<Array3<F>> {
-        let probs = cached(LAYER, &self.probs)?;
-        let targets = cached(LAYER, &self.targets)?;
-        cross_entropy_backward(probs.view(), targets.view(), d_loss)
+        match (&self.probs, &self.targets) {
+            (Some(probs), Some(targets)) => {
+                cross_entropy_backward(probs.view(), targets.view(), d_loss)
+            }
+            _ => Err(Error::BackwardBeforeForward { layer: LAYER }),
+        }
     }
 
     /// The softmax probabilities `(B, T, V)` of the last forward, if any.
     pub fn probs(&self) -> Option<&Array3<F>> {
         self.probs.as_ref()
     }
+
+    /// Forgets the last loss: [`CrossEntropy::backward_loss`] is refused until the next.
+    pub fn clear(&mut self) {
+        self.probs = None;
+    }
+
+    fn targets(&self) -> Result<&Array2<usize>> {
+        self.targets.as_ref().ok_or_else(|| Error::InvalidConfig {
+            layer: LAYER,
+            reason: "no targets set: call set_targets before forward".into(),
+        })
+    }
+}
+
+impl<F: Float> Params<F> for CrossEntropy<F> {
+    params!(F;);
 }
 
 impl<F: Float> Layer<F> for CrossEntropy<F> {
@@ -95,22 +114,21 @@ impl<F: Float> Layer<F> for CrossEntropy<F> {
     /// The loss as a `(1, 1, 1)` array; targets must have been set.
     fn forward(&mut self, logits: &Array3<F>) -> Result<Array3<F>> {
         self.probs = None;
-        let targets = self.targets.as_ref().ok_or_else(|| Error::InvalidConfig {
-            layer: LAYER,
-            reason: "no targets set: call set_targets before forward".into(),
-        })?;
-        let (loss, probs) = cross_entropy_forward(logits.view(), targets.view())?;
+        let (loss, probs) = cross_entropy_forward(logits.view(), self.targets()?.view())?;
         self.probs = Some(probs);
         Ok(Array3::from_elem((1, 1, 1), loss))
     }
 
+    fn infer_with(&self, logits: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        let (loss, _) = cross_entropy_forward(logits.view(), self.targets()?.view())?;
+        Ok(Array3::from_elem((1, 1, 1), loss))
+    }
+
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
-        cached(LAYER, &self.probs)?;
+        if self.probs.is_none() {
+            return Err(Error::BackwardBeforeForward { layer: LAYER });
+        }
         check_shape(LAYER, "dy", dy.shape(), &[Some(1), Some(1), Some(1)])?;
         self.backward_scaled(dy[[0, 0, 0]])
     }
-
-    fn visit_params(&self, _: &mut ParamPath, _: &mut ParamVisitor<'_, F>) {}
-
-    fn visit_params_mut(&mut self, _: &mut ParamPath, _: &mut ParamVisitorMut<'_, F>) {}
 }

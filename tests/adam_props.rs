@@ -7,6 +7,7 @@
 //! * the visitor path and the slice path agree bit for bit;
 //! * a non-finite gradient anywhere is an error that changes nothing.
 
+use baregpt::prelude::*;
 use baregpt::optim::{LrSchedule, StepInfo, clip_grad_norm, clip_grad_norm_slices, grad_norm};
 use baregpt::param::Param;
 use baregpt::{Adam, AdamConfig, Error, Float};

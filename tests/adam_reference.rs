@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use baregpt::prelude::*;
 use baregpt::optim::{DecayFilter, LrSchedule};
 use baregpt::param::Param;
 use baregpt::{Adam, AdamConfig};

@@ -7,6 +7,7 @@
 
 mod common;
 
+use baregpt::prelude::*;
 use baregpt::error::check_shape;
 use baregpt::gradcheck::{self, GradCheckOptions, GradCheckReport, Mode};
 use baregpt::layers::{Gelu, LayerNorm, Linear, Sequential};
@@ -453,15 +454,7 @@ fn check_layer_restores_values_and_gradients_exactly() {
     // A failing check restores too.
     assert_restored(&mut net_with(Bug::TransposedWeightGrad), &input());
 
-    let cfg = GptConfig {
-        vocab_size: 7,
-        d_model: 4,
-        n_heads: 2,
-        n_layers: 1,
-        context: 4,
-        mlp_hidden: 8,
-        final_norm: true,
-    };
+    let cfg = GptConfig { mlp_hidden: 8, final_norm: true, ..GptConfig::with_sizes(7, 4, 2, 1, 4) };
     let mut gpt = Gpt::<f64>::new(cfg, &mut rng(1)).unwrap();
     assert_restored(&mut gpt, &ndarray::array![[1, 5, 2], [6, 0, 0]]);
 }

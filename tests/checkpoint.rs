@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use baregpt::prelude::*;
 use baregpt::checkpoint::{self, Extras, OptimizerState};
 use baregpt::data::CharVocab;
 use baregpt::{Error, Float, Gpt, GptConfig, Layer};
@@ -13,15 +14,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use safetensors::tensor::{Dtype, TensorView};
 
 fn small_config(vocab_size: usize) -> GptConfig {
-    GptConfig {
-        vocab_size,
-        d_model: 8,
-        n_heads: 2,
-        n_layers: 2,
-        context: 6,
-        mlp_hidden: 16,
-        final_norm: true,
-    }
+    GptConfig { mlp_hidden: 16, final_norm: true, ..GptConfig::with_sizes(vocab_size, 8, 2, 2, 6) }
 }
 
 fn model<F: Float>(seed: u64, config: GptConfig) -> Gpt<F> {
@@ -112,8 +105,8 @@ fn loaded_model_computes_the_same_loss_and_gradients() {
     let a = saved.loss(&ids, &targets).unwrap();
     let b = loaded.loss(&ids, &targets).unwrap();
     assert_eq!(a.to_bits(), b.to_bits());
-    saved.backward().unwrap();
-    loaded.backward().unwrap();
+    saved.backward_loss().unwrap();
+    loaded.backward_loss().unwrap();
     let grads = |g: &Gpt<f32>| {
         let mut out = Vec::new();
         g.for_each_param(&mut |_, p| out.extend(p.grad.iter().map(|v| v.to_bits())));
@@ -498,7 +491,7 @@ fn adam_steps(gpt: &mut Gpt<f32>, adam: &mut baregpt::Adam<f32>, seeds: std::ops
         let targets = ndarray::Array2::from_shape_simple_fn((3, 6), || rng.random_range(0..5));
         gpt.zero_grad();
         gpt.loss(&ids, &targets).unwrap();
-        gpt.backward().unwrap();
+        gpt.backward_loss().unwrap();
         adam.step(gpt).unwrap();
     }
 }

@@ -4,21 +4,14 @@
 #[path = "../examples/common/mod.rs"]
 mod common;
 
+use baregpt::prelude::*;
 use baregpt::{Adam, AdamConfig, Float, Gpt, GptConfig, Layer, LrSchedule};
 use common::{Task, solve, train_step};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 fn model_for(task: &Task, seed: u64) -> Gpt<f32> {
-    let config = GptConfig {
-        vocab_size: task.vocab().len(),
-        d_model: 64,
-        n_heads: 4,
-        n_layers: 2,
-        context: task.context(),
-        mlp_hidden: 256,
-        final_norm: true,
-    };
+    let config = GptConfig { mlp_hidden: 256, final_norm: true, ..GptConfig::with_sizes(task.vocab().len(), 64, 4, 2, task.context()) };
     Gpt::new(config, &mut StdRng::seed_from_u64(seed)).unwrap()
 }
 

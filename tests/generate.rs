@@ -2,6 +2,7 @@
 //! generation equals full-forward generation token by token, and bad input is refused with
 //! the cache left as it was.
 
+use baregpt::prelude::*;
 use baregpt::generate::{KvCache, SampleOptions, generate, generate_uncached, slide_keep};
 use baregpt::{Error, Gpt, GptConfig, Layer};
 use ndarray::{Array2, Axis, s};
@@ -9,15 +10,7 @@ use proptest::prelude::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn config(vocab_size: usize, context: usize, final_norm: bool) -> GptConfig {
-    GptConfig {
-        vocab_size,
-        d_model: 12,
-        n_heads: 3,
-        n_layers: 2,
-        context,
-        mlp_hidden: 24,
-        final_norm,
-    }
+    GptConfig { mlp_hidden: 24, final_norm, ..GptConfig::with_sizes(vocab_size, 12, 3, 2, context) }
 }
 
 fn random_ids(b: usize, t: usize, v: usize, rng: &mut StdRng) -> Array2<usize> {
@@ -181,7 +174,7 @@ fn incremental_forward_leaves_training_caches_alone() {
     let ids = random_ids(2, 6, 7, &mut rng);
     let targets = random_ids(2, 6, 7, &mut rng);
     gpt.loss(&ids, &targets).unwrap();
-    gpt.backward().unwrap();
+    gpt.backward_loss().unwrap();
     let mut reference = Vec::new();
     gpt.for_each_param(&mut |_, p| reference.push(p.grad.to_owned()));
 
@@ -190,7 +183,7 @@ fn incremental_forward_leaves_training_caches_alone() {
     let mut cache = KvCache::new(gpt.config(), 1);
     gpt.forward_incremental(&random_ids(1, 3, 7, &mut rng), &mut cache)
         .unwrap();
-    gpt.backward().unwrap();
+    gpt.backward_loss().unwrap();
     let mut i = 0;
     gpt.for_each_param(&mut |name, p| {
         assert_eq!(p.grad, reference[i], "{name}");

@@ -7,6 +7,7 @@
 
 mod common;
 
+use baregpt::prelude::*;
 use baregpt::gradcheck::GradCheckReport;
 use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
 use baregpt::{CrossEntropy, Gpt, GptConfig, Layer, strategies};
@@ -257,15 +258,7 @@ proptest! {
 
 /// A 2-layer, 2-head GPT with context 6 and a final LayerNorm.
 fn small_config() -> GptConfig {
-    GptConfig {
-        vocab_size: 11,
-        d_model: 8,
-        n_heads: 2,
-        n_layers: 2,
-        context: 6,
-        mlp_hidden: 16,
-        final_norm: true,
-    }
+    GptConfig { mlp_hidden: 16, final_norm: true, ..GptConfig::with_sizes(11, 8, 2, 2, 6) }
 }
 
 fn ids_for(b: usize, t: usize, vocab: usize, salt: usize) -> Array2<usize> {
@@ -296,7 +289,7 @@ fn gpt_sequence_shorter_than_context() {
     // Rows T..context of the position gradient are exactly zero after a real backward.
     let mut gpt = Gpt::<f64>::new(cfg, &mut rng(12)).unwrap();
     gpt.loss(&ids, &targets).unwrap();
-    gpt.backward().unwrap();
+    gpt.backward_loss().unwrap();
     let mut unused_rows_zero = None;
     gpt.for_each_param(&mut |name, p| {
         if name == "embed.pos" {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use baregpt::prelude::*;
 use baregpt::kernels::attention_forward;
 use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
 use baregpt::{CrossEntropy, Float, Gpt, GptConfig, Layer, LayerInput, strategies};
@@ -307,15 +308,7 @@ fn sample_x(b: usize, t: usize, c: usize) -> Array3<f64> {
 }
 
 fn small_config(final_norm: bool) -> GptConfig {
-    GptConfig {
-        vocab_size: 13,
-        d_model: 6,
-        n_heads: 3,
-        n_layers: 2,
-        context: 5,
-        mlp_hidden: 12,
-        final_norm,
-    }
+    GptConfig { mlp_hidden: 12, final_norm, ..GptConfig::with_sizes(13, 6, 3, 2, 5) }
 }
 
 #[test]
@@ -361,9 +354,9 @@ fn gpt_loss_backward_twice_doubles_and_matches_the_layer_form() {
     let mut gpt = Gpt::<f64>::new(small_config(true), &mut rng(4)).unwrap();
     jitter_params(&mut gpt, 4, 0.3);
     gpt.loss(&ids, &targets).unwrap();
-    gpt.backward().unwrap();
+    gpt.backward_loss().unwrap();
     let once = grads(&gpt);
-    gpt.backward().unwrap();
+    gpt.backward_loss().unwrap();
     for ((name, g1), (_, g2)) in once.iter().zip(&grads(&gpt)) {
         assert!(
             g1.iter()
@@ -404,7 +397,7 @@ fn zero_grad_zeroes_every_gradient() {
     let ids = Array2::from_shape_fn((2, 4), |(b, t)| (4 * b + t) % 13);
     let mut gpt = Gpt::<f32>::new(small_config(true), &mut rng(9)).unwrap();
     gpt.loss(&ids, &ids.mapv(|i| (i + 1) % 13)).unwrap();
-    gpt.backward().unwrap();
+    gpt.backward_loss().unwrap();
     let mut nonzero_tensors = 0;
     gpt.for_each_param(&mut |_, p| {
         nonzero_tensors += usize::from(p.grad.iter().any(|&g| g != 0.0))

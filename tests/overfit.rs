@@ -2,6 +2,7 @@
 //! large factor, in f32 and in f64. This exercises the whole stack (forward, hand-written
 //! backward, the parameter visitor, clipping, the schedule and the optimizer) end to end.
 
+use baregpt::prelude::*;
 use baregpt::optim::LrSchedule;
 use baregpt::{Adam, AdamConfig, DecayFilter, Float, Gpt, GptConfig, Layer};
 use ndarray::Array2;
@@ -12,15 +13,7 @@ const STEPS: u64 = 100;
 const FACTOR: f64 = 100.0;
 
 fn config() -> GptConfig {
-    GptConfig {
-        vocab_size: 16,
-        d_model: 32,
-        n_heads: 4,
-        n_layers: 2,
-        context: 12,
-        mlp_hidden: 64,
-        final_norm: true,
-    }
+    GptConfig { mlp_hidden: 64, final_norm: true, ..GptConfig::with_sizes(16, 32, 4, 2, 12) }
 }
 
 /// A fixed batch `(B, T) = (8, 12)` of random ids; targets are random too, so nothing but
@@ -48,7 +41,7 @@ fn train<F: Float>() -> Vec<f64> {
     for _ in 0..STEPS {
         gpt.zero_grad();
         losses.push(gpt.loss(&ids, &targets).unwrap().to_f64_exact());
-        gpt.backward().unwrap();
+        gpt.backward_loss().unwrap();
         adam.step(&mut gpt).unwrap();
     }
     losses.push(gpt.loss(&ids, &targets).unwrap().to_f64_exact());

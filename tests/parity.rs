@@ -22,6 +22,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use baregpt::prelude::*;
 use baregpt::kernels::{attention_backward, attention_forward, gelu_backward, gelu_forward};
 use baregpt::layers::{Attention, Block, Embedding, LayerNorm, Linear, Mlp};
 use baregpt::{Adam, AdamConfig, CrossEntropy, Float, Gpt, GptConfig, Layer, LayerInput};
@@ -470,15 +471,7 @@ fn cross_entropy<F: Float>(fx: &Fixture) -> f64 {
 }
 
 fn gpt_config(fx: &Fixture) -> GptConfig {
-    GptConfig {
-        vocab_size: fx.usize("vocab_size"),
-        d_model: fx.usize("d_model"),
-        n_heads: fx.usize("n_heads"),
-        n_layers: fx.usize("n_layers"),
-        context: fx.usize("context"),
-        mlp_hidden: fx.usize("mlp_hidden"),
-        final_norm: fx.bool("final_norm"),
-    }
+    GptConfig { mlp_hidden: fx.usize("mlp_hidden"), final_norm: fx.bool("final_norm"), ..GptConfig::with_sizes(fx.usize("vocab_size"), fx.usize("d_model"), fx.usize("n_heads"), fx.usize("n_layers"), fx.usize("context")) }
 }
 
 fn gpt<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
@@ -491,7 +484,7 @@ fn gpt<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
     cmp.check_key("output/logits", logits.into_dyn());
     let loss = model.loss(&ids, &targets).unwrap();
     cmp.check_key("output/loss", ArrayD::from_elem(vec![], loss));
-    model.backward().unwrap();
+    model.backward_loss().unwrap();
     cmp.check_param_grads(&map, &model);
     cmp.finish()
 }
@@ -532,7 +525,7 @@ fn optimizer<F: Float>(fx: &Fixture) -> f64 {
                 .loss(&batch(&ids, step), &batch(&targets, step))
                 .unwrap(),
         );
-        model.backward().unwrap();
+        model.backward_loss().unwrap();
         adam.step(&mut model).unwrap();
     }
     let mut cmp = Comparer::new::<F>(fx);

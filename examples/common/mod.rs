@@ -5,6 +5,7 @@
 
 pub mod plot;
 
+use baregpt::prelude::*;
 use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
 use baregpt::generate::{SampleOptions, generate};
 use baregpt::optim::Adam;
@@ -234,7 +235,7 @@ pub fn train_step<F: Float>(model: &mut Gpt<F>, adam: &mut Adam<F>, batch: &Batc
     let loss = match &batch.mask {
         None => {
             let loss = model.loss(&batch.ids, &batch.targets)?;
-            model.backward()?;
+            model.backward_loss()?;
             loss
         }
         Some(mask) => {

@@ -1,17 +1,15 @@
 //! [`Attention`]: causal multi-head self-attention with bias-free projections.
 
-use ndarray::{Array2, Array3, Array4, s};
+use ndarray::{Array2, Array3, Array4, ArrayView2};
 use rand::Rng;
 
-use super::util::{
-    cached, check_activation, check_dy, copy_reusing, glorot_uniform, into_rows, rows, unrows,
-};
-use crate::error::check_shape;
-use crate::generate::LayerKv;
+use super::init::{check_matrix, check_positive, glorot_uniform};
 use crate::kernels::linear::linear_backward_add;
 use crate::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
-use crate::param::{Param2, ParamPath, ParamVisitor, ParamVisitorMut};
-use crate::{Error, Float, Layer, Result};
+use crate::layer::rows::rows_reusing;
+use crate::layer::{Cache, InferState, LayerKv, check_width, from_rows, into_rows, rows};
+use crate::param::{Param2, Params};
+use crate::{Error, Float, Layer, Result, params};
 
 const LAYER: &str = "Attention";
 
@@ -19,12 +17,18 @@ const LAYER: &str = "Attention";
 #[derive(Clone, Debug)]
 struct AttentionCache<F> {
     x_rows: Array2<F>,
+    heads: Heads<F>,
+}
+
+/// The intermediate results of one pass: `q, k, v (B, T, C)`, `probs (B, H, T, T)` and the
+/// context rows `(N, C)`. Not the scores: the softmax backward needs only its output.
+#[derive(Clone, Debug)]
+struct Heads<F> {
     q: Array3<F>,
     k: Array3<F>,
     v: Array3<F>,
     probs: Array4<F>,
     ctx_rows: Array2<F>,
-    batch: (usize, usize),
 }
 
 /// Causal multi-head self-attention, `(B, T, C)` → `(B, T, C)`.
@@ -33,10 +37,14 @@ struct AttentionCache<F> {
 /// columns) `ctx = softmax_causal(Q·Kᵀ/√(C/H))·V`; `y = ctx·W_o`. Parameters
 /// `w_q, w_k, w_v, w_o`, each `(C, C)`, Glorot-uniform, no biases (as in the original).
 ///
+/// With a [`KvCache`](crate::layer::KvCache) in the inference state, the new positions'
+/// keys and values are appended to this layer's slot and the new queries attend over all
+/// cached keys, each up to its own position.
+///
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::Attention, Layer};
+/// use baregpt::{layers::Attention, prelude::*};
 /// use ndarray::Array3;
 /// use rand::SeedableRng;
 ///
@@ -55,21 +63,28 @@ pub struct Attention<F: Float> {
     w_v: Param2<F>,
     w_o: Param2<F>,
     n_heads: usize,
-    cache: Option<AttentionCache<F>>,
+    cache: Cache<AttentionCache<F>>,
+}
+
+impl<F: Float> Params<F> for Attention<F> {
+    params!(F; w_q, w_k, w_v, w_o);
 }
 
 impl<F: Float> Attention<F> {
     /// A new attention layer of width `c` with `n_heads` heads, weights drawn from `rng`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `n_heads` is zero or does not divide `c`.
+    /// [`Error::InvalidConfig`] when `c` or `n_heads` is zero, `n_heads` does not divide `c`,
+    /// or the weights would not fit in memory.
     pub fn new<R: Rng + ?Sized>(c: usize, n_heads: usize, rng: &mut R) -> Result<Self> {
+        check_positive(LAYER, "the width", c)?;
         if n_heads == 0 || c % n_heads != 0 {
             return Err(Error::InvalidConfig {
                 layer: LAYER,
                 reason: format!("{n_heads} heads do not divide d_model {c}"),
             });
         }
+        check_matrix::<F>(LAYER, c, c)?;
         let mut weight = || Param2::new(glorot_uniform(c, c, rng));
         Ok(Self {
             w_q: weight(),
@@ -77,7 +92,7 @@ impl<F: Float> Attention<F> {
             w_v: weight(),
             w_o: weight(),
             n_heads,
-            cache: None,
+            cache: Cache::new(),
         })
     }
 
@@ -91,65 +106,40 @@ impl<F: Float> Attention<F> {
         self.n_heads
     }
 
-    /// Attention of new positions over a key/value cache, without caching anything for
-    /// backward (for generation): `x (B, T_new, C)` → `(B, T_new, C)`.
-    ///
-    /// The `T_new` positions follow the `T_c = kv.len()` already cached. Their keys and values
-    /// are appended to `kv`, and each new query `i` attends causally to the cached keys and
-    /// to the new ones up to its own position `T_c + i`. The result equals rows
-    /// `T_c..T_c + T_new` of [`Layer::forward`] over all `T_c + T_new` positions, while
-    /// computing only `T_new` query rows.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] when `x` is not `(B, T_new, C)` for the cache's batch `B` and
-    /// width `C`; [`Error::SequenceLength`] when `T_new` is zero or the cache has no room for
-    /// it. On error `kv` is unchanged.
-    pub fn forward_incremental(&self, x: &Array3<F>, kv: &mut LayerKv<F>) -> Result<Array3<F>> {
-        let c = self.width();
-        check_shape(
-            LAYER,
-            "input",
-            x.shape(),
-            &[Some(kv.batch()), None, Some(c)],
-        )?;
-        check_shape(
-            LAYER,
-            "kv cache",
-            &[kv.batch(), kv.capacity(), kv.width()],
-            &[Some(x.dim().0), None, Some(c)],
-        )?;
-        let (b, t_new, _) = x.dim();
-        let (start, end) = (kv.len(), kv.len() + t_new);
-        if t_new == 0 || end > kv.capacity() {
-            return Err(Error::SequenceLength {
-                layer: LAYER,
-                len: end,
-                context: kv.capacity(),
-            });
-        }
-        let x_rows = rows(x.view());
+    /// The computation on input rows `x (B·T, C)`: the output rows and the intermediates.
+    /// With a key/value slot, the new keys and values are appended to it and the queries
+    /// attend over all of them.
+    fn apply(
+        &self,
+        x_rows: ArrayView2<'_, F>,
+        bt: (usize, usize),
+        kv: Option<&mut LayerKv<F>>,
+    ) -> Result<(Array2<F>, Heads<F>)> {
         let project = |w: &Param2<F>| {
-            linear_forward(x_rows.view(), w.value.view(), None)
-                .and_then(|y| unrows(LAYER, y, b, t_new))
+            linear_forward(x_rows, w.value.view(), None).and_then(|y| from_rows(LAYER, y, bt))
         };
         let (q, k, v) = (
             project(&self.w_q)?,
             project(&self.w_k)?,
             project(&self.w_v)?,
         );
-        let (keys, values) = kv.buffers_mut();
-        keys.slice_mut(s![.., start..end, ..]).assign(&k);
-        values.slice_mut(s![.., start..end, ..]).assign(&v);
-        let (ctx, _) = attention_forward(
-            q.view(),
-            keys.slice(s![.., ..end, ..]),
-            values.slice(s![.., ..end, ..]),
-            self.n_heads,
-        )?;
-        let y = linear_forward(rows(ctx.view()).view(), self.w_o.value.view(), None)?;
-        let y = unrows(LAYER, y, b, t_new)?;
-        kv.set_len(end);
-        Ok(y)
+        let (ctx, probs) = match kv {
+            None => attention_forward(q.view(), k.view(), v.view(), self.n_heads)?,
+            Some(kv) => {
+                let (keys, values) = kv.append(k.view(), v.view())?;
+                attention_forward(q.view(), keys, values, self.n_heads)?
+            }
+        };
+        let ctx_rows = into_rows(ctx);
+        let y = linear_forward(ctx_rows.view(), self.w_o.value.view(), None)?;
+        let heads = Heads {
+            q,
+            k,
+            v,
+            probs,
+            ctx_rows,
+        };
+        Ok((y, heads))
     }
 }
 
@@ -159,57 +149,44 @@ impl<F: Float> Layer<F> for Attention<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        let (b, t) = check_activation(LAYER, "input", x.view(), self.width())?;
-        let x_rows = copy_reusing(
-            self.cache.take().map(|old| old.x_rows),
-            rows(x.view()).view(),
-        );
-        let project = |w: &Param2<F>| {
-            linear_forward(x_rows.view(), w.value.view(), None).and_then(|y| unrows(LAYER, y, b, t))
-        };
-        let (q, k, v) = (
-            project(&self.w_q)?,
-            project(&self.w_k)?,
-            project(&self.w_v)?,
-        );
-        let (ctx, probs) = attention_forward(q.view(), k.view(), v.view(), self.n_heads)?;
-        let ctx_rows = into_rows(ctx);
-        let y = linear_forward(ctx_rows.view(), self.w_o.value.view(), None)?;
-        self.cache = Some(AttentionCache {
-            x_rows,
-            q,
-            k,
-            v,
-            probs,
-            ctx_rows,
-            batch: (b, t),
-        });
-        unrows(LAYER, y, b, t)
+        let bt = check_width(LAYER, "input", x.view(), self.width())?;
+        let x_rows = rows_reusing(self.cache.take().map(|old| old.x_rows), x.view());
+        let (y, heads) = self.apply(x_rows.view(), bt, None)?;
+        let y = from_rows(LAYER, y, bt)?;
+        self.cache.store(AttentionCache { x_rows, heads }, y.dim());
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<F>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        let bt = check_width(LAYER, "input", x.view(), self.width())?;
+        state.positions(LAYER, bt.1)?;
+        let kv = state.next_kv(LAYER, bt.0, self.width())?;
+        let (y, _) = self.apply(rows(x.view()).view(), bt, kv)?;
+        from_rows(LAYER, y, bt)
     }
 
     /// Chain rule through `y = ctx·W_o`, the attention kernel, and the three projections;
     /// `dx = dQ·W_qᵀ + dK·W_kᵀ + dV·W_vᵀ` because `x` feeds all three.
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
-        let cache = cached(LAYER, &self.cache)?;
-        let (b, t) = cache.batch;
-        check_dy(LAYER, dy, (b, t, self.width()))?;
+        let AttentionCache { x_rows, heads } = self.cache.get(LAYER, dy)?;
+        let (b, t, _) = dy.dim();
         let d_ctx = linear_backward(
-            cache.ctx_rows.view(),
+            heads.ctx_rows.view(),
             self.w_o.value.view(),
             rows(dy.view()).view(),
             self.w_o.grad.view_mut(),
             None,
         )?;
-        let d_ctx = unrows(LAYER, d_ctx, b, t)?;
+        let d_ctx = from_rows(LAYER, d_ctx, (b, t))?;
         let (dq, dk, dv) = attention_backward(
-            cache.q.view(),
-            cache.k.view(),
-            cache.v.view(),
-            cache.probs.view(),
+            heads.q.view(),
+            heads.k.view(),
+            heads.v.view(),
+            heads.probs.view(),
             d_ctx.view(),
         )?;
         // dx = dq·W_qᵀ + dk·W_kᵀ + dv·W_vᵀ, accumulated in place by the products.
-        let x_rows = cache.x_rows.view();
+        let x_rows = x_rows.view();
         let mut dx = linear_backward(
             x_rows,
             self.w_q.value.view(),
@@ -226,20 +203,6 @@ impl<F: Float> Layer<F> for Attention<F> {
                 &mut dx.view_mut(),
             )?;
         }
-        unrows(LAYER, dx, b, t)
-    }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
-        self.w_q.visit("w_q", path, f);
-        self.w_k.visit("w_k", path, f);
-        self.w_v.visit("w_v", path, f);
-        self.w_o.visit("w_o", path, f);
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
-        self.w_q.visit_mut("w_q", path, f);
-        self.w_k.visit_mut("w_k", path, f);
-        self.w_v.visit_mut("w_v", path, f);
-        self.w_o.visit_mut("w_o", path, f);
+        from_rows(LAYER, dx, (b, t))
     }
 }

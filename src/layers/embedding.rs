@@ -1,30 +1,34 @@
 //! [`Embedding`]: token plus learned position embeddings, a layer with an id input.
 
-use ndarray::{Array2, Array3};
+use ndarray::{Array2, Array3, s};
 use rand::Rng;
 
-use super::util::{cached, check_dy, normal};
+use super::init::{check_matrix, check_positive, normal};
+use crate::kernels::embedding::check_ids;
 use crate::kernels::{embedding_backward, embedding_forward};
-use crate::param::{Param2, ParamPath, ParamVisitor, ParamVisitorMut};
-use crate::{Float, Layer, Result};
+use crate::layer::{Cache, InferState};
+use crate::param::{Param2, Params};
+use crate::{Error, Float, Layer, Result, params};
 
 const LAYER: &str = "Embedding";
 
 /// Token and absolute-position embedding: ids `(B, T)` → `(B, T, C)`, `T ≤ context`.
 ///
-/// `y[b, t] = tok[ids[b, t]] + pos[t]`. Parameters `tok (V, C)` and `pos (context, C)`,
-/// both `N(0, 0.01²)` as in the original. Its input is token ids, so it is a
+/// `y[b, t] = tok[ids[b, t]] + pos[start + t]`, where `start` is 0 for a whole sequence and
+/// the number of cached positions when inference continues a
+/// [`KvCache`](crate::layer::KvCache). Parameters `tok (V, C)` and `pos (context, C)`, both
+/// `N(0, 0.01²)` as in the original. Its input is token ids, so it is a
 /// `Layer<F, Array2<usize>>` and its backward returns `()`.
 ///
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::Embedding, Layer};
+/// use baregpt::{layers::Embedding, prelude::*};
 /// use ndarray::{array, Array3};
 /// use rand::SeedableRng;
 ///
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-/// let mut embed = Embedding::<f64>::new(10, 4, 8, &mut rng);
+/// let mut embed = Embedding::<f64>::new(10, 4, 8, &mut rng)?;
 /// let y = embed.forward(&array![[1, 2, 3]])?;
 /// assert_eq!(y.shape(), &[1, 3, 4]);
 /// embed.backward(&Array3::ones((1, 3, 4)))?;
@@ -35,7 +39,11 @@ const LAYER: &str = "Embedding";
 pub struct Embedding<F: Float> {
     tok: Param2<F>,
     pos: Param2<F>,
-    ids: Option<Array2<usize>>,
+    ids: Cache<Array2<usize>>,
+}
+
+impl<F: Float> Params<F> for Embedding<F> {
+    params!(F; tok, pos);
 }
 
 impl<F: Float> Embedding<F> {
@@ -43,14 +51,27 @@ impl<F: Float> Embedding<F> {
     pub const INIT_STD: f64 = 0.01;
 
     /// Tables for `vocab_size` tokens of width `c` and `context` positions, drawn from `rng`.
-    pub fn new<R: Rng + ?Sized>(vocab_size: usize, c: usize, context: usize, rng: &mut R) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when a size is zero or a table would not fit in memory.
+    pub fn new<R: Rng + ?Sized>(
+        vocab_size: usize,
+        c: usize,
+        context: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
+        check_positive(LAYER, "vocab_size", vocab_size)?;
+        check_positive(LAYER, "the width", c)?;
+        check_positive(LAYER, "context", context)?;
+        check_matrix::<F>(LAYER, vocab_size, c)?;
+        check_matrix::<F>(LAYER, context, c)?;
         let tok = normal(vocab_size, c, Self::INIT_STD, rng);
         let pos = normal(context, c, Self::INIT_STD, rng);
-        Self {
+        Ok(Self {
             tok: Param2::new(tok),
             pos: Param2::new(pos),
-            ids: None,
-        }
+            ids: Cache::new(),
+        })
     }
 
     /// The vocabulary size `V`.
@@ -73,25 +94,23 @@ impl<F: Float> Embedding<F> {
         &self.tok
     }
 
-    /// Embeds `ids (B, T)` as if they stood at positions `start..start + T`, without caching.
-    ///
-    /// Used by incremental generation, where new tokens continue an existing sequence.
-    ///
-    /// # Errors
-    /// As [`Layer::forward`], with the context counted from `start`.
-    pub fn embed_at(&self, ids: &Array2<usize>, start: usize) -> Result<Array3<F>> {
-        let pos = self
-            .pos
-            .value
-            .slice(ndarray::s![start.min(self.context()).., ..]);
-        embedding_forward(ids.view(), self.tok.value.view(), pos).map_err(|e| match e {
-            crate::Error::SequenceLength { len, .. } => crate::Error::SequenceLength {
+    /// The computation: `ids (B, T)` embedded at positions `start..start + T`.
+    fn apply(&self, ids: &Array2<usize>, start: usize) -> Result<Array3<F>> {
+        let t = ids.ncols();
+        let end = start.saturating_add(t);
+        if t == 0 || end > self.context() {
+            return Err(Error::SequenceLength {
                 layer: LAYER,
-                len: start + len,
+                len: end,
                 context: self.context(),
-            },
-            other => other,
-        })
+            });
+        }
+        check_ids(LAYER, ids.view(), self.vocab_size(), t)?;
+        embedding_forward(
+            ids.view(),
+            self.tok.value.view(),
+            self.pos.value.slice(s![start..end, ..]),
+        )
     }
 }
 
@@ -101,31 +120,27 @@ impl<F: Float> Layer<F, Array2<usize>> for Embedding<F> {
     }
 
     fn forward(&mut self, ids: &Array2<usize>) -> Result<Array3<F>> {
-        super::util::check_ids_for(LAYER, ids, self.vocab_size(), self.context())?;
-        let y = embedding_forward(ids.view(), self.tok.value.view(), self.pos.value.view())?;
-        self.ids = Some(ids.clone());
+        let y = self.apply(ids, 0)?;
+        self.ids.store(ids.clone(), y.dim());
         Ok(y)
     }
 
+    fn infer_with(&self, ids: &Array2<usize>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        if ids.ncols() == 0 {
+            // Refused by `apply` with this layer's context in the message.
+            return self.apply(ids, 0);
+        }
+        let positions = state.positions(LAYER, ids.ncols())?;
+        self.apply(ids, positions.start)
+    }
+
     fn backward(&mut self, dy: &Array3<F>) -> Result<()> {
-        let ids = cached(LAYER, &self.ids)?;
-        let (b, t) = ids.dim();
-        check_dy(LAYER, dy, (b, t, self.width()))?;
+        let ids = self.ids.get(LAYER, dy)?;
         embedding_backward(
             ids.view(),
             dy.view(),
             self.tok.grad.view_mut(),
             self.pos.grad.view_mut(),
         )
-    }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
-        self.tok.visit("tok", path, f);
-        self.pos.visit("pos", path, f);
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
-        self.tok.visit_mut("tok", path, f);
-        self.pos.visit_mut("pos", path, f);
     }
 }

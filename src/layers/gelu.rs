@@ -2,11 +2,10 @@
 
 use ndarray::Array3;
 
-use super::util::cached;
-use crate::error::check_shape;
 use crate::kernels::{gelu_backward, gelu_forward};
-use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
-use crate::{Float, Layer, Result};
+use crate::layer::{Cache, InferState};
+use crate::param::Params;
+use crate::{Float, Layer, Result, params};
 
 const LAYER: &str = "Gelu";
 
@@ -15,7 +14,7 @@ const LAYER: &str = "Gelu";
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::Gelu, Layer};
+/// use baregpt::{layers::Gelu, prelude::*};
 /// use ndarray::Array3;
 ///
 /// let mut gelu = Gelu::<f64>::new();
@@ -25,23 +24,20 @@ const LAYER: &str = "Gelu";
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Gelu<F: Float> {
-    input: Option<Array3<F>>,
+    /// The input: the derivative is computed from it.
+    input: Cache<Array3<F>>,
+}
+
+impl<F: Float> Params<F> for Gelu<F> {
+    params!(F;);
 }
 
 impl<F: Float> Gelu<F> {
     /// A GELU layer with an empty cache.
     pub fn new() -> Self {
-        Self { input: None }
-    }
-}
-
-impl<F: Float> Gelu<F> {
-    /// [`Layer::forward`] for an input the caller no longer needs: it is moved into the
-    /// cache instead of copied.
-    pub(crate) fn forward_owned(&mut self, x: Array3<F>) -> Result<Array3<F>> {
-        let y = gelu_forward(x.view());
-        self.input = Some(x);
-        Ok(y)
+        Self {
+            input: Cache::new(),
+        }
     }
 }
 
@@ -51,17 +47,16 @@ impl<F: Float> Layer<F> for Gelu<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        self.forward_owned(x.clone())
+        let y = gelu_forward(x.view());
+        self.input.store(x.clone(), y.dim());
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        Ok(gelu_forward(x.view()))
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
-        let x = cached(LAYER, &self.input)?;
-        let expected: Vec<Option<usize>> = x.shape().iter().map(|&n| Some(n)).collect();
-        check_shape(LAYER, "dy", dy.shape(), &expected)?;
-        gelu_backward(x.view(), dy.view())
+        gelu_backward(self.input.get(LAYER, dy)?.view(), dy.view())
     }
-
-    fn visit_params(&self, _: &mut ParamPath, _: &mut ParamVisitor<'_, F>) {}
-
-    fn visit_params_mut(&mut self, _: &mut ParamPath, _: &mut ParamVisitorMut<'_, F>) {}
 }

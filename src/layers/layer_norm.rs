@@ -2,10 +2,11 @@
 
 use ndarray::{Array1, Array3};
 
-use super::util::{cached, check_activation, check_dy, rows, unrows};
+use super::init::check_positive;
 use crate::kernels::{LayerNormCache, layer_norm_backward, layer_norm_forward};
-use crate::param::{Param1, ParamPath, ParamVisitor, ParamVisitorMut};
-use crate::{Float, Layer, Result};
+use crate::layer::{Cache, InferState, check_width, from_rows, rows};
+use crate::param::{Param1, Params};
+use crate::{Error, Float, Layer, Result, params};
 
 const LAYER: &str = "LayerNorm";
 
@@ -17,12 +18,13 @@ const LAYER: &str = "LayerNorm";
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::LayerNorm, Layer};
+/// use baregpt::{layers::LayerNorm, prelude::*};
 /// use ndarray::Array3;
 ///
-/// let mut ln = LayerNorm::<f64>::new(3);
+/// let mut ln = LayerNorm::<f64>::new(3)?;
 /// let y = ln.forward(&Array3::from_shape_vec((1, 1, 3), vec![1.0, 2.0, 3.0]).unwrap())?;
 /// assert!((y[[0, 0, 2]] - 1.5f64.sqrt()).abs() < 1e-5);
+/// assert!(LayerNorm::<f64>::with_eps(3, -1.0).is_err());
 /// # Ok::<(), baregpt::Error>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -30,7 +32,11 @@ pub struct LayerNorm<F: Float> {
     gamma: Param1<F>,
     beta: Param1<F>,
     eps: F,
-    cache: Option<(LayerNormCache<F>, (usize, usize))>,
+    cache: Cache<LayerNormCache<F>>,
+}
+
+impl<F: Float> Params<F> for LayerNorm<F> {
+    params!(F; gamma, beta);
 }
 
 impl<F: Float> LayerNorm<F> {
@@ -38,18 +44,32 @@ impl<F: Float> LayerNorm<F> {
     pub const DEFAULT_EPS: f64 = 1e-5;
 
     /// A LayerNorm over `c` features with `gamma = 1`, `beta = 0`, `eps = 1e-5`.
-    pub fn new(c: usize) -> Self {
+    ///
+    /// # Errors
+    /// As [`LayerNorm::with_eps`].
+    pub fn new(c: usize) -> Result<Self> {
         Self::with_eps(c, Self::DEFAULT_EPS)
     }
 
     /// As [`LayerNorm::new`] with a chosen `eps`.
-    pub fn with_eps(c: usize, eps: f64) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `c` is zero or `eps` is negative or not finite in `F`.
+    pub fn with_eps(c: usize, eps: f64) -> Result<Self> {
+        check_positive(LAYER, "the width", c)?;
+        let eps_f = F::of(eps);
+        if !(eps >= 0.0 && eps_f.is_finite()) {
+            return Err(Error::InvalidConfig {
+                layer: LAYER,
+                reason: format!("eps {eps} is not a finite non-negative {}", F::NAME),
+            });
+        }
+        Ok(Self {
             gamma: Param1::new(Array1::from_elem(c, F::one())),
             beta: Param1::new(Array1::zeros(c)),
-            eps: F::of(eps),
-            cache: None,
-        }
+            eps: eps_f,
+            cache: Cache::new(),
+        })
     }
 
     /// The number of features `C`.
@@ -67,19 +87,16 @@ impl<F: Float> LayerNorm<F> {
         &self.beta
     }
 
-    /// The forward pass without caching anything (for inference): `(B, T, C)` → `(B, T, C)`.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the last axis is not `C`.
-    pub fn infer(&self, x: &Array3<F>) -> Result<Array3<F>> {
-        let (b, t) = check_activation(LAYER, "input", x.view(), self.width())?;
-        let (y, _) = layer_norm_forward(
+    /// The computation: the output and what the backward needs.
+    fn apply(&self, x: &Array3<F>) -> Result<(Array3<F>, LayerNormCache<F>)> {
+        let (b, t) = check_width(LAYER, "input", x.view(), self.width())?;
+        let (y, cache) = layer_norm_forward(
             rows(x.view()).view(),
             self.gamma.value.view(),
             self.beta.value.view(),
             self.eps,
         )?;
-        unrows(LAYER, y, b, t)
+        Ok((from_rows(LAYER, y, (b, t))?, cache))
     }
 }
 
@@ -89,20 +106,18 @@ impl<F: Float> Layer<F> for LayerNorm<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        let (b, t) = check_activation(LAYER, "input", x.view(), self.width())?;
-        let (y, cache) = layer_norm_forward(
-            rows(x.view()).view(),
-            self.gamma.value.view(),
-            self.beta.value.view(),
-            self.eps,
-        )?;
-        self.cache = Some((cache, (b, t)));
-        unrows(LAYER, y, b, t)
+        let (y, cache) = self.apply(x)?;
+        self.cache.store(cache, y.dim());
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        Ok(self.apply(x)?.0)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
-        let (cache, (b, t)) = cached(LAYER, &self.cache)?;
-        check_dy(LAYER, dy, (*b, *t, self.width()))?;
+        let cache = self.cache.get(LAYER, dy)?;
+        let (b, t, _) = dy.dim();
         let dx = layer_norm_backward(
             cache,
             rows(dy.view()).view(),
@@ -110,16 +125,6 @@ impl<F: Float> Layer<F> for LayerNorm<F> {
             self.gamma.grad.view_mut(),
             self.beta.grad.view_mut(),
         )?;
-        unrows(LAYER, dx, *b, *t)
-    }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
-        self.gamma.visit("gamma", path, f);
-        self.beta.visit("beta", path, f);
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
-        self.gamma.visit_mut("gamma", path, f);
-        self.beta.visit_mut("beta", path, f);
+        from_rows(LAYER, dx, (b, t))
     }
 }

@@ -1,31 +1,34 @@
 //! [`Linear`]: `y = x·W + b` applied at every position.
 
-use ndarray::{Array1, Array2, Array3};
+use ndarray::{Array1, Array2, Array3, ArrayView2};
 use rand::Rng;
 
-use super::util::{
-    cached, check_activation, check_dy, copy_reusing, glorot_uniform, into_rows, rows, unrows,
-};
+use super::init::{check_matrix, check_positive, glorot_uniform};
+use crate::error::check_shape;
 use crate::kernels::{linear_backward, linear_forward};
-use crate::param::{Param1, Param2, ParamPath, ParamVisitor, ParamVisitorMut};
-use crate::{Float, Layer, Result};
+use crate::layer::rows::rows_reusing;
+use crate::layer::{Cache, InferState, check_width, from_rows, rows};
+use crate::param::{Param1, Param2, Params};
+use crate::{Float, Layer, Result, params};
 
 const LAYER: &str = "Linear";
 
 /// A position-wise affine map: `(B, T, C_in)` → `(B, T, C_out)`.
 ///
 /// Parameters: `w (C_in, C_out)`, Glorot-uniform initialised, and optionally `b (C_out)`,
-/// zero-initialised.
+/// zero-initialised. The computation on rows, [`Linear::forward_rows`] and
+/// [`Linear::backward_rows`], is public for layers that hold their own cache (as
+/// [`Mlp`](super::Mlp) does).
 ///
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::Linear, Layer};
+/// use baregpt::{layers::Linear, prelude::*};
 /// use ndarray::Array3;
 /// use rand::SeedableRng;
 ///
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut linear = Linear::<f32>::new(8, 3, true, &mut rng);
+/// let mut linear = Linear::<f32>::new(8, 3, true, &mut rng)?;
 /// let y = linear.forward(&Array3::ones((2, 5, 8)))?;
 /// assert_eq!(y.shape(), &[2, 5, 3]);
 /// let dx = linear.backward(&Array3::ones((2, 5, 3)))?;
@@ -37,20 +40,26 @@ const LAYER: &str = "Linear";
 pub struct Linear<F: Float> {
     w: Param2<F>,
     b: Option<Param1<F>>,
-    /// The last input as rows `(B·T, C_in)`, and `(B, T)`.
-    cache: Option<(Array2<F>, (usize, usize))>,
+    /// The last input as rows `(B·T, C_in)`.
+    cache: Cache<Array2<F>>,
+}
+
+impl<F: Float> Params<F> for Linear<F> {
+    params!(F; w, b);
 }
 
 impl<F: Float> Linear<F> {
     /// A new layer with Glorot-uniform weights drawn from `rng` and, if `bias`, a zero bias.
-    pub fn new<R: Rng + ?Sized>(c_in: usize, c_out: usize, bias: bool, rng: &mut R) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when a width is zero or the
+    /// weight would not fit in memory.
+    pub fn new<R: Rng + ?Sized>(c_in: usize, c_out: usize, bias: bool, rng: &mut R) -> Result<Self> {
+        check_positive(LAYER, "c_in", c_in)?;
+        check_positive(LAYER, "c_out", c_out)?;
+        check_matrix::<F>(LAYER, c_in, c_out)?;
         let w = glorot_uniform(c_in, c_out, rng);
-        let b = bias.then(|| Array1::zeros(c_out));
-        Self {
-            w: Param2::new(w),
-            b: b.map(Param1::new),
-            cache: None,
-        }
+        Self::from_arrays(w, bias.then(|| Array1::zeros(c_out)))
     }
 
     /// A layer with the given weight `(C_in, C_out)` and optional bias `(C_out)`.
@@ -59,12 +68,12 @@ impl<F: Float> Linear<F> {
     /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the bias length is not `C_out`.
     pub fn from_arrays(w: Array2<F>, b: Option<Array1<F>>) -> Result<Self> {
         if let Some(b) = &b {
-            crate::error::check_shape(LAYER, "b", b.shape(), &[Some(w.ncols())])?;
+            check_shape(LAYER, "b", b.shape(), &[Some(w.ncols())])?;
         }
         Ok(Self {
             w: Param2::new(w),
             b: b.map(Param1::new),
-            cache: None,
+            cache: Cache::new(),
         })
     }
 
@@ -88,39 +97,29 @@ impl<F: Float> Linear<F> {
         self.w.value.ncols()
     }
 
-    /// The forward pass without caching anything (for inference):
-    /// `(B, T, C_in)` → `(B, T, C_out)`.
+    /// The computation: `x (N, C_in)` → `x·W + b (N, C_out)`.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the last axis is not `C_in`.
-    pub fn infer(&self, x: &Array3<F>) -> Result<Array3<F>> {
-        let (b, t) = check_activation(LAYER, "input", x.view(), self.c_in())?;
-        let y = linear_forward(
-            rows(x.view()).view(),
-            self.w.value.view(),
-            self.b.as_ref().map(|b| b.value.view()),
-        )?;
-        unrows(LAYER, y, b, t)
-    }
-}
-
-impl<F: Float> Linear<F> {
-    /// [`Layer::forward`] for an input the caller no longer needs: it is moved into the
-    /// cache instead of copied.
-    pub(crate) fn forward_owned(&mut self, x: Array3<F>) -> Result<Array3<F>> {
-        let (b, t) = check_activation(LAYER, "input", x.view(), self.c_in())?;
-        self.forward_rows(into_rows(x), b, t)
+    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `x` is not `(N, C_in)`.
+    pub fn forward_rows(&self, x: ArrayView2<'_, F>) -> Result<Array2<F>> {
+        linear_forward(x, self.w.value.view(), self.b.as_ref().map(|b| b.value.view()))
     }
 
-    /// The forward on rows `(B·T, C_in)` already checked, caching them.
-    fn forward_rows(&mut self, x_rows: Array2<F>, b: usize, t: usize) -> Result<Array3<F>> {
-        let y = linear_forward(
-            x_rows.view(),
+    /// The backward of [`Linear::forward_rows`] at input `x (N, C_in)`: **adds**
+    /// `xᵀ·dy` into `w`'s gradient and the column sums of `dy` into `b`'s, and returns
+    /// `dx = dy·Wᵀ (N, C_in)` (derivation at [`linear_backward`]).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `x` or `dy (N, C_out)` is
+    /// misshapen; then no gradient changes.
+    pub fn backward_rows(&mut self, x: ArrayView2<'_, F>, dy: ArrayView2<'_, F>) -> Result<Array2<F>> {
+        linear_backward(
+            x,
             self.w.value.view(),
-            self.b.as_ref().map(|b| b.value.view()),
-        )?;
-        self.cache = Some((x_rows, (b, t)));
-        unrows(LAYER, y, b, t)
+            dy,
+            self.w.grad.view_mut(),
+            self.b.as_mut().map(|b| b.grad.view_mut()),
+        )
     }
 }
 
@@ -130,36 +129,28 @@ impl<F: Float> Layer<F> for Linear<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        let (b, t) = check_activation(LAYER, "input", x.view(), self.c_in())?;
-        let x_rows = copy_reusing(self.cache.take().map(|(old, _)| old), rows(x.view()).view());
-        self.forward_rows(x_rows, b, t)
+        let (b, t) = check_width(LAYER, "input", x.view(), self.c_in())?;
+        let x_rows = rows_reusing(self.cache.take(), x.view());
+        let y = from_rows(LAYER, self.forward_rows(x_rows.view())?, (b, t))?;
+        self.cache.store(x_rows, y.dim());
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        let (b, t) = check_width(LAYER, "input", x.view(), self.c_in())?;
+        from_rows(LAYER, self.forward_rows(rows(x.view()).view())?, (b, t))
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
-        let (x_rows, (b, t)) = cached(LAYER, &self.cache)?;
-        check_dy(LAYER, dy, (*b, *t, self.c_out()))?;
-        let dy_rows = rows(dy.view());
+        let x_rows = self.cache.get(LAYER, dy)?;
+        let (b, t, _) = dy.dim();
         let dx = linear_backward(
             x_rows.view(),
             self.w.value.view(),
-            dy_rows.view(),
+            rows(dy.view()).view(),
             self.w.grad.view_mut(),
             self.b.as_mut().map(|b| b.grad.view_mut()),
         )?;
-        unrows(LAYER, dx, *b, *t)
-    }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
-        self.w.visit("w", path, f);
-        if let Some(b) = &self.b {
-            b.visit("b", path, f);
-        }
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
-        self.w.visit_mut("w", path, f);
-        if let Some(b) = &mut self.b {
-            b.visit_mut("b", path, f);
-        }
+        from_rows(LAYER, dx, (b, t))
     }
 }

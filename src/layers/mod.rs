@@ -3,24 +3,24 @@
 //!
 //! Every float layer maps `(B, T, C_in)` to `(B, T, C_out)` and implements
 //! [`Layer<F>`](crate::Layer); [`Embedding`] takes token ids `(B, T)` and implements
-//! `Layer<F, Array2<usize>>`.
+//! `Layer<F, Array2<usize>>`. [`Block`] and [`Sequential`] are assembled from boxed layers.
 
 mod attention;
 mod block;
 mod embedding;
 mod gelu;
+pub(crate) mod init;
 mod layer_norm;
 mod linear;
 mod mlp;
 mod sequential;
-pub(crate) mod util;
 
 pub use attention::Attention;
 pub use block::Block;
 pub use embedding::Embedding;
 pub use gelu::Gelu;
+pub use init::{glorot_uniform, normal};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use sequential::Sequential;
-pub use util::{glorot_uniform, normal};

@@ -2,9 +2,11 @@
 
 use ndarray::Array3;
 
-use super::util::{cached, check_dy};
-use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
+use crate::layer::{Cache, InferState};
+use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut, Params};
 use crate::{Float, Layer, Result};
+
+const LAYER: &str = "Sequential";
 
 /// Layers applied one after another; backward runs them in reverse.
 ///
@@ -13,15 +15,15 @@ use crate::{Float, Layer, Result};
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::{Gelu, LayerNorm, Linear, Sequential}, Layer};
+/// use baregpt::{layers::{Gelu, LayerNorm, Linear, Sequential}, prelude::*};
 /// use ndarray::Array3;
 /// use rand::SeedableRng;
 ///
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(4);
 /// let mut net = Sequential::<f64>::new()
-///     .push(Linear::new(4, 8, true, &mut rng))
+///     .push(Linear::new(4, 8, true, &mut rng)?)
 ///     .push(Gelu::new())
-///     .push(LayerNorm::new(8));
+///     .push(LayerNorm::new(8)?);
 /// let y = net.forward(&Array3::ones((1, 2, 4)))?;
 /// assert_eq!(y.shape(), &[1, 2, 8]);
 /// assert_eq!(net.param_names(), ["0.w", "0.b", "2.gamma", "2.beta"]);
@@ -29,8 +31,8 @@ use crate::{Float, Layer, Result};
 /// ```
 pub struct Sequential<F: Float> {
     layers: Vec<Box<dyn Layer<F>>>,
-    /// The output shape of the last forward, if it completed.
-    out_shape: Option<(usize, usize, usize)>,
+    /// The output shape of the last forward that completed: every layer's cache is from it.
+    done: Cache<()>,
 }
 
 impl<F: Float> Default for Sequential<F> {
@@ -39,20 +41,28 @@ impl<F: Float> Default for Sequential<F> {
     }
 }
 
+/// The layers' parameters under their positions, `0.*`, `1.*`, ... (no `layers.` prefix).
+impl<F: Float> Params<F> for Sequential<F> {
+    fn visit_params<'a>(&'a self, path: &mut ParamPath, f: &mut ParamVisitor<'a, '_, F>) {
+        self.layers.visit_params(path, f);
+    }
+
+    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
+        self.layers.visit_params_mut(path, f);
+    }
+}
+
 impl<F: Float> Sequential<F> {
     /// An empty sequence (the identity).
     pub fn new() -> Self {
-        Self {
-            layers: Vec::new(),
-            out_shape: None,
-        }
+        Self::from_layers(Vec::new())
     }
 
     /// A sequence of already boxed layers.
     pub fn from_layers(layers: Vec<Box<dyn Layer<F>>>) -> Self {
         Self {
             layers,
-            out_shape: None,
+            done: Cache::new(),
         }
     }
 
@@ -60,6 +70,7 @@ impl<F: Float> Sequential<F> {
     #[must_use]
     pub fn push(mut self, layer: impl Layer<F> + 'static) -> Self {
         self.layers.push(Box::new(layer));
+        self.done.clear();
         self
     }
 
@@ -81,47 +92,34 @@ impl<F: Float> Sequential<F> {
 
 impl<F: Float> Layer<F> for Sequential<F> {
     fn kind(&self) -> &'static str {
-        "Sequential"
+        LAYER
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        self.out_shape = None;
-        let mut layers = self.layers.iter_mut();
-        let mut y = match layers.next() {
-            Some(first) => first.forward(x)?,
-            None => x.clone(),
-        };
-        for layer in layers {
+        self.done.clear();
+        let mut y = x.clone();
+        for layer in &mut self.layers {
             y = layer.forward(&y)?;
         }
-        self.out_shape = Some(y.dim());
+        self.done.store((), y.dim());
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<F>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        let mut y = x.clone();
+        for layer in &self.layers {
+            y = layer.infer_with(&y, state)?;
+        }
         Ok(y)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
         // Check before any layer accumulates, so a failed call changes no gradient.
-        let shape = *cached("Sequential", &self.out_shape)?;
-        check_dy("Sequential", dy, shape)?;
-        let mut layers = self.layers.iter_mut().rev();
-        let mut d = match layers.next() {
-            Some(last) => last.backward(dy)?,
-            None => dy.clone(),
-        };
-        for layer in layers {
+        self.done.get(LAYER, dy)?;
+        let mut d = dy.clone();
+        for layer in self.layers.iter_mut().rev() {
             d = layer.backward(&d)?;
         }
         Ok(d)
-    }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
-        for (i, layer) in self.layers.iter().enumerate() {
-            path.scoped_index(i, |p| layer.visit_params(p, f));
-        }
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            path.scoped_index(i, |p| layer.visit_params_mut(p, f));
-        }
     }
 }

@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::marker::PhantomData;
 
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip, aview_mut1, aview1};
 use rayon::prelude::*;
@@ -11,7 +10,8 @@ use super::clip::{NormAccumulator, check_max_norm, clip_coefficient};
 use super::{AdamState, DecayFilter, LrSchedule, ParamState, invalid};
 use crate::error::ExpectedShape;
 use crate::kernels::elementwise::{WideLoop, for_each_split, run_widest, worth_parallel};
-use crate::{Error, Float, Layer, LayerInput, Result};
+use crate::param::Params;
+use crate::{Error, Float, Result};
 
 const LAYER: &str = "Adam";
 
@@ -176,7 +176,7 @@ pub struct StepInfo {
 /// # Two ways to hold parameters
 ///
 /// * [`Adam::step`] walks a model's parameters through the visitor
-///   ([`Layer::for_each_param_mut`]) under their dotted names.
+///   ([`Params::for_each_param_mut`]) under their dotted names.
 /// * [`Adam::step_slices`] takes `(value, grad)` slice pairs for parameters you keep
 ///   yourself; pair `i` is named `"i"`.
 ///
@@ -197,8 +197,7 @@ pub struct StepInfo {
 /// use rand::SeedableRng;
 ///
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let config = GptConfig { vocab_size: 8, d_model: 16, n_heads: 2, n_layers: 1, context: 4,
-///                          mlp_hidden: 32, final_norm: true };
+/// let config = GptConfig { ..GptConfig::with_sizes(8, 16, 2, 1, 4) };
 /// let mut gpt = Gpt::<f32>::new(config, &mut rng)?;
 /// let mut adam = Adam::new(AdamConfig { max_grad_norm: Some(1.0), ..AdamConfig::adam(1e-2) })?;
 /// let (ids, targets) = (array![[1, 2, 3, 4]], array![[2, 3, 4, 5]]);
@@ -361,21 +360,17 @@ impl<F: Float> Adam<F> {
     }
 
     /// One update of every parameter of `model`, reached through
-    /// [`Layer::for_each_param_mut`] under its dotted name. Gradients are read, not reset:
-    /// call [`Layer::zero_grad`] before the next backward. For a `Box<dyn Layer<F>>` pass
-    /// `boxed.as_mut()`.
+    /// [`Params::for_each_param_mut`] under its dotted name. Gradients are read, not reset:
+    /// call [`Params::zero_grad`] before the next backward. Anything with parameters goes:
+    /// a layer, a model, a `Box<dyn Layer<F>>`.
     ///
     /// # Errors
     /// [`Error::NonFiniteGradient`] for a NaN or infinite gradient; [`Error::ParamMismatch`]
     /// when, after the first step, a parameter has no state, its shape changed, state exists
     /// for a name the model does not have, or two parameters share a name. On error nothing
     /// is modified.
-    pub fn step<X, L>(&mut self, model: &mut L) -> Result<StepInfo>
-    where
-        X: LayerInput<F>,
-        L: Layer<F, X> + ?Sized,
-    {
-        self.step_set(&mut ModelParams(model, PhantomData))
+    pub fn step<P: Params<F> + ?Sized>(&mut self, model: &mut P) -> Result<StepInfo> {
+        self.step_set(&mut ModelParams(model))
     }
 
     /// One update of parameters held as `(value, grad)` slice pairs; pair `i` is named `"i"`
@@ -797,14 +792,9 @@ trait ParamSet<F> {
 }
 
 /// A model's parameters through the visitor.
-struct ModelParams<'a, L: ?Sized, X>(&'a mut L, PhantomData<fn(X)>);
+struct ModelParams<'a, P: ?Sized>(&'a mut P);
 
-impl<F, X, L> ParamSet<F> for ModelParams<'_, L, X>
-where
-    F: Float,
-    X: LayerInput<F>,
-    L: Layer<F, X> + ?Sized,
-{
+impl<F: Float, P: Params<F> + ?Sized> ParamSet<F> for ModelParams<'_, P> {
     fn read(&self, f: &mut ReadFn<'_, F>) {
         self.0
             .for_each_param(&mut |name, p| f(name, p.value, p.grad));
@@ -1148,15 +1138,7 @@ mod tests {
     #[test]
     fn every_gpt_parameter_is_trained_including_layer_norm() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let config = GptConfig {
-            vocab_size: 7,
-            d_model: 8,
-            n_heads: 2,
-            n_layers: 2,
-            context: 5,
-            mlp_hidden: 16,
-            final_norm: true,
-        };
+        let config = GptConfig { mlp_hidden: 16, final_norm: true, ..GptConfig::with_sizes(7, 8, 2, 2, 5) };
         let mut gpt = Gpt::<f64>::new(config, &mut rng).unwrap();
         let mut adam = Adam::new(AdamConfig::adam(1e-2)).unwrap();
         let before: Vec<ArrayD<f64>> = {
@@ -1183,15 +1165,7 @@ mod tests {
     #[test]
     fn adamw_decays_only_what_the_filter_selects() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let config = GptConfig {
-            vocab_size: 5,
-            d_model: 4,
-            n_heads: 1,
-            n_layers: 1,
-            context: 3,
-            mlp_hidden: 8,
-            final_norm: true,
-        };
+        let config = GptConfig { mlp_hidden: 8, final_norm: true, ..GptConfig::with_sizes(5, 4, 1, 1, 3) };
         let mut gpt = Gpt::<f64>::new(config, &mut rng).unwrap();
         let mut before = Vec::new();
         gpt.for_each_param(&mut |name, p| before.push((name.to_owned(), p.value.to_owned())));

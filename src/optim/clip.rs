@@ -14,7 +14,8 @@ use ndarray::{ArrayViewD, aview1};
 use rayon::prelude::*;
 
 use crate::kernels::elementwise::{WideLoop, run_widest, worth_parallel};
-use crate::{Error, Float, Layer, LayerInput, Result};
+use crate::param::Params;
+use crate::{Error, Float, Result};
 
 /// Added to the norm in the clipping coefficient, as PyTorch does.
 const CLIP_EPS: f64 = 1e-6;
@@ -27,23 +28,18 @@ const CLIP_EPS: f64 = 1e-6;
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::Linear, optim::grad_norm, Layer};
+/// use baregpt::{layers::Linear, optim::grad_norm, prelude::*};
 /// use ndarray::Array3;
 /// use rand::SeedableRng;
 ///
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut linear = Linear::<f64>::new(2, 2, true, &mut rng);
+/// let mut linear = Linear::<f64>::new(2, 2, true, &mut rng)?;
 /// linear.forward(&Array3::zeros((1, 1, 2)))?;
 /// linear.backward(&Array3::from_elem((1, 1, 2), 1.0))?; // dW = 0, db = [1, 1]
 /// assert!((grad_norm(&linear)? - 2f64.sqrt()).abs() < 1e-15);
 /// # Ok::<(), baregpt::Error>(())
 /// ```
-pub fn grad_norm<F, X, L>(model: &L) -> Result<f64>
-where
-    F: Float,
-    X: LayerInput<F>,
-    L: Layer<F, X> + ?Sized,
-{
+pub fn grad_norm<F: Float, P: Params<F> + ?Sized>(model: &P) -> Result<f64> {
     norm_of(&mut |f| model.for_each_param(&mut |name, p| f(name, p.grad)))
 }
 
@@ -61,12 +57,12 @@ where
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::Linear, optim::{clip_grad_norm, grad_norm}, Layer};
+/// use baregpt::{layers::Linear, optim::{clip_grad_norm, grad_norm}, prelude::*};
 /// use ndarray::Array3;
 /// use rand::SeedableRng;
 ///
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut linear = Linear::<f64>::new(3, 4, true, &mut rng);
+/// let mut linear = Linear::<f64>::new(3, 4, true, &mut rng)?;
 /// linear.forward(&Array3::ones((2, 5, 3)))?;
 /// linear.backward(&Array3::ones((2, 5, 4)))?;
 /// let before = clip_grad_norm(&mut linear, 1.0)?;
@@ -74,12 +70,7 @@ where
 /// assert!(grad_norm(&linear)? <= 1.0);
 /// # Ok::<(), baregpt::Error>(())
 /// ```
-pub fn clip_grad_norm<F, X, L>(model: &mut L, max_norm: f64) -> Result<f64>
-where
-    F: Float,
-    X: LayerInput<F>,
-    L: Layer<F, X> + ?Sized,
-{
+pub fn clip_grad_norm<F: Float, P: Params<F> + ?Sized>(model: &mut P, max_norm: f64) -> Result<f64> {
     check_max_norm("clip_grad_norm", max_norm)?;
     let norm = grad_norm(model)?;
     if let Some(coef) = clip_coefficient(norm, max_norm) {

@@ -4,10 +4,11 @@
 // Each test crate includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
+use baregpt::prelude::*;
 use baregpt::gradcheck::{self, GradCheckOptions, GradCheckReport};
-use baregpt::param::{Param, ParamPath, ParamVisitor, ParamVisitorMut};
+use baregpt::param::{Param, ParamPath, ParamVisitor, ParamVisitorMut, Params};
 use baregpt::{Float, Layer, LayerInput};
-use ndarray::{Array3, Dimension};
+use ndarray::Dimension;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -30,11 +31,10 @@ pub fn rng(seed: u64) -> StdRng {
 
 /// Adds uniform noise in `±scale` to every parameter, drawn from `seed`, so that checks do not
 /// run at special values (unit gains and zero biases hide bugs such as a forgotten `gamma`).
-pub fn jitter_params<F, X, L>(layer: &mut L, seed: u64, scale: f64)
+pub fn jitter_params<F, L>(layer: &mut L, seed: u64, scale: f64)
 where
     F: Float,
-    X: LayerInput<F>,
-    L: Layer<F, X> + ?Sized,
+    L: Params<F> + ?Sized,
 {
     let mut rng = rng(seed ^ 0x9E37_79B9_7F4A_7C15);
     layer.for_each_param_mut(&mut |_, mut p| {
@@ -49,11 +49,10 @@ where
 pub type Snapshot = Vec<(String, Vec<u64>, Vec<u64>)>;
 
 /// A bit-exact snapshot of every parameter value and gradient.
-pub fn snapshot<F, X, L>(layer: &L) -> Snapshot
+pub fn snapshot<F, L>(layer: &L) -> Snapshot
 where
     F: Float,
-    X: LayerInput<F>,
-    L: Layer<F, X> + ?Sized,
+    L: Params<F> + ?Sized,
 {
     let mut out = Vec::new();
     layer.for_each_param(&mut |name, p| {
@@ -65,11 +64,10 @@ where
 }
 
 /// Every gradient as `(name, values)`, in visit order.
-pub fn grads<F, X, L>(layer: &L) -> Vec<(String, Vec<F>)>
+pub fn grads<F, L>(layer: &L) -> Vec<(String, Vec<F>)>
 where
     F: Float,
-    X: LayerInput<F>,
-    L: Layer<F, X> + ?Sized,
+    L: Params<F> + ?Sized,
 {
     let mut out = Vec::new();
     layer.for_each_param(&mut |name, p| {
@@ -108,33 +106,21 @@ where
     Ok(report)
 }
 
-/// A "model" that is nothing but named parameters, with an identity forward and backward:
-/// drives `Adam` and the gradient-norm functions through the parameter visitor.
+/// A "model" that is nothing but named parameters: drives `Adam` and the gradient-norm
+/// functions through the parameter visitor.
 #[derive(Clone, Debug)]
 pub struct NamedParams<F: Float, D: Dimension>(pub Vec<(String, Param<F, D>)>);
 
-impl<F: Float, D: Dimension> Layer<F> for NamedParams<F, D> {
-    fn kind(&self) -> &'static str {
-        "NamedParams"
-    }
-
-    fn forward(&mut self, x: &Array3<F>) -> baregpt::Result<Array3<F>> {
-        Ok(x.clone())
-    }
-
-    fn backward(&mut self, dy: &Array3<F>) -> baregpt::Result<Array3<F>> {
-        Ok(dy.clone())
-    }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, F>) {
+impl<F: Float, D: Dimension> Params<F> for NamedParams<F, D> {
+    fn visit_params<'a>(&'a self, path: &mut ParamPath, f: &mut ParamVisitor<'a, '_, F>) {
         for (name, p) in &self.0 {
-            p.visit(name, path, f);
+            path.scoped(name, |path| p.visit_params(path, f));
         }
     }
 
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, F>) {
+    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
         for (name, p) in &mut self.0 {
-            p.visit_mut(name, path, f);
+            path.scoped(name, |path| p.visit_params_mut(path, f));
         }
     }
 }

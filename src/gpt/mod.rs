@@ -1,0 +1,234 @@
+//! [`Gpt`] and its [`GptConfig`]: embeddings → pre-norm blocks → optional final norm →
+//! head → cross-entropy, each part chosen in the configuration ([`parts`]).
+
+mod config;
+pub(crate) mod meta;
+pub mod parts;
+
+use ndarray::{Array2, Array3};
+use rand::Rng;
+
+pub use config::GptConfig;
+
+use crate::error::check_shape;
+use crate::threads::in_pool_if_small;
+use crate::layer::{Cache, InferState, KvCache};
+use crate::layers::{Block, Embedding};
+use crate::param::{ParamMap, Params};
+use crate::{CrossEntropy, Error, Float, Layer, Result, params};
+
+const LAYER: &str = "Gpt";
+
+/// A GPT language model with hand-written backward.
+///
+/// `forward(ids (B, T)) → logits (B, T, V)`; [`Gpt::loss`] adds the mean cross-entropy and
+/// [`Gpt::backward_loss`] accumulates every parameter's gradient from it. Parameters are
+/// named `embed.tok`, `embed.pos`, `blocks.{i}.{ln1,attn,ln2,mlp}.*`, `ln_f.*` and
+/// `head.*`.
+///
+/// `Gpt` is also a `Layer<F, Array2<usize>>`: [`Layer::backward`] takes `dL/dlogits` from a
+/// loss of your own, and [`Layer::infer`] (or [`KvCache::infer`], for incremental decoding)
+/// computes logits from `&self`.
+///
+/// A backward always differentiates the last forward: a new forward forgets the loss
+/// computed before it, and loading parameters ([`Params::import_params`], a checkpoint)
+/// forgets both, so [`Gpt::backward_loss`] then returns
+/// [`Error::BackwardBeforeForward`] instead of mixing two passes.
+///
+/// # Example
+///
+/// ```
+/// use baregpt::{Gpt, GptConfig, prelude::*};
+/// use ndarray::array;
+/// use rand::SeedableRng;
+///
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let config = GptConfig { mlp_hidden: 32, ..GptConfig::with_sizes(11, 8, 2, 1, 6) };
+/// let mut gpt = Gpt::<f32>::new(config, &mut rng)?;
+/// let loss = gpt.loss(&array![[1, 2, 3]], &array![[2, 3, 4]])?;
+/// assert!((loss - 11f32.ln()).abs() < 0.5);
+/// gpt.backward_loss()?;
+/// assert_eq!(gpt.num_params(), gpt.config().param_count());
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+pub struct Gpt<F: Float> {
+    config: GptConfig,
+    embed: Embedding<F>,
+    blocks: Vec<Block<F>>,
+    ln_f: Option<Box<dyn Layer<F>>>,
+    head: Box<dyn Layer<F>>,
+    loss_head: CrossEntropy<F>,
+    /// The logits' shape of the last forward that completed.
+    done: Cache<()>,
+}
+
+impl<F: Float> std::fmt::Debug for Gpt<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(LAYER)
+            .field("config", &self.config)
+            .field("params", &self.num_params())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Float> Params<F> for Gpt<F> {
+    params!(F; embed, blocks, ln_f, head);
+
+    /// As the provided method, and the caches of the last forward and loss are forgotten.
+    fn import_params(&mut self, map: &ParamMap<F>) -> Result<()> {
+        crate::param::import(self, map)?;
+        self.forget_passes();
+        Ok(())
+    }
+}
+
+impl<F: Float> Gpt<F> {
+    /// A new model of `config`'s parts with the original's initialisation (Glorot-uniform
+    /// matrices, `N(0, 0.01²)` embeddings, zero biases, unit norm gains), drawn from `rng`
+    /// in a fixed order: the embedding tables, each block's weights, the head.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the config does not [validate](GptConfig::validate) or
+    /// a part cannot be built.
+    pub fn new<R: Rng + ?Sized>(config: GptConfig, rng: &mut R) -> Result<Self> {
+        config.validate()?;
+        let c = config.d_model;
+        let embed = Embedding::new(config.vocab_size, c, config.context, rng)?;
+        let blocks = (0..config.n_layers)
+            .map(|_| {
+                let ln1 = config.norm.build(c)?;
+                let attn = config.attention.build(c, config.n_heads, rng)?;
+                let ln2 = config.norm.build(c)?;
+                let mlp = config.mlp.build(c, config.mlp_hidden, rng)?;
+                Ok(Block::from_parts(ln1, attn, ln2, mlp))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = match config.final_norm {
+            true => Some(config.norm.build(c)?),
+            false => None,
+        };
+        let head = config.head.build(c, config.vocab_size, rng)?;
+        Ok(Self {
+            config,
+            embed,
+            blocks,
+            ln_f,
+            head,
+            loss_head: CrossEntropy::new(),
+            done: Cache::new(),
+        })
+    }
+
+    /// The model's shape and parts.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// An empty key/value cache for `batch` sequences of up to `context` positions, for
+    /// [`KvCache::infer`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `batch` is zero.
+    pub fn kv_cache(&self, batch: usize) -> Result<KvCache<F>> {
+        KvCache::new(batch, self.config.context)
+    }
+
+    /// Runs the forward pass and returns the mean cross-entropy against `targets (B, T)`.
+    ///
+    /// # Errors
+    /// The forward's errors; [`Error::ShapeMismatch`] when `targets` is not `(B, T)`;
+    /// [`Error::TargetOutOfRange`] for a target `≥ V`.
+    pub fn loss(&mut self, ids: &Array2<usize>, targets: &Array2<usize>) -> Result<F> {
+        check_shape(
+            LAYER,
+            "targets",
+            targets.shape(),
+            &[Some(ids.nrows()), Some(ids.ncols())],
+        )?;
+        let logits = self.forward(ids)?;
+        self.loss_head.loss(&logits, targets)
+    }
+
+    /// Backpropagates the last [`Gpt::loss`], adding into every parameter gradient.
+    ///
+    /// # Errors
+    /// [`Error::BackwardBeforeForward`] when no loss has been computed since the last
+    /// forward or parameter import.
+    pub fn backward_loss(&mut self) -> Result<()> {
+        let d_logits = self.loss_head.backward_loss()?;
+        Layer::backward(self, &d_logits)
+    }
+
+    /// Forgets the last forward and loss: the next backward is refused until a forward runs.
+    pub fn forget_passes(&mut self) {
+        self.done.clear();
+        self.loss_head.clear();
+    }
+
+    /// The layers after the embedding, in forward order: the blocks, `ln_f`, the head.
+    fn trunk(&self) -> impl DoubleEndedIterator<Item = &(dyn Layer<F> + 'static)> {
+        let blocks = self.blocks.iter().map(|b| b as &(dyn Layer<F> + 'static));
+        blocks
+            .chain(self.ln_f.as_deref())
+            .chain(std::iter::once(self.head.as_ref()))
+    }
+
+    /// [`Gpt::trunk`], mutably.
+    fn trunk_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut (dyn Layer<F> + 'static)> {
+        let blocks = self.blocks.iter_mut().map(|b| b as &mut (dyn Layer<F> + 'static));
+        blocks
+            .chain(self.ln_f.as_deref_mut())
+            .chain(std::iter::once(self.head.as_mut()))
+    }
+
+    /// Elements of one `(B, T, C)` activation, which decides where a pass runs.
+    fn activations(&self, rows: usize) -> usize {
+        rows.saturating_mul(self.config.d_model)
+    }
+}
+
+impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
+    fn kind(&self) -> &'static str {
+        LAYER
+    }
+
+    fn forward(&mut self, ids: &Array2<usize>) -> Result<Array3<F>> {
+        self.forget_passes();
+        let logits = in_pool_if_small(self.activations(ids.len()), || {
+            let mut x = self.embed.forward(ids)?;
+            for layer in self.trunk_mut() {
+                x = layer.forward(&x)?;
+            }
+            Ok::<_, Error>(x)
+        })?;
+        self.done.store((), logits.dim());
+        Ok(logits)
+    }
+
+    fn infer_with(&self, ids: &Array2<usize>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        in_pool_if_small(self.activations(ids.len()), || {
+            let mut x = self.embed.infer_with(ids, state)?;
+            for layer in self.trunk() {
+                x = layer.infer_with(&x, state)?;
+            }
+            Ok(x)
+        })
+    }
+
+    fn backward(&mut self, d_logits: &Array3<F>) -> Result<()> {
+        self.done.get(LAYER, d_logits)?;
+        let rows = d_logits.dim().0.saturating_mul(d_logits.dim().1);
+        in_pool_if_small(self.activations(rows), || {
+            let mut layers = self.trunk_mut().rev();
+            // The head is always there: the first layer backward is its.
+            let mut d = match layers.next() {
+                Some(head) => head.backward(d_logits)?,
+                None => d_logits.clone(),
+            };
+            for layer in layers {
+                d = layer.backward(&d)?;
+            }
+            self.embed.backward(&d)
+        })
+    }
+}
