@@ -10,7 +10,7 @@
 use baregpt::prelude::*;
 use baregpt::optim::{LrSchedule, StepInfo, clip_grad_norm, clip_grad_norm_slices, grad_norm};
 use baregpt::param::Param;
-use baregpt::{Adam, AdamConfig, Error, Float};
+use baregpt::{Adam, AdamConfig, Error};
 use common::NamedParams;
 use ndarray::{Array1, Ix1};
 use proptest::prelude::*;

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use baregpt::prelude::*;
 use baregpt::optim::{DecayFilter, LrSchedule};
 use baregpt::param::Param;
 use baregpt::{Adam, AdamConfig};

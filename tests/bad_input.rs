@@ -2,8 +2,11 @@
 //! with a message naming the layer and the expected and actual shapes; random shapes and ids
 //! never panic; and a failed call changes no parameter or gradient.
 //!
-//! Composite layers (`Mlp`, `Block`, `Gpt`) report the sub-layer that refused the input: a
-//! `Block` given the wrong width fails in its first `LayerNorm`, and the message says so.
+//! An input the composite layers (`Block`, `Sequential`, `Gpt`) pass on unchecked is reported
+//! by the sub-layer that refused it: a `Block` given the wrong width fails in its first
+//! `LayerNorm`, and the message says so. A backward is checked by the composite itself (its
+//! last forward must have completed, with `dy` of that forward's output shape), so it names
+//! the composite; `Mlp` checks its input width itself too.
 
 mod common;
 
@@ -12,7 +15,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use baregpt::prelude::*;
 use baregpt::kernels::attention_forward;
 use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
-use baregpt::{CrossEntropy, Error, Gpt, GptConfig, Layer, LayerInput};
+use baregpt::layer::KvCache;
+use baregpt::{CrossEntropy, Error, Gpt, GptConfig};
 use common::{config, rng, snapshot};
 use ndarray::{Array1, Array2, Array3, array};
 use proptest::prelude::*;
@@ -64,7 +68,7 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
     let good = x(2, 3, 4);
     let wide = x(2, 3, 5);
 
-    let mut linear = Linear::new(4, 3, true, &mut r);
+    let mut linear = Linear::new(4, 3, true, &mut r).unwrap();
     let err = fails_without_side_effects(
         &mut linear,
         &good,
@@ -86,7 +90,7 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
         "Linear: b has shape [2], expected [3]",
     );
 
-    let mut ln = LayerNorm::new(4);
+    let mut ln = LayerNorm::new(4).unwrap();
     fails_without_side_effects(
         &mut ln,
         &good,
@@ -122,19 +126,21 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
         "Attention: dy has shape [2, 4, 4], expected [2, 3, 4]",
     );
 
-    // Composite layers: the sub-layer that checks first names itself.
-    let mut mlp = Mlp::new(4, 8, &mut r);
+    // Composite layers: the forward's first check names the layer that makes it (the Mlp
+    // checks its width, a Block leaves it to its first norm); the backward is checked by the
+    // composite before any part accumulates.
+    let mut mlp = Mlp::new(4, 8, &mut r).unwrap();
     fails_without_side_effects(
         &mut mlp,
         &good,
         |l| l.forward(&wide),
-        "Linear: input has shape [2, 3, 5], expected [*, *, 4]",
+        "Mlp: input has shape [2, 3, 5], expected [*, *, 4]",
     );
     fails_without_side_effects(
         &mut mlp,
         &good,
         |l| l.backward(&wide),
-        "Linear: dy has shape [2, 3, 5], expected [2, 3, 4]",
+        "Mlp: dy has shape [2, 3, 5], expected [2, 3, 4]",
     );
     let mut block = Block::new(4, 2, 8, &mut r).unwrap();
     fails_without_side_effects(
@@ -147,12 +153,12 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
         &mut block,
         &good,
         |l| l.backward(&wide),
-        "Linear: dy has shape [2, 3, 5], expected [2, 3, 4]",
+        "Block: dy has shape [2, 3, 5], expected [2, 3, 4]",
     );
 
     let mut seq = Sequential::new()
-        .push(Linear::new(4, 6, true, &mut r))
-        .push(LayerNorm::new(6));
+        .push(Linear::new(4, 6, true, &mut r).unwrap())
+        .push(LayerNorm::new(6).unwrap());
     fails_without_side_effects(
         &mut seq,
         &good,
@@ -166,7 +172,7 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
         "Sequential: dy has shape [2, 3, 4], expected [2, 3, 6]",
     );
 
-    let mut embed = Embedding::<f64>::new(10, 4, 6, &mut r);
+    let mut embed = Embedding::<f64>::new(10, 4, 6, &mut r).unwrap();
     embed.forward(&array![[1, 2, 3]]).unwrap();
     expect_err(
         embed.backward(&x(1, 3, 5)),
@@ -203,7 +209,7 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
     let before = snapshot(&gpt);
     expect_err(
         Layer::backward(&mut gpt, &x(2, 3, 9)),
-        "Linear: dy has shape [2, 3, 9], expected [2, 3, 10]",
+        "Gpt: dy has shape [2, 3, 9], expected [2, 3, 10]",
     );
     assert!(snapshot(&gpt) == before);
 
@@ -216,7 +222,7 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
 
 #[test]
 fn token_ids_out_of_range_are_refused() {
-    let mut embed = Embedding::<f64>::new(10, 4, 6, &mut rng(1));
+    let mut embed = Embedding::<f64>::new(10, 4, 6, &mut rng(1)).unwrap();
     let err = expect_err(
         embed.forward(&array![[1, 2, 3], [4, 10, 6]]),
         "Embedding: token id 10 at (b, t) = (1, 1) is out of range for vocabulary size 10",
@@ -230,13 +236,22 @@ fn token_ids_out_of_range_are_refused() {
             vocab_size: 10
         }
     ));
+    // Through a key/value cache (inference at an offset) the ids are checked too.
+    let mut cache = KvCache::new(1, 6).unwrap();
     expect_err(
-        embed.embed_at(&array![[usize::MAX]], 0),
+        cache.infer(&embed, &array![[usize::MAX]]),
         &format!(
-            "embedding: token id {} at (b, t) = (0, 0) is out of range for vocabulary size 10",
+            "Embedding: token id {} at (b, t) = (0, 0) is out of range for vocabulary size 10",
             usize::MAX
         ),
     );
+    assert!(cache.is_empty(), "the failed pass advanced the cache");
+    cache.infer(&embed, &array![[1, 2]]).unwrap();
+    expect_err(
+        cache.infer(&embed, &array![[3, 10]]),
+        "Embedding: token id 10 at (b, t) = (0, 1) is out of range for vocabulary size 10",
+    );
+    assert_eq!(cache.len(), 2, "the failed pass advanced the cache");
 
     let mut gpt = Gpt::<f64>::new(small_config(), &mut rng(1)).unwrap();
     let message =
@@ -277,14 +292,14 @@ fn targets_out_of_range_are_refused() {
     assert!(snapshot(&gpt) == before);
     // The failed loss leaves nothing to backpropagate.
     expect_err(
-        gpt.backward(),
+        gpt.backward_loss(),
         "CrossEntropy: backward called before forward (nothing cached)",
     );
 }
 
 #[test]
 fn sequence_lengths_outside_one_to_context_are_refused() {
-    let mut embed = Embedding::<f64>::new(10, 4, 3, &mut rng(3));
+    let mut embed = Embedding::<f64>::new(10, 4, 3, &mut rng(3)).unwrap();
     let err = expect_err(
         embed.forward(&Array2::zeros((2, 4))),
         "Embedding: sequence length 4 is not in 1..=3",
@@ -301,10 +316,18 @@ fn sequence_lengths_outside_one_to_context_are_refused() {
         embed.forward(&Array2::zeros((2, 0))),
         "Embedding: sequence length 0 is not in 1..=3",
     );
-    expect_err(
-        embed.embed_at(&Array2::zeros((1, 2)), 2),
-        "Embedding: sequence length 4 is not in 1..=3",
-    );
+    // Two new positions after two cached ones end past the context: refused by the
+    // embedding itself (a cache longer than the context) and by a cache of the context's
+    // capacity, both naming the embedding.
+    for capacity in [10, 3] {
+        let mut cache = KvCache::new(1, capacity).unwrap();
+        cache.infer(&embed, &Array2::zeros((1, 2))).unwrap();
+        expect_err(
+            cache.infer(&embed, &Array2::zeros((1, 2))),
+            "Embedding: sequence length 4 is not in 1..=3",
+        );
+        assert_eq!(cache.len(), 2, "the failed pass advanced the cache");
+    }
 
     let mut gpt = Gpt::<f64>::new(small_config(), &mut rng(3)).unwrap();
     expect_err(
@@ -322,15 +345,15 @@ fn backward_before_forward_is_refused_by_every_layer() {
     let mut r = rng(4);
     let dy = x(1, 2, 4);
     let cases: Vec<(Box<dyn Layer<f64>>, &str)> = vec![
-        (Box::new(Linear::new(4, 4, true, &mut r)), "Linear"),
-        (Box::new(LayerNorm::new(4)), "LayerNorm"),
+        (Box::new(Linear::new(4, 4, true, &mut r).unwrap()), "Linear"),
+        (Box::new(LayerNorm::new(4).unwrap()), "LayerNorm"),
         (Box::new(Gelu::new()), "Gelu"),
         (Box::new(Attention::new(4, 2, &mut r).unwrap()), "Attention"),
-        // Composite layers: their last sub-layer (a Linear) runs backward first.
-        (Box::new(Mlp::new(4, 8, &mut r)), "Linear"),
-        (Box::new(Block::new(4, 2, 8, &mut r).unwrap()), "Linear"),
+        // Composite layers refuse a backward themselves, before any part runs.
+        (Box::new(Mlp::new(4, 8, &mut r).unwrap()), "Mlp"),
+        (Box::new(Block::new(4, 2, 8, &mut r).unwrap()), "Block"),
         (
-            Box::new(Sequential::new().push(LayerNorm::new(4))),
+            Box::new(Sequential::new().push(LayerNorm::new(4).unwrap())),
             "Sequential",
         ),
         (Box::new(Sequential::new()), "Sequential"),
@@ -346,7 +369,7 @@ fn backward_before_forward_is_refused_by_every_layer() {
         assert!(snapshot(layer.as_ref()) == before);
     }
 
-    let mut embed = Embedding::<f64>::new(5, 4, 3, &mut r);
+    let mut embed = Embedding::<f64>::new(5, 4, 3, &mut r).unwrap();
     expect_err(
         embed.backward(&dy),
         "Embedding: backward called before forward (nothing cached)",
@@ -358,24 +381,24 @@ fn backward_before_forward_is_refused_by_every_layer() {
 
     let mut gpt = Gpt::<f64>::new(small_config(), &mut r).unwrap();
     expect_err(
-        gpt.backward(),
+        gpt.backward_loss(),
         "CrossEntropy: backward called before forward (nothing cached)",
     );
     expect_err(
         Layer::backward(&mut gpt, &x(1, 2, 10)),
-        "Linear: backward called before forward (nothing cached)",
+        "Gpt: backward called before forward (nothing cached)",
     );
     // A forward alone is not a loss: the inherent backward still has nothing to start from.
     gpt.forward(&array![[1, 2]]).unwrap();
     expect_err(
-        gpt.backward(),
+        gpt.backward_loss(),
         "CrossEntropy: backward called before forward (nothing cached)",
     );
 
     // A forward that failed part-way through a Sequential leaves nothing to backpropagate.
     let mut seq = Sequential::new()
-        .push(Linear::new(4, 3, true, &mut r))
-        .push(LayerNorm::new(5));
+        .push(Linear::new(4, 3, true, &mut r).unwrap())
+        .push(LayerNorm::new(5).unwrap());
     expect_err(
         seq.forward(&x(1, 2, 4)),
         "LayerNorm: input has shape [1, 2, 3], expected [*, *, 5]",
@@ -418,7 +441,7 @@ fn invalid_configurations_are_refused() {
         n_heads: 3,
         ..small_config()
     };
-    let message = "Gpt: invalid configuration: n_heads 3 does not divide d_model 8";
+    let message = "GptConfig: invalid configuration: n_heads 3 does not divide d_model 8";
     expect_err(heads.validate(), message);
     expect_err(Gpt::<f64>::new(heads, &mut r), message);
 
@@ -433,10 +456,10 @@ fn invalid_configurations_are_refused() {
     for (field, zero) in zeroed {
         let mut cfg = small_config();
         zero(&mut cfg);
-        let message = format!("Gpt: invalid configuration: {field} must be positive");
+        let message = format!("GptConfig: invalid configuration: {field} must be positive");
         expect_err(cfg.validate(), &message);
         let err = expect_err(Gpt::<f32>::new(cfg, &mut r), &message);
-        assert!(matches!(err, Error::InvalidConfig { layer: "Gpt", .. }));
+        assert!(matches!(err, Error::InvalidConfig { layer: "GptConfig", .. }));
     }
 
     let mut head = CrossEntropy::<f64>::new();
@@ -562,6 +585,21 @@ where
     Ok(())
 }
 
+/// Runs `exercise` on a layer that was built, or requires that building it failed with
+/// [`Error::InvalidConfig`] (zero sizes, heads that do not divide the width).
+fn built<L>(
+    layer: baregpt::Result<L>,
+    exercise: impl FnOnce(L) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    match layer {
+        Ok(layer) => exercise(layer),
+        Err(e) => {
+            prop_assert!(matches!(e, Error::InvalidConfig { .. }), "{}", e);
+            Ok(())
+        }
+    }
+}
+
 fn run_case(case: &Case) -> Result<(), TestCaseError> {
     let [s0, s1, s2, s3, s4, s5] = case.sizes;
     let mut r = rng(case.seed);
@@ -574,31 +612,23 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
     let bias = case.seed % 2 == 0;
     let (x, dy) = (&case.x, &case.dy);
     match case.kind {
-        0 => exercise(&mut Linear::new(s0, s1, bias, &mut r), x, dy),
-        1 => exercise(&mut LayerNorm::new(s0), x, dy),
+        0 => built(Linear::new(s0, s1, bias, &mut r), |mut l| exercise(&mut l, x, dy)),
+        1 => built(LayerNorm::new(s0), |mut l| exercise(&mut l, x, dy)),
         2 => exercise(&mut Gelu::new(), x, dy),
-        3 => match Attention::new(s0, heads, &mut r) {
-            Ok(mut attn) => exercise(&mut attn, x, dy),
-            Err(e) => {
-                prop_assert!(matches!(e, Error::InvalidConfig { .. }), "{}", e);
-                Ok(())
-            }
-        },
-        4 => exercise(&mut Mlp::new(s0, s1, &mut r), x, dy),
-        5 => match Block::new(s0, heads, s2, &mut r) {
-            Ok(mut block) => exercise(&mut block, x, dy),
-            Err(e) => {
-                prop_assert!(matches!(e, Error::InvalidConfig { .. }), "{}", e);
-                Ok(())
-            }
-        },
+        3 => built(Attention::new(s0, heads, &mut r), |mut l| exercise(&mut l, x, dy)),
+        4 => built(Mlp::new(s0, s1, &mut r), |mut l| exercise(&mut l, x, dy)),
+        5 => built(Block::new(s0, heads, s2, &mut r), |mut l| exercise(&mut l, x, dy)),
         6 => {
             // Widths need not chain: a forward may fail part-way through.
-            let mut seq = Sequential::new()
-                .push(Linear::new(s0, s1, bias, &mut r))
-                .push(Gelu::new())
-                .push(LayerNorm::new(if case.well_formed { s1 } else { s2 }));
-            exercise(&mut seq, x, dy)
+            let linear = Linear::new(s0, s1, bias, &mut r);
+            let norm = LayerNorm::new(if case.well_formed { s1 } else { s2 });
+            let seq = linear.and_then(|linear| {
+                Ok(Sequential::new()
+                    .push(linear)
+                    .push(Gelu::new())
+                    .push(norm?))
+            });
+            built(seq, |mut l| exercise(&mut l, x, dy))
         }
         7 => {
             let mut head = CrossEntropy::new();
@@ -608,11 +638,15 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
             let _ = head.backward_loss();
             Ok(())
         }
-        8 => {
-            let mut embed = Embedding::new(s0, s1, s4, &mut r);
-            let _ = embed.embed_at(&case.ids, s3);
+        8 => built(Embedding::new(s0, s1, s4, &mut r), |mut embed| {
+            // Inference at an offset: `s3` positions cached, then the ids (either may be
+            // refused, for length or ids, but nothing panics).
+            if let Ok(mut cache) = KvCache::new(case.ids.nrows(), s3 + s4) {
+                let _ = cache.infer(&embed, &Array2::zeros((case.ids.nrows(), s3)));
+                let _ = cache.infer(&embed, &case.ids);
+            }
             exercise(&mut embed, &case.ids, dy)
-        }
+        }),
         _ => {
             let cfg = GptConfig { mlp_hidden: s5, final_norm: bias, ..GptConfig::with_sizes(s0, if case.well_formed { s1 * s2 } else { s1 }, s2, s3 % 3, s4) };
             match Gpt::<f64>::new(cfg, &mut r) {

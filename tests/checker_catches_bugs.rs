@@ -2,17 +2,19 @@
 //! the broken tensor by its dotted name, passes the correct ones, and leaves the layer as it
 //! found it.
 //!
-//! The buggy layers are written here, outside the crate, through the public `Layer` trait and
-//! `Param`, the way a user would write their own.
+//! The buggy layers are written here, outside the crate, through the public `Layer` and `Params` traits
+//! and `Param`, the way a user would write their own: parameters listed once with
+//! `baregpt::params!`, the computation written once and called from `forward` and `infer_with`.
 
 mod common;
 
-use baregpt::prelude::*;
 use baregpt::error::check_shape;
 use baregpt::gradcheck::{self, GradCheckOptions, GradCheckReport, Mode};
+use baregpt::layer::InferState;
 use baregpt::layers::{Gelu, LayerNorm, Linear, Sequential};
 use baregpt::param::{Param1, Param2, ParamPath, ParamVisitor, ParamVisitorMut};
-use baregpt::{Error, Gpt, GptConfig, Layer, Result};
+use baregpt::prelude::*;
+use baregpt::{Error, Gpt, GptConfig, Result};
 use common::{jitter_params, rng, snapshot};
 use ndarray::{Array1, Array2, Array3, Axis};
 use rand::RngExt;
@@ -67,12 +69,13 @@ impl HandLinear {
     }
 }
 
-impl Layer<f64> for HandLinear {
-    fn kind(&self) -> &'static str {
-        "HandLinear"
-    }
+impl Params<f64> for HandLinear {
+    baregpt::params!(f64; w, b);
+}
 
-    fn forward(&mut self, x: &Array3<f64>) -> Result<Array3<f64>> {
+impl HandLinear {
+    /// The output and the input rows the backward needs.
+    fn compute(&self, x: &Array3<f64>) -> Result<(Array3<f64>, Array2<f64>)> {
         check_shape(
             "HandLinear",
             "input",
@@ -82,8 +85,24 @@ impl Layer<f64> for HandLinear {
         let (b, t, _) = x.dim();
         let x_rows = to_rows(x);
         let y = x_rows.dot(&self.w.value) + &self.b.value;
+        Ok((from_rows(y, b, t), x_rows))
+    }
+}
+
+impl Layer<f64> for HandLinear {
+    fn kind(&self) -> &'static str {
+        "HandLinear"
+    }
+
+    fn forward(&mut self, x: &Array3<f64>) -> Result<Array3<f64>> {
+        let (y, x_rows) = self.compute(x)?;
+        let (b, t, _) = x.dim();
         self.cache = Some((x_rows, b, t));
-        Ok(from_rows(y, b, t))
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<f64>, _: &mut InferState<'_, f64>) -> Result<Array3<f64>> {
+        self.compute(x).map(|(y, _)| y)
     }
 
     fn backward(&mut self, dy: &Array3<f64>) -> Result<Array3<f64>> {
@@ -112,16 +131,6 @@ impl Layer<f64> for HandLinear {
         }
         Ok(from_rows(dy_rows.dot(&self.w.value.t()), *b, *t))
     }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, f64>) {
-        self.w.visit("w", path, f);
-        self.b.visit("b", path, f);
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, f64>) {
-        self.w.visit_mut("w", path, f);
-        self.b.visit_mut("b", path, f);
-    }
 }
 
 /// A user's affine LayerNorm whose input gradient drops the `−mean(g)` term:
@@ -146,12 +155,13 @@ impl LayerNormMissingMeanTerm {
     }
 }
 
-impl Layer<f64> for LayerNormMissingMeanTerm {
-    fn kind(&self) -> &'static str {
-        "LayerNormMissingMeanTerm"
-    }
+impl Params<f64> for LayerNormMissingMeanTerm {
+    baregpt::params!(f64; gamma, beta);
+}
 
-    fn forward(&mut self, x: &Array3<f64>) -> Result<Array3<f64>> {
+impl LayerNormMissingMeanTerm {
+    /// The output and the normalised rows and reciprocal deviations the backward needs.
+    fn compute(&self, x: &Array3<f64>) -> Result<(Array3<f64>, Array2<f64>, Array1<f64>)> {
         let c = self.gamma.value.len();
         check_shape(self.kind(), "input", x.shape(), &[None, None, Some(c)])?;
         let (b, t, _) = x.dim();
@@ -162,8 +172,24 @@ impl Layer<f64> for LayerNormMissingMeanTerm {
         let rstd = var.mapv(|v| 1.0 / (v + Self::EPS).sqrt());
         let x_hat = &centred * &rstd.view().insert_axis(Axis(1));
         let y = &x_hat * &self.gamma.value + &self.beta.value;
+        Ok((from_rows(y, b, t), x_hat, rstd))
+    }
+}
+
+impl Layer<f64> for LayerNormMissingMeanTerm {
+    fn kind(&self) -> &'static str {
+        "LayerNormMissingMeanTerm"
+    }
+
+    fn forward(&mut self, x: &Array3<f64>) -> Result<Array3<f64>> {
+        let (y, x_hat, rstd) = self.compute(x)?;
+        let (b, t, _) = x.dim();
         self.cache = Some((x_hat, rstd, b, t));
-        Ok(from_rows(y, b, t))
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<f64>, _: &mut InferState<'_, f64>) -> Result<Array3<f64>> {
+        self.compute(x).map(|(y, _, _)| y)
     }
 
     fn backward(&mut self, dy: &Array3<f64>) -> Result<Array3<f64>> {
@@ -189,16 +215,6 @@ impl Layer<f64> for LayerNormMissingMeanTerm {
         let dx = (&g - &(x_hat * &mean_g_xhat)) * rstd.view().insert_axis(Axis(1));
         Ok(from_rows(dx, *b, *t))
     }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, f64>) {
-        self.gamma.visit("gamma", path, f);
-        self.beta.visit("beta", path, f);
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, f64>) {
-        self.gamma.visit_mut("gamma", path, f);
-        self.beta.visit_mut("beta", path, f);
-    }
 }
 
 /// A user's tied-weight bottleneck `y = (x·W)·Wᵀ`, `W (C, K)`, whose weight gradient keeps
@@ -209,19 +225,47 @@ struct TiedMissingDecoderTerm {
     cache: Option<(Array2<f64>, usize, usize)>,
 }
 
+/// Written by hand rather than with `params!`, as a user may.
+impl Params<f64> for TiedMissingDecoderTerm {
+    fn visit_params<'a>(&'a self, path: &mut ParamPath, f: &mut ParamVisitor<'a, '_, f64>) {
+        path.scoped("w", |path| self.w.visit_params(path, f));
+    }
+
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, f64>,
+    ) {
+        path.scoped("w", |path| self.w.visit_params_mut(path, f));
+    }
+}
+
+impl TiedMissingDecoderTerm {
+    /// The output and the input rows the backward needs.
+    fn compute(&self, x: &Array3<f64>) -> Result<(Array3<f64>, Array2<f64>)> {
+        let c = self.w.value.nrows();
+        check_shape(self.kind(), "input", x.shape(), &[None, None, Some(c)])?;
+        let (b, t, _) = x.dim();
+        let x_rows = to_rows(x);
+        let y = x_rows.dot(&self.w.value).dot(&self.w.value.t());
+        Ok((from_rows(y, b, t), x_rows))
+    }
+}
+
 impl Layer<f64> for TiedMissingDecoderTerm {
     fn kind(&self) -> &'static str {
         "TiedMissingDecoderTerm"
     }
 
     fn forward(&mut self, x: &Array3<f64>) -> Result<Array3<f64>> {
-        let c = self.w.value.nrows();
-        check_shape(self.kind(), "input", x.shape(), &[None, None, Some(c)])?;
+        let (y, x_rows) = self.compute(x)?;
         let (b, t, _) = x.dim();
-        let x_rows = to_rows(x);
-        let y = x_rows.dot(&self.w.value).dot(&self.w.value.t());
         self.cache = Some((x_rows, b, t));
-        Ok(from_rows(y, b, t))
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<f64>, _: &mut InferState<'_, f64>) -> Result<Array3<f64>> {
+        self.compute(x).map(|(y, _)| y)
     }
 
     fn backward(&mut self, dy: &Array3<f64>) -> Result<Array3<f64>> {
@@ -241,14 +285,6 @@ impl Layer<f64> for TiedMissingDecoderTerm {
         self.w.grad += &x_rows.t().dot(&dy_w);
         Ok(from_rows(dy_w.dot(&self.w.value.t()), *b, *t))
     }
-
-    fn visit_params(&self, path: &mut ParamPath, f: &mut ParamVisitor<'_, f64>) {
-        self.w.visit("w", path, f);
-    }
-
-    fn visit_params_mut(&mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'_, f64>) {
-        self.w.visit_mut("w", path, f);
-    }
 }
 
 const C: usize = 5;
@@ -262,7 +298,7 @@ fn input() -> Array3<f64> {
 /// `LayerNorm → HandLinear(bug) → Gelu`: parameters `0.gamma`, `0.beta`, `1.w`, `1.b`.
 fn net_with(bug: Bug) -> Sequential<f64> {
     let mut net = Sequential::new()
-        .push(LayerNorm::new(C))
+        .push(LayerNorm::new(C).unwrap())
         .push(HandLinear::new(C, C, bug, 3))
         .push(Gelu::new());
     jitter_params(&mut net, 8, 0.4);
@@ -338,7 +374,7 @@ fn catches_a_dropped_term_in_the_input_gradient() {
     // The buggy LayerNorm comes first, so only the input gradient is wrong.
     let mut net = Sequential::new()
         .push(LayerNormMissingMeanTerm::new(C))
-        .push(Linear::new(C, 3, true, &mut rng(4)));
+        .push(Linear::new(C, 3, true, &mut rng(4)).unwrap());
     jitter_params(&mut net, 9, 0.4);
     let report = check(&mut net, Mode::Full);
     assert_only_broken(&report, "input", "FAILED");
@@ -357,7 +393,7 @@ fn catches_a_dropped_term_in_a_tied_weight_gradient() {
     let mut r = rng(6);
     let w = Array2::from_shape_simple_fn((C, 2), || r.random::<f64>() - 0.5);
     let mut net = Sequential::new()
-        .push(LayerNorm::new(C))
+        .push(LayerNorm::new(C).unwrap())
         .push(Sequential::new().push(TiedMissingDecoderTerm {
             w: Param2::new(w),
             cache: None,

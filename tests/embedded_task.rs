@@ -5,7 +5,7 @@
 mod common;
 
 use baregpt::prelude::*;
-use baregpt::{Adam, AdamConfig, Float, Gpt, GptConfig, Layer, LrSchedule};
+use baregpt::{Adam, AdamConfig, Gpt, GptConfig, LrSchedule};
 use common::{Task, solve, train_step};
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -7,10 +7,12 @@
 
 mod common;
 
-use baregpt::prelude::*;
 use baregpt::gradcheck::GradCheckReport;
+use baregpt::layer::InferState;
 use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
-use baregpt::{CrossEntropy, Gpt, GptConfig, Layer, strategies};
+use baregpt::param::{ParamPath, ParamVisitor, ParamVisitorMut};
+use baregpt::prelude::*;
+use baregpt::{CrossEntropy, Gpt, GptConfig, strategies};
 use common::{config, gradcheck_passes, jitter_params, rng};
 use ndarray::{Array2, Array3};
 use proptest::prelude::*;
@@ -50,7 +52,7 @@ fn gpt_case(
 }
 
 fn check_linear(x: &Array3<f64>, c_out: usize, bias: bool, seed: u64) -> Result<(), TestCaseError> {
-    let mut linear = Linear::new(x.dim().2, c_out, bias, &mut rng(seed));
+    let mut linear = Linear::new(x.dim().2, c_out, bias, &mut rng(seed)).unwrap();
     jitter_params(&mut linear, seed, 0.5);
     let expected: &[&str] = if bias { &["w", "b"] } else { &["w"] };
     prop_assert_eq!(linear.param_names(), expected);
@@ -65,6 +67,21 @@ struct GptWithLoss {
     head: CrossEntropy<f64>,
 }
 
+/// The GPT's parameters under the GPT's own names (no `gpt.` prefix).
+impl Params<f64> for GptWithLoss {
+    fn visit_params<'a>(&'a self, path: &mut ParamPath, f: &mut ParamVisitor<'a, '_, f64>) {
+        self.gpt.visit_params(path, f);
+    }
+
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, f64>,
+    ) {
+        self.gpt.visit_params_mut(path, f);
+    }
+}
+
 impl Layer<f64, Array2<usize>> for GptWithLoss {
     fn kind(&self) -> &'static str {
         "GptWithLoss"
@@ -75,25 +92,18 @@ impl Layer<f64, Array2<usize>> for GptWithLoss {
         self.head.forward(&logits)
     }
 
+    fn infer_with(
+        &self,
+        ids: &Array2<usize>,
+        state: &mut InferState<'_, f64>,
+    ) -> baregpt::Result<Array3<f64>> {
+        let logits = self.gpt.infer_with(ids, state)?;
+        self.head.infer_with(&logits, state)
+    }
+
     fn backward(&mut self, dy: &Array3<f64>) -> baregpt::Result<()> {
         let d_logits = self.head.backward(dy)?;
         Layer::backward(&mut self.gpt, &d_logits)
-    }
-
-    fn visit_params(
-        &self,
-        path: &mut baregpt::param::ParamPath,
-        f: &mut baregpt::param::ParamVisitor<'_, f64>,
-    ) {
-        self.gpt.visit_params(path, f);
-    }
-
-    fn visit_params_mut(
-        &mut self,
-        path: &mut baregpt::param::ParamPath,
-        f: &mut baregpt::param::ParamVisitorMut<'_, f64>,
-    ) {
-        self.gpt.visit_params_mut(path, f);
     }
 }
 
@@ -134,7 +144,7 @@ proptest! {
 
     #[test]
     fn layer_norm((x, seed) in activations_and_seed(6)) {
-        let mut ln = LayerNorm::new(x.dim().2);
+        let mut ln = LayerNorm::new(x.dim().2).unwrap();
         jitter_params(&mut ln, seed, 0.5);
         gradcheck_passes(&mut ln, &x, true)?;
     }
@@ -164,7 +174,7 @@ proptest! {
                 (strategies::token_ids(b, t, v), Just(v), Just(c), Just(ctx), strategies::seed())
             })
     ) {
-        let mut embed = Embedding::new(vocab, c, context, &mut rng(seed));
+        let mut embed = Embedding::new(vocab, c, context, &mut rng(seed)).unwrap();
         let report = gradcheck_passes(&mut embed, &ids, false)?;
         prop_assert_eq!(&report.tensors[1].shape, &vec![context, c]);
     }
@@ -175,7 +185,7 @@ proptest! {
 
     #[test]
     fn mlp((x, seed) in activations_and_seed(4), hidden in 1..=8usize) {
-        let mut mlp = Mlp::new(x.dim().2, hidden, &mut rng(seed));
+        let mut mlp = Mlp::new(x.dim().2, hidden, &mut rng(seed)).unwrap();
         jitter_params(&mut mlp, seed, 0.3);
         gradcheck_passes(&mut mlp, &x, true)?;
     }
@@ -225,13 +235,13 @@ proptest! {
         let width = heads * head_dim;
         let mut r = rng(seed);
         let layers: Vec<Box<dyn Layer<f64>>> = vec![
-            Box::new(Linear::new(x.dim().2, width, true, &mut r)),
-            Box::new(LayerNorm::new(width)),
+            Box::new(Linear::new(x.dim().2, width, true, &mut r).unwrap()),
+            Box::new(LayerNorm::new(width).unwrap()),
             Box::new(Attention::new(width, heads, &mut r).unwrap()),
             Box::new(Gelu::new()),
-            Box::new(Mlp::new(width, hidden, &mut r)),
+            Box::new(Mlp::new(width, hidden, &mut r).unwrap()),
             Box::new(Block::new(width, heads, hidden, &mut r).unwrap()),
-            Box::new(Linear::new(width, c_out, false, &mut r)),
+            Box::new(Linear::new(width, c_out, false, &mut r).unwrap()),
         ];
         let mut net = Sequential::from_layers(layers);
         jitter_params(&mut net, seed, 0.3);

@@ -4,7 +4,7 @@
 
 use baregpt::prelude::*;
 use baregpt::optim::LrSchedule;
-use baregpt::{Adam, AdamConfig, DecayFilter, Float, Gpt, GptConfig, Layer};
+use baregpt::{Adam, AdamConfig, DecayFilter, Gpt, GptConfig};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
 

@@ -22,10 +22,11 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use baregpt::prelude::*;
 use baregpt::kernels::{attention_backward, attention_forward, gelu_backward, gelu_forward};
 use baregpt::layers::{Attention, Block, Embedding, LayerNorm, Linear, Mlp};
-use baregpt::{Adam, AdamConfig, CrossEntropy, Float, Gpt, GptConfig, Layer, LayerInput};
+use baregpt::param::ParamMap;
+use baregpt::prelude::*;
+use baregpt::{Adam, AdamConfig, CrossEntropy, Gpt, GptConfig};
 use ndarray::{Array1, Array2, Array3, ArrayD, Axis, Ix2, Ix3, Ix4};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -263,18 +264,38 @@ fn ours_layout(fx: &Fixture, key: &str, m: &NameMap) -> ArrayD<f64> {
     if m.transpose { t.reversed_axes() } else { t }
 }
 
-/// Loads every parameter of `layer` from the fixture, by name.
+/// Loads every parameter of `layer` from the fixture, by name, with one all-or-nothing
+/// `import_params` (which refuses a missing or extra name and a wrong shape).
 fn load_params<F: Float, X: LayerInput<F>>(
     fx: &Fixture,
     map: &[NameMap],
     layer: &mut (impl Layer<F, X> + ?Sized),
 ) {
-    let by_name: BTreeMap<&str, &NameMap> = map.iter().map(|m| (m.ours.as_str(), m)).collect();
-    layer.for_each_param_mut(&mut |name, mut p| {
-        let value = ours_layout(fx, "param", by_name[name]);
-        assert_eq!(value.shape(), p.value.shape(), "{}: {name}", fx.case);
-        p.value.assign(&value.mapv(F::of));
-    });
+    let mut values = ParamMap::new();
+    for m in map {
+        let value = ours_layout(fx, "param", m).mapv(F::of);
+        assert!(
+            values.insert(m.ours.as_str(), value).is_none(),
+            "{}: {} mapped twice",
+            fx.case,
+            m.ours
+        );
+    }
+    layer
+        .import_params(&values)
+        .unwrap_or_else(|e| panic!("{}: loading the fixture's parameters: {e}", fx.case));
+    // Every value is the fixture's, bit for bit, under its name.
+    for m in map {
+        let p = layer
+            .param(&m.ours)
+            .unwrap_or_else(|| panic!("{}: no parameter {}", fx.case, m.ours));
+        assert!(
+            p.value == values.get(&m.ours).unwrap().view(),
+            "{}: {} not loaded",
+            fx.case,
+            m.ours
+        );
+    }
     layer.zero_grad();
 }
 
@@ -418,7 +439,7 @@ fn embedding<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
         fx.usize("d_model"),
         fx.usize("context"),
     );
-    let mut layer = Embedding::<F>::new(v, c, ctx, rng);
+    let mut layer = Embedding::<F>::new(v, c, ctx, rng).unwrap();
     let map = mapping_for(fx, "Embedding", &layer);
     load_params(fx, &map, &mut layer);
     let mut cmp = Comparer::new::<F>(fx);
@@ -553,16 +574,17 @@ fn run<F: Float>(fx: &Fixture) -> f64 {
                 fx.usize("c_out"),
                 fx.bool("bias"),
                 &mut rng,
-            );
+            )
+            .unwrap();
             float_layer(fx, "Linear", &mut layer)
         }
-        "layer_norm" => float_layer(fx, "LayerNorm", &mut LayerNorm::<F>::new(c())),
+        "layer_norm" => float_layer(fx, "LayerNorm", &mut LayerNorm::<F>::new(c()).unwrap()),
         "attention" => {
             let mut layer = Attention::<F>::new(c(), h(), &mut rng).unwrap();
             float_layer(fx, "Attention", &mut layer)
         }
         "mlp" => {
-            let mut layer = Mlp::<F>::new(c(), fx.usize("mlp_hidden"), &mut rng);
+            let mut layer = Mlp::<F>::new(c(), fx.usize("mlp_hidden"), &mut rng).unwrap();
             float_layer(fx, "Mlp", &mut layer)
         }
         "block" => {
