@@ -4,10 +4,10 @@
 use ndarray::{Array2, Array3};
 use rand::Rng;
 
+use crate::exec::in_pool_if_small;
 use crate::generate::KvCache;
 use crate::layers::{Block, Embedding, LayerNorm, Linear};
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut};
-use crate::threads::in_pool_if_small;
 use crate::{CrossEntropy, Error, Float, Layer, Result};
 
 const LAYER: &str = "Gpt";
