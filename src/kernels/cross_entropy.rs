@@ -7,8 +7,9 @@
 
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
 
-use super::elementwise::{for_each_split, map_array};
+use super::elementwise::map_array;
 use crate::error::check_shape;
+use crate::exec::for_each_split;
 use crate::{Error, Float, Result};
 
 const KERNEL: &str = "cross_entropy";

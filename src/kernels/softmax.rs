@@ -8,6 +8,7 @@ use ndarray::{ArrayView2, ArrayViewMut2, Zip, s};
 
 use super::elementwise::{WideLoop, run_widest};
 use crate::Float;
+use crate::exec::LANES;
 
 /// In place on `scores (T_q, T_k)`: row `i` becomes the softmax of its entries `j ≤ i + offset`,
 /// and entries `j > i + offset` become 0.
@@ -48,12 +49,9 @@ impl<F: Float> WideLoop for CausalSoftmaxRows<'_, F> {
     }
 }
 
-/// Lanes of the running maximum and sum in [`softmax_in_place`]: independent accumulators
-/// let those loops vectorise.
-const LANES: usize = 16;
-
 /// The softmax of a contiguous, non-empty row, in place: the maximum is subtracted, the
-/// exponentials and their sum taken in one pass, then each is divided by the sum.
+/// exponentials and their sum taken in one pass, then each is divided by the sum. The running
+/// maximum and sum are kept in [`LANES`] independent accumulators, so those loops vectorise.
 #[inline(always)]
 fn softmax_in_place<F: Float>(row: &mut [F]) {
     let mut lanes = [F::neg_infinity(); LANES];

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 use super::clip::{NormAccumulator, check_max_norm, clip_coefficient};
 use super::{AdamState, DecayFilter, LrSchedule, ParamState, invalid};
 use crate::error::ExpectedShape;
-use crate::kernels::elementwise::{WideLoop, for_each_split, run_widest, worth_parallel};
+use crate::exec::{UPDATE_CHUNK, for_each_split, worth_parallel};
+use crate::kernels::elementwise::{WideLoop, run_widest};
 use crate::{Error, Float, Layer, LayerInput, Result};
 
 const LAYER: &str = "Adam";
@@ -667,9 +668,6 @@ impl<F: Float> WideLoop for UpdateLoop<'_, F> {
         }
     }
 }
-
-/// Elements per parallel task of the update (the result does not depend on it).
-const UPDATE_CHUNK: usize = 1 << 13;
 
 /// Applies one update to one parameter (shapes already checked).
 fn update<F: Float>(
