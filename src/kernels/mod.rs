@@ -10,6 +10,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub(crate) mod elementwise;
 pub mod embedding;
+pub(crate) mod fast_math;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

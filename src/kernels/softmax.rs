@@ -7,6 +7,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2, Zip, s};
 
 use super::elementwise::{WideLoop, run_widest};
+use super::fast_math::exp_nonpositive;
 use crate::Float;
 use crate::exec::LANES;
 
@@ -41,7 +42,7 @@ impl<F: Float> WideLoop for CausalSoftmaxRows<'_, F> {
             }
             let mut seen = row.slice_mut(s![..visible]);
             let max = seen.fold(F::neg_infinity(), |m, &v| m.max(v));
-            seen.mapv_inplace(|v| (v - max).exp_nonpositive());
+            seen.mapv_inplace(|v| exp_nonpositive(v - max));
             let inv_sum = F::one() / seen.sum();
             seen.mapv_inplace(|v| v * inv_sum);
             row.slice_mut(s![visible..]).fill(F::zero());
@@ -66,13 +67,13 @@ fn softmax_in_place<F: Float>(row: &mut [F]) {
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *v = (*v - max).exp_nonpositive();
+            *v = exp_nonpositive(*v - max);
             *lane += *v;
         }
     }
     let mut sum = F::zero();
     for v in chunks.into_remainder() {
-        *v = (*v - max).exp_nonpositive();
+        *v = exp_nonpositive(*v - max);
         sum += *v;
     }
     let inv_sum = F::one() / lanes.iter().fold(sum, |acc, &lane| acc + lane);
