@@ -64,6 +64,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod exec;
 pub mod generate;
 pub mod gpt;
 pub mod gradcheck;
@@ -76,16 +77,15 @@ pub mod param;
 pub mod scalar;
 #[cfg(feature = "proptest")]
 pub mod strategies;
-pub mod threads;
 
 pub use error::{Error, Result};
+pub use exec::{num_threads, set_num_threads};
 pub use gpt::{Gpt, GptConfig};
 pub use layer::{Layer, LayerInput};
 pub use param::Params;
 pub use loss::CrossEntropy;
 pub use optim::{Adam, AdamConfig, AdamState, DecayFilter, LrSchedule};
 pub use scalar::Float;
-pub use threads::{num_threads, set_num_threads};
 
 /// The traits a user of the crate calls methods of: `use baregpt::prelude::*;`.
 pub mod prelude {

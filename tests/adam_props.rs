@@ -7,9 +7,9 @@
 //! * the visitor path and the slice path agree bit for bit;
 //! * a non-finite gradient anywhere is an error that changes nothing.
 
-use baregpt::prelude::*;
 use baregpt::optim::{LrSchedule, StepInfo, clip_grad_norm, clip_grad_norm_slices, grad_norm};
 use baregpt::param::Param;
+use baregpt::prelude::*;
 use baregpt::{Adam, AdamConfig, Error};
 use common::NamedParams;
 use ndarray::{Array1, Ix1};

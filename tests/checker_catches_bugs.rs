@@ -339,6 +339,8 @@ fn assert_only_broken(report: &GradCheckReport, broken: &str, status: &str) {
 #[test]
 fn correct_hand_written_layer_passes() {
     let mut net = net_with(Bug::None);
+    // The hand-written `infer_with` is the forward's computation, bit for bit.
+    assert!(net.infer(&input()).unwrap() == net.forward(&input()).unwrap());
     for mode in [Mode::Full, Mode::RandomDirections { count: 4 }] {
         let report = check(&mut net, mode);
         assert!(report.passed(), "{report}");
@@ -490,7 +492,11 @@ fn check_layer_restores_values_and_gradients_exactly() {
     // A failing check restores too.
     assert_restored(&mut net_with(Bug::TransposedWeightGrad), &input());
 
-    let cfg = GptConfig { mlp_hidden: 8, final_norm: true, ..GptConfig::with_sizes(7, 4, 2, 1, 4) };
+    let cfg = GptConfig {
+        mlp_hidden: 8,
+        final_norm: true,
+        ..GptConfig::with_sizes(7, 4, 2, 1, 4)
+    };
     let mut gpt = Gpt::<f64>::new(cfg, &mut rng(1)).unwrap();
     assert_restored(&mut gpt, &ndarray::array![[1, 5, 2], [6, 0, 0]]);
 }

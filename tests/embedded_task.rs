@@ -11,7 +11,11 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 fn model_for(task: &Task, seed: u64) -> Gpt<f32> {
-    let config = GptConfig { mlp_hidden: 256, final_norm: true, ..GptConfig::with_sizes(task.vocab().len(), 64, 4, 2, task.context()) };
+    let config = GptConfig {
+        mlp_hidden: 256,
+        final_norm: true,
+        ..GptConfig::with_sizes(task.vocab().len(), 64, 4, 2, task.context())
+    };
     Gpt::new(config, &mut StdRng::seed_from_u64(seed)).unwrap()
 }
 

@@ -268,7 +268,11 @@ proptest! {
 
 /// A 2-layer, 2-head GPT with context 6 and a final LayerNorm.
 fn small_config() -> GptConfig {
-    GptConfig { mlp_hidden: 16, final_norm: true, ..GptConfig::with_sizes(11, 8, 2, 2, 6) }
+    GptConfig {
+        mlp_hidden: 16,
+        final_norm: true,
+        ..GptConfig::with_sizes(11, 8, 2, 2, 6)
+    }
 }
 
 fn ids_for(b: usize, t: usize, vocab: usize, salt: usize) -> Array2<usize> {

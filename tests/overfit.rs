@@ -2,8 +2,8 @@
 //! large factor, in f32 and in f64. This exercises the whole stack (forward, hand-written
 //! backward, the parameter visitor, clipping, the schedule and the optimizer) end to end.
 
-use baregpt::prelude::*;
 use baregpt::optim::LrSchedule;
+use baregpt::prelude::*;
 use baregpt::{Adam, AdamConfig, DecayFilter, Gpt, GptConfig};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
@@ -13,7 +13,11 @@ const STEPS: u64 = 100;
 const FACTOR: f64 = 100.0;
 
 fn config() -> GptConfig {
-    GptConfig { mlp_hidden: 64, final_norm: true, ..GptConfig::with_sizes(16, 32, 4, 2, 12) }
+    GptConfig {
+        mlp_hidden: 64,
+        final_norm: true,
+        ..GptConfig::with_sizes(16, 32, 4, 2, 12)
+    }
 }
 
 /// A fixed batch `(B, T) = (8, 12)` of random ids; targets are random too, so nothing but

@@ -492,7 +492,17 @@ fn cross_entropy<F: Float>(fx: &Fixture) -> f64 {
 }
 
 fn gpt_config(fx: &Fixture) -> GptConfig {
-    GptConfig { mlp_hidden: fx.usize("mlp_hidden"), final_norm: fx.bool("final_norm"), ..GptConfig::with_sizes(fx.usize("vocab_size"), fx.usize("d_model"), fx.usize("n_heads"), fx.usize("n_layers"), fx.usize("context")) }
+    GptConfig {
+        mlp_hidden: fx.usize("mlp_hidden"),
+        final_norm: fx.bool("final_norm"),
+        ..GptConfig::with_sizes(
+            fx.usize("vocab_size"),
+            fx.usize("d_model"),
+            fx.usize("n_heads"),
+            fx.usize("n_layers"),
+            fx.usize("context"),
+        )
+    }
 }
 
 fn gpt<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {

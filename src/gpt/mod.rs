@@ -11,7 +11,7 @@ use rand::Rng;
 pub use config::GptConfig;
 
 use crate::error::check_shape;
-use crate::threads::in_pool_if_small;
+use crate::exec::in_pool_if_small;
 use crate::layer::{Cache, InferState, KvCache};
 use crate::layers::{Block, Embedding};
 use crate::param::{ParamMap, Params};

@@ -13,10 +13,10 @@ use std::ops::Range;
 
 use ndarray::{Array2, Array3, Array4, ArrayView3, Axis, Zip, s};
 
-use super::elementwise::for_each_split;
-use super::matmul::{matmul_into, matmul_uninit, on_one_thread};
+use super::matmul::{matmul_into, matmul_uninit};
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
+use crate::exec::{QUERY_BLOCK, for_each_split, on_one_thread};
 use crate::{Error, Float, Result};
 
 const KERNEL: &str = "attention";
@@ -65,12 +65,6 @@ pub fn attention_forward<F: Float>(
 ) -> Result<(Array3<F>, Array4<F>)> {
     forward_blocked(q, k, v, n_heads, QUERY_BLOCK)
 }
-
-/// Query rows per block. A block of queries sees only the keys up to its last query's
-/// position, so the products skip the keys the causal mask hides from the whole block (a
-/// quarter of the work at `T = 128`, three eighths at `T = 256`); 64 rows match the height of
-/// the GEMM's widest micro-kernel.
-const QUERY_BLOCK: usize = 64;
 
 /// The query blocks of `T_q` rows, `block` at a time, each with the number of keys it sees:
 /// `offset + rows.end`, where `offset = T_k − T_q`.

@@ -7,8 +7,10 @@
 
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
 
-use super::elementwise::{for_each_split, map_array};
+use super::elementwise::map_array;
+use super::fast_math::exp_nonpositive;
 use crate::error::check_shape;
+use crate::exec::for_each_split;
 use crate::{Error, Float, Result};
 
 const KERNEL: &str = "cross_entropy";
@@ -58,11 +60,11 @@ pub fn cross_entropy_forward<F: Float>(
             .and(&mut row_losses),
         |mut p, z, &target, row_loss| {
             let max = z.fold(F::neg_infinity(), |m, &v| m.max(v));
-            let sum_exp = z.fold(F::zero(), |acc, &v| acc + (v - max).exp_nonpositive());
+            let sum_exp = z.fold(F::zero(), |acc, &v| acc + exp_nonpositive(v - max));
             let lse = max + sum_exp.ln();
             *row_loss = lse - z[target];
             Zip::from(&mut p).and(&z).for_each(|p, &z| {
-                p.write((z - lse).exp_nonpositive());
+                p.write(exp_nonpositive(z - lse));
             });
         }
     );

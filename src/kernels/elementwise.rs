@@ -12,31 +12,7 @@ use ndarray::{Array, ArrayView, Dimension, Zip};
 use rayon::prelude::*;
 
 use crate::Float;
-
-/// Slices at least this long are split across the worker threads.
-const PARALLEL_MIN_LEN: usize = 1 << 15;
-/// Elements per parallel task.
-const CHUNK: usize = 1 << 13;
-
-/// Whether a kernel doing about `work` scalar operations should split across threads: below
-/// this, waking the pool costs more than it saves (and gradient checks run many tiny
-/// forwards).
-pub(crate) fn worth_parallel(work: usize) -> bool {
-    work >= PARALLEL_MIN_LEN
-}
-
-/// Runs an ndarray `Zip` with `for_each`, or with `par_for_each` when
-/// [`worth_parallel`]`(work)`: `for_each_split!(work, zip, closure)`.
-macro_rules! for_each_split {
-    ($work:expr, $zip:expr, $body:expr) => {
-        if $crate::kernels::elementwise::worth_parallel($work) {
-            $zip.par_for_each($body)
-        } else {
-            $zip.for_each($body)
-        }
-    };
-}
-pub(crate) use for_each_split;
+use crate::exec::{ELEMENTWISE_CHUNK, PARALLEL_MIN_LEN};
 
 /// `[f(x[0]), f(x[1]), …]` as a new vector, each element written once (no zero fill first).
 ///
@@ -97,8 +73,11 @@ fn map_binary_into<F: Float>(
     f: impl Fn(F, F) -> F + Sync,
 ) {
     if x.len() >= PARALLEL_MIN_LEN {
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(
+                x.par_chunks(ELEMENTWISE_CHUNK)
+                    .zip(y.par_chunks(ELEMENTWISE_CHUNK)),
+            )
             .for_each(|(out, (x, y))| run_widest(BinaryLoop { x, y, out, f: &f }));
     } else {
         run_widest(BinaryLoop { x, y, out, f: &f });
@@ -115,8 +94,8 @@ pub(crate) fn add_assign<F: Float, D: ndarray::Dimension>(
 ) {
     match (dst.as_slice_mut(), src.as_slice()) {
         (Some(dst), Some(src)) if dst.len() >= PARALLEL_MIN_LEN => dst
-            .par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
+            .par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(src.par_chunks(ELEMENTWISE_CHUNK))
             .for_each(|(dst, src)| add_slices(dst, src)),
         (Some(dst), Some(src)) => add_slices(dst, src),
         _ => *dst += src,
@@ -128,7 +107,7 @@ pub(crate) fn add_assign<F: Float, D: ndarray::Dimension>(
 pub(crate) fn fill_zero<F: Float, D: ndarray::Dimension>(x: &mut ndarray::ArrayRef<F, D>) {
     match x.as_slice_memory_order_mut() {
         Some(values) if values.len() >= PARALLEL_MIN_LEN => values
-            .par_chunks_mut(CHUNK)
+            .par_chunks_mut(ELEMENTWISE_CHUNK)
             .for_each(|chunk| chunk.fill(F::zero())),
         Some(values) => values.fill(F::zero()),
         None => x.fill(F::zero()),

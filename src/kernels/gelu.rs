@@ -5,6 +5,7 @@
 use ndarray::{Array, ArrayView, Dimension};
 
 use super::elementwise::{map_array, zip_map_array};
+use super::fast_math::gelu_tanh;
 use crate::error::check_shape;
 use crate::{Float, Result};
 
@@ -14,7 +15,7 @@ const CUBIC: f64 = 0.044_715;
 /// Applies tanh-GELU element-wise: any shape in, the same shape out.
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
-    let gelu = move |x: F| half * x * (F::one() + (s * (x + a * x * x * x)).gelu_tanh());
+    let gelu = move |x: F| half * x * (F::one() + gelu_tanh(s * (x + a * x * x * x)));
     map_array(x, gelu)
 }
 
@@ -39,7 +40,7 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     let three_a = F::of(3.0 * CUBIC);
     let d_gelu = move |x: F, dy: F| {
         let x2 = x * x;
-        let th = (s * (x + a * x2 * x)).gelu_tanh();
+        let th = gelu_tanh(s * (x + a * x2 * x));
         let term_1 = half * (F::one() + th);
         let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
         dy * (term_1 + term_2)

@@ -6,9 +6,9 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Zip};
 
-use super::elementwise::for_each_split;
 use super::reduce::add_column_sums;
 use crate::error::check_shape;
+use crate::exec::for_each_split;
 use crate::{Float, Result};
 
 const KERNEL: &str = "layer_norm";

@@ -5,10 +5,10 @@
 
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Zip};
 
-use super::elementwise::for_each_split;
-use super::matmul::{join_products, matmul, matmul_into};
+use super::matmul::{matmul, matmul_into};
 use super::reduce::add_column_sums;
 use crate::error::check_shape;
+use crate::exec::{for_each_split, join_products};
 use crate::{Float, Result};
 
 const KERNEL: &str = "linear";
@@ -174,7 +174,7 @@ mod tests {
             sample(80, 70, 0.29),
             sample(800, 70, 0.41),
         );
-        const { assert!(800 * 80 * 70 >= crate::kernels::matmul::PARALLEL_MIN_MACS) };
+        const { assert!(800 * 80 * 70 >= crate::exec::PARALLEL_MIN_MACS) };
         let (mut d_w, mut d_b) = (Array2::ones((80, 70)), Array1::ones(70));
         let dx = linear_backward(
             x.view(),

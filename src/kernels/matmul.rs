@@ -6,67 +6,20 @@
 //! ndarray's default `matrixmultiply` (with and without its threading) on this workload.
 //! Views may be strided (transposes and head slices are passed without copying).
 
-use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use gemm::Parallelism;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::Float;
+use crate::exec::product_threads;
 
-/// Products smaller than this many multiply-adds run on the calling thread: splitting them
-/// costs more than it saves.
-pub(crate) const PARALLEL_MIN_MACS: usize = 256 * 128 * 128;
-
-thread_local! {
-    /// The threads a product issued on this thread may use, while inside [`join_products`].
-    static THREAD_BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// Runs two independent products at once, each on half of the pool's threads.
-///
-/// On two cores, two single-threaded products side by side beat the same two products each
-/// split across both cores (no synchronisation inside either product): 10–30% on the
-/// linear backward's `dW` and `dx` (`docs/performance.md`). Small products (`macs`, the
-/// multiply-adds of each, below the parallel threshold), one-thread pools and calls already
-/// inside a join run the two in turn.
-pub(crate) fn join_products<A: Send, B: Send>(
-    macs: usize,
-    a: impl FnOnce() -> A + Send,
-    b: impl FnOnce() -> B + Send,
-) -> (A, B) {
-    let threads = rayon::current_num_threads();
-    if threads < 2 || macs < PARALLEL_MIN_MACS || THREAD_BUDGET.get().is_some() {
-        return (a(), b());
-    }
-    let half = threads / 2;
-    rayon::join(|| with_budget(half, a), || with_budget(threads - half, b))
-}
-
-/// Runs `f` with its products on the calling thread only: for work that is already one of
-/// many parallel tasks (attention's per-sequence work), where splitting each product again
-/// would only add hand-offs.
-pub(crate) fn on_one_thread<R>(f: impl FnOnce() -> R) -> R {
-    with_budget(1, f)
-}
-
-fn with_budget<R>(threads: usize, f: impl FnOnce() -> R) -> R {
-    let outer = THREAD_BUDGET.replace(Some(threads));
-    let result = f();
-    THREAD_BUDGET.set(outer);
-    result
-}
-
-/// The parallelism of an `(m, k) · (k, n)` product issued from this thread.
+/// The parallelism of an `(m, k) · (k, n)` product issued from this thread: as many threads
+/// as [`product_threads`] allows.
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
-    let threads = match THREAD_BUDGET.get() {
-        Some(budget) => budget,
-        None => rayon::current_num_threads(),
-    };
-    if threads < 2 || m * n * k < PARALLEL_MIN_MACS {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(threads)
+    match product_threads(m * n * k) {
+        1 => Parallelism::None,
+        threads => Parallelism::Rayon(threads),
     }
 }
 
@@ -221,6 +174,7 @@ pub(crate) fn matmul_reference(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::PARALLEL_MIN_MACS;
     use approx::assert_abs_diff_eq;
     use ndarray::{Array2, s};
 

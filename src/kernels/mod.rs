@@ -4,12 +4,19 @@
 //! backward, and the backward's doc comment carries its derivation, with the terms tagged
 //! in the code. The [`layers`](crate::layers) own parameters and caches and call into these.
 //!
-//! Position-wise kernels take `(N, C)` with `N = B·T`; the others say their shapes.
+//! `linear` and `layer_norm` treat every position alike, so they take rows `(N, C)` with
+//! `N = B·T` (and `gelu`, element-wise, any shape), while `embedding` (ids `(B, T)` →
+//! `(B, T, C)`), `attention` (`(B, T, C)`) and `cross_entropy` (logits `(B, T, V)`, targets
+//! `(B, T)`) keep the batch and time axes apart because they use them — for the position-table
+//! row of `t`, for the causal mask within each sequence, and for the `(b, t)` at which an
+//! out-of-range target is reported — and the softmax works on one sequence's and head's
+//! `(T_q, T_k)` scores.
 
 pub mod attention;
 pub mod cross_entropy;
 pub(crate) mod elementwise;
 pub mod embedding;
+pub(crate) mod fast_math;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

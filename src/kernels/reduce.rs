@@ -7,11 +7,8 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut1, Zip};
 use rayon::prelude::*;
 
-use super::elementwise::worth_parallel;
 use crate::Float;
-
-/// Rows per block of the parallel reduction.
-const ROWS_PER_BLOCK: usize = 128;
+use crate::exec::{SUM_ROWS_PER_BLOCK, worth_parallel};
 
 /// `acc += Σ_n a[n, ·]` (with `b`: `acc += Σ_n a[n, ·] ⊙ b[n, ·]`).
 ///
@@ -24,7 +21,7 @@ pub(crate) fn add_column_sums<F: Float>(
     let (n, c) = a.dim();
     // One partial sum per block, all in one array; a single block when not worth splitting.
     let rows_per_block = if worth_parallel(n * c) {
-        ROWS_PER_BLOCK
+        SUM_ROWS_PER_BLOCK
     } else {
         n.max(1)
     };

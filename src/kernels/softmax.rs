@@ -7,7 +7,9 @@
 use ndarray::{ArrayView2, ArrayViewMut2, Zip, s};
 
 use super::elementwise::{WideLoop, run_widest};
+use super::fast_math::exp_nonpositive;
 use crate::Float;
+use crate::exec::LANES;
 
 /// In place on `scores (T_q, T_k)`: row `i` becomes the softmax of its entries `j ≤ i + offset`,
 /// and entries `j > i + offset` become 0.
@@ -40,7 +42,7 @@ impl<F: Float> WideLoop for CausalSoftmaxRows<'_, F> {
             }
             let mut seen = row.slice_mut(s![..visible]);
             let max = seen.fold(F::neg_infinity(), |m, &v| m.max(v));
-            seen.mapv_inplace(|v| (v - max).exp_nonpositive());
+            seen.mapv_inplace(|v| exp_nonpositive(v - max));
             let inv_sum = F::one() / seen.sum();
             seen.mapv_inplace(|v| v * inv_sum);
             row.slice_mut(s![visible..]).fill(F::zero());
@@ -48,12 +50,9 @@ impl<F: Float> WideLoop for CausalSoftmaxRows<'_, F> {
     }
 }
 
-/// Lanes of the running maximum and sum in [`softmax_in_place`]: independent accumulators
-/// let those loops vectorise.
-const LANES: usize = 16;
-
 /// The softmax of a contiguous, non-empty row, in place: the maximum is subtracted, the
-/// exponentials and their sum taken in one pass, then each is divided by the sum.
+/// exponentials and their sum taken in one pass, then each is divided by the sum. The running
+/// maximum and sum are kept in [`LANES`] independent accumulators, so those loops vectorise.
 #[inline(always)]
 fn softmax_in_place<F: Float>(row: &mut [F]) {
     let mut lanes = [F::neg_infinity(); LANES];
@@ -68,13 +67,13 @@ fn softmax_in_place<F: Float>(row: &mut [F]) {
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *v = (*v - max).exp_nonpositive();
+            *v = exp_nonpositive(*v - max);
             *lane += *v;
         }
     }
     let mut sum = F::zero();
     for v in chunks.into_remainder() {
-        *v = (*v - max).exp_nonpositive();
+        *v = exp_nonpositive(*v - max);
         sum += *v;
     }
     let inv_sum = F::one() / lanes.iter().fold(sum, |acc, &lane| acc + lane);

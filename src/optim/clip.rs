@@ -13,7 +13,8 @@
 use ndarray::{ArrayViewD, aview1};
 use rayon::prelude::*;
 
-use crate::kernels::elementwise::{WideLoop, run_widest, worth_parallel};
+use crate::exec::{LANES, NORM_CHUNK, worth_parallel};
+use crate::kernels::elementwise::{WideLoop, run_widest};
 use crate::param::Params;
 use crate::{Error, Float, Result};
 
@@ -218,13 +219,6 @@ impl NormAccumulator {
         Ok(scale * scaled_sum_sq.sqrt())
     }
 }
-
-/// Elements per chunk of a contiguous gradient. The chunking is fixed, so the order of the
-/// summation, and hence the norm, depends only on the gradients, never on the thread count.
-const NORM_CHUNK: usize = 1 << 14;
-/// Interleaved partial sums within a chunk: element `i` goes to lane `i % LANES`. Independent
-/// lanes let the loop run in vector registers without reassociating any one sum.
-const LANES: usize = 16;
 
 /// `(Σ prep(g)², max |g|)` over a contiguous gradient, in `f64`: per chunk of [`NORM_CHUNK`]
 /// elements (in parallel when the slice is long), the chunks' sums then added in order.

@@ -7,7 +7,8 @@ use rayon::prelude::*;
 
 use super::{AdamConfig, ParamState};
 use crate::Float;
-use crate::kernels::elementwise::{WideLoop, for_each_split, run_widest, worth_parallel};
+use crate::exec::{UPDATE_CHUNK, for_each_split, worth_parallel};
+use crate::kernels::elementwise::{WideLoop, run_widest};
 
 /// The per-step scalars of the update, converted once to `F`.
 #[derive(Clone, Copy, Debug)]
@@ -148,9 +149,6 @@ impl<F: Float> WideLoop for UpdateLoop<'_, F> {
         }
     }
 }
-
-/// Elements per parallel task of the update (the result does not depend on it).
-const UPDATE_CHUNK: usize = 1 << 13;
 
 /// Applies one update to one parameter (shapes already checked).
 pub(super) fn update<F: Float>(
