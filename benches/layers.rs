@@ -37,7 +37,6 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use baregpt::prelude::*;
 use baregpt::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
 use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp};
 use baregpt::{Adam, AdamConfig, CrossEntropy, Gpt, GptConfig, Layer, LayerInput};
@@ -128,12 +127,20 @@ fn float_layers(rng: &mut StdRng) -> Vec<Case> {
     vec![
         (
             "linear",
-            Box::new(Linear::new(C, HIDDEN, true, rng)),
+            Box::new(Linear::new(C, HIDDEN, true, rng).expect("valid sizes")),
             x.clone(),
         ),
-        ("layer_norm", Box::new(LayerNorm::new(C)), x.clone()),
+        (
+            "layer_norm",
+            Box::new(LayerNorm::new(C).expect("valid width")),
+            x.clone(),
+        ),
         ("gelu", Box::new(Gelu::new()), hidden),
-        ("mlp", Box::new(Mlp::new(C, HIDDEN, rng)), x.clone()),
+        (
+            "mlp",
+            Box::new(Mlp::new(C, HIDDEN, rng).expect("valid sizes")),
+            x.clone(),
+        ),
         (
             "attention",
             Box::new(Attention::new(C, HEADS, rng).expect("4 heads divide 256")),
@@ -154,7 +161,7 @@ fn forward(c: &mut Criterion) {
         bench_forward(&mut g, name, layer.as_mut(), &x);
     }
     let ids_in = ids(&mut rng);
-    let mut embed = Embedding::<f32>::new(VOCAB, C, T, &mut rng);
+    let mut embed = Embedding::<f32>::new(VOCAB, C, T, &mut rng).expect("valid sizes");
     bench_forward(&mut g, "embedding", &mut embed, &ids_in);
 
     let logits = uniform3((B, T, VOCAB), &mut rng);
@@ -188,7 +195,7 @@ fn backward(c: &mut Criterion) {
         bench_backward(&mut g, name, layer.as_mut(), &x, &mut rng);
     }
     let ids_in = ids(&mut rng);
-    let mut embed = Embedding::<f32>::new(VOCAB, C, T, &mut rng);
+    let mut embed = Embedding::<f32>::new(VOCAB, C, T, &mut rng).expect("valid sizes");
     bench_backward(&mut g, "embedding", &mut embed, &ids_in, &mut rng);
 
     let logits = uniform3((B, T, VOCAB), &mut rng);

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use baregpt::prelude::*;
-use baregpt::{Adam, AdamConfig, Gpt, GptConfig, Layer};
+use baregpt::{Adam, AdamConfig, Gpt, GptConfig};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 

@@ -20,7 +20,7 @@ use baregpt::prelude::*;
 use baregpt::checkpoint;
 use baregpt::data::AdditionTask;
 use baregpt::generate::{SampleOptions, generate};
-use baregpt::{Error, Layer};
+use baregpt::Error;
 use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;

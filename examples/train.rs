@@ -20,7 +20,7 @@ use std::time::Instant;
 use baregpt::prelude::*;
 use baregpt::checkpoint::{self, Extras, OptimizerState};
 use baregpt::generate::{SampleOptions, generate};
-use baregpt::{Adam, AdamConfig, Gpt, GptConfig, Layer, LrSchedule};
+use baregpt::{Adam, AdamConfig, Gpt, GptConfig, LrSchedule};
 use clap::{Parser, ValueEnum};
 use common::plot::{EvalPoint, loss_plot};
 use common::{Task, history_from_string, history_to_string, solve};

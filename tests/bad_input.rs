@@ -12,10 +12,10 @@ mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use baregpt::prelude::*;
 use baregpt::kernels::attention_forward;
-use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
 use baregpt::layer::KvCache;
+use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
+use baregpt::prelude::*;
 use baregpt::{CrossEntropy, Error, Gpt, GptConfig};
 use common::{config, rng, snapshot};
 use ndarray::{Array1, Array2, Array3, array};
@@ -31,7 +31,11 @@ fn x(b: usize, t: usize, c: usize) -> Array3<f64> {
 }
 
 fn small_config() -> GptConfig {
-    GptConfig { mlp_hidden: 16, final_norm: true, ..GptConfig::with_sizes(10, 8, 2, 1, 4) }
+    GptConfig {
+        mlp_hidden: 16,
+        final_norm: true,
+        ..GptConfig::with_sizes(10, 8, 2, 1, 4)
+    }
 }
 
 /// Asserts `result` is an error whose message is exactly `message`, and returns it.
@@ -459,7 +463,13 @@ fn invalid_configurations_are_refused() {
         let message = format!("GptConfig: invalid configuration: {field} must be positive");
         expect_err(cfg.validate(), &message);
         let err = expect_err(Gpt::<f32>::new(cfg, &mut r), &message);
-        assert!(matches!(err, Error::InvalidConfig { layer: "GptConfig", .. }));
+        assert!(matches!(
+            err,
+            Error::InvalidConfig {
+                layer: "GptConfig",
+                ..
+            }
+        ));
     }
 
     let mut head = CrossEntropy::<f64>::new();
@@ -612,21 +622,24 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
     let bias = case.seed % 2 == 0;
     let (x, dy) = (&case.x, &case.dy);
     match case.kind {
-        0 => built(Linear::new(s0, s1, bias, &mut r), |mut l| exercise(&mut l, x, dy)),
+        0 => built(Linear::new(s0, s1, bias, &mut r), |mut l| {
+            exercise(&mut l, x, dy)
+        }),
         1 => built(LayerNorm::new(s0), |mut l| exercise(&mut l, x, dy)),
         2 => exercise(&mut Gelu::new(), x, dy),
-        3 => built(Attention::new(s0, heads, &mut r), |mut l| exercise(&mut l, x, dy)),
+        3 => built(Attention::new(s0, heads, &mut r), |mut l| {
+            exercise(&mut l, x, dy)
+        }),
         4 => built(Mlp::new(s0, s1, &mut r), |mut l| exercise(&mut l, x, dy)),
-        5 => built(Block::new(s0, heads, s2, &mut r), |mut l| exercise(&mut l, x, dy)),
+        5 => built(Block::new(s0, heads, s2, &mut r), |mut l| {
+            exercise(&mut l, x, dy)
+        }),
         6 => {
             // Widths need not chain: a forward may fail part-way through.
             let linear = Linear::new(s0, s1, bias, &mut r);
             let norm = LayerNorm::new(if case.well_formed { s1 } else { s2 });
             let seq = linear.and_then(|linear| {
-                Ok(Sequential::new()
-                    .push(linear)
-                    .push(Gelu::new())
-                    .push(norm?))
+                Ok(Sequential::new().push(linear).push(Gelu::new()).push(norm?))
             });
             built(seq, |mut l| exercise(&mut l, x, dy))
         }
@@ -648,7 +661,17 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
             exercise(&mut embed, &case.ids, dy)
         }),
         _ => {
-            let cfg = GptConfig { mlp_hidden: s5, final_norm: bias, ..GptConfig::with_sizes(s0, if case.well_formed { s1 * s2 } else { s1 }, s2, s3 % 3, s4) };
+            let cfg = GptConfig {
+                mlp_hidden: s5,
+                final_norm: bias,
+                ..GptConfig::with_sizes(
+                    s0,
+                    if case.well_formed { s1 * s2 } else { s1 },
+                    s2,
+                    s3 % 3,
+                    s4,
+                )
+            };
             match Gpt::<f64>::new(cfg, &mut r) {
                 Ok(mut gpt) => {
                     let fresh = snapshot(&gpt);

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use baregpt::prelude::*;
 use baregpt::checkpoint::{self, Extras, OptimizerState};
 use baregpt::data::CharVocab;
+use baregpt::prelude::*;
 use baregpt::{Error, Float, Gpt, GptConfig};
 use ndarray::ArrayD;
 use proptest::prelude::*;
@@ -14,7 +14,11 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use safetensors::tensor::{Dtype, TensorView};
 
 fn small_config(vocab_size: usize) -> GptConfig {
-    GptConfig { mlp_hidden: 16, final_norm: true, ..GptConfig::with_sizes(vocab_size, 8, 2, 2, 6) }
+    GptConfig {
+        mlp_hidden: 16,
+        final_norm: true,
+        ..GptConfig::with_sizes(vocab_size, 8, 2, 2, 6)
+    }
 }
 
 fn model<F: Float>(seed: u64, config: GptConfig) -> Gpt<F> {

@@ -2,15 +2,19 @@
 //! generation equals full-forward generation token by token, and bad input is refused with
 //! the cache left as it was.
 
-use baregpt::prelude::*;
 use baregpt::generate::{KvCache, SampleOptions, generate, generate_uncached, slide_keep};
-use baregpt::{Error, Gpt, GptConfig, Layer};
+use baregpt::prelude::*;
+use baregpt::{Error, Gpt, GptConfig};
 use ndarray::{Array2, Axis, s};
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 fn config(vocab_size: usize, context: usize, final_norm: bool) -> GptConfig {
-    GptConfig { mlp_hidden: 24, final_norm, ..GptConfig::with_sizes(vocab_size, 12, 3, 2, context) }
+    GptConfig {
+        mlp_hidden: 24,
+        final_norm,
+        ..GptConfig::with_sizes(vocab_size, 12, 3, 2, context)
+    }
 }
 
 fn random_ids(b: usize, t: usize, v: usize, rng: &mut StdRng) -> Array2<usize> {
@@ -43,15 +47,15 @@ proptest! {
         let mut gpt = Gpt::<f64>::new(config(7, context, final_norm), &mut rng).unwrap();
         let ids = random_ids(b, context, 7, &mut rng);
         let full = gpt.forward(&ids).unwrap();
-        let mut cache = KvCache::new(gpt.config(), b);
+        let mut cache = gpt.kv_cache(b).unwrap();
         let mut start = 0;
         for chunk in chunks {
             let end = (start + chunk).min(context);
             if start == end {
                 break;
             }
-            let logits = gpt
-                .forward_incremental(&ids.slice(s![.., start..end]).to_owned(), &mut cache)
+            let logits = cache
+                .infer(&gpt, &ids.slice(s![.., start..end]).to_owned())
                 .unwrap();
             prop_assert_eq!(cache.len(), end);
             let diff = max_diff(logits.view(), full.slice(s![.., start..end, ..]));
@@ -66,10 +70,10 @@ fn one_token_at_a_time_matches_full_forward_at_every_step() {
     let mut rng = StdRng::seed_from_u64(11);
     let mut gpt = Gpt::<f64>::new(config(9, 16, true), &mut rng).unwrap();
     let ids = random_ids(1, 16, 9, &mut rng);
-    let mut cache = KvCache::new(gpt.config(), 1);
+    let mut cache = gpt.kv_cache(1).unwrap();
     for t in 0..16 {
-        let step = gpt
-            .forward_incremental(&ids.slice(s![.., t..t + 1]).to_owned(), &mut cache)
+        let step = cache
+            .infer(&gpt, &ids.slice(s![.., t..t + 1]).to_owned())
             .unwrap();
         // The reference is a fresh full forward over the prefix 0..=t.
         let full = gpt.forward(&ids.slice(s![.., ..=t]).to_owned()).unwrap();
@@ -101,7 +105,7 @@ fn cached_generation_equals_full_forward_generation_token_by_token() {
         ),
     ] {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut gpt = Gpt::<f64>::new(config(11, context, seed % 2 == 0), &mut rng).unwrap();
+        let gpt = Gpt::<f64>::new(config(11, context, seed % 2 == 0), &mut rng).unwrap();
         let prompt: Vec<usize> = (0..3).map(|i| (i * 4 + seed as usize) % 11).collect();
         // 40 new tokens is several window restarts for these contexts.
         let mut streamed = Vec::new();
@@ -115,7 +119,7 @@ fn cached_generation_equals_full_forward_generation_token_by_token() {
         )
         .unwrap();
         let full = generate_uncached(
-            &mut gpt,
+            &gpt,
             &prompt,
             40,
             &options,
@@ -138,7 +142,7 @@ fn uncached_generation_uses_the_documented_window() {
     let mut gpt = Gpt::<f64>::new(config(6, context, true), &mut rng).unwrap();
     let prompt = vec![1, 2, 3, 4, 5, 0];
     let out = generate_uncached(
-        &mut gpt,
+        &gpt,
         &prompt,
         12,
         &SampleOptions::greedy(),
@@ -168,7 +172,7 @@ fn uncached_generation_uses_the_documented_window() {
 }
 
 #[test]
-fn incremental_forward_leaves_training_caches_alone() {
+fn cached_inference_leaves_training_caches_alone() {
     let mut rng = StdRng::seed_from_u64(8);
     let mut gpt = Gpt::<f64>::new(config(7, 6, true), &mut rng).unwrap();
     let ids = random_ids(2, 6, 7, &mut rng);
@@ -180,9 +184,8 @@ fn incremental_forward_leaves_training_caches_alone() {
 
     gpt.zero_grad();
     gpt.loss(&ids, &targets).unwrap();
-    let mut cache = KvCache::new(gpt.config(), 1);
-    gpt.forward_incremental(&random_ids(1, 3, 7, &mut rng), &mut cache)
-        .unwrap();
+    let mut cache = gpt.kv_cache(1).unwrap();
+    cache.infer(&gpt, &random_ids(1, 3, 7, &mut rng)).unwrap();
     gpt.backward_loss().unwrap();
     let mut i = 0;
     gpt.for_each_param(&mut |name, p| {
@@ -191,17 +194,35 @@ fn incremental_forward_leaves_training_caches_alone() {
     });
 }
 
+/// Runs `gpt` on one id through `foreign`, a one-position cache of another model, requires
+/// an error, and that the cache is as it was.
+fn cache_err(gpt: &Gpt<f64>, foreign: &mut KvCache<f64>) -> Error {
+    let keys: Vec<_> = foreign
+        .layers()
+        .iter()
+        .map(|l| l.keys().to_owned())
+        .collect();
+    let err = foreign.infer(gpt, &ndarray::array![[1]]).unwrap_err();
+    assert_eq!(foreign.len(), 1, "{err}");
+    let after: Vec<_> = foreign
+        .layers()
+        .iter()
+        .map(|l| l.keys().to_owned())
+        .collect();
+    assert_eq!(after, keys, "{err}");
+    err
+}
+
 #[test]
 fn bad_input_is_refused_and_the_cache_is_unchanged() {
     let mut rng = StdRng::seed_from_u64(9);
     let mut gpt = Gpt::<f64>::new(config(5, 4, true), &mut rng).unwrap();
-    let mut cache = KvCache::new(gpt.config(), 1);
-    gpt.forward_incremental(&ndarray::array![[1, 2]], &mut cache)
-        .unwrap();
+    let mut cache = gpt.kv_cache(1).unwrap();
+    cache.infer(&gpt, &ndarray::array![[1, 2]]).unwrap();
+    let keys_before: Vec<_> = cache.layers().iter().map(|l| l.keys().to_owned()).collect();
+    assert_eq!(keys_before.len(), 2, "one slot per attention layer");
 
-    let err = gpt
-        .forward_incremental(&ndarray::array![[1, 2, 3]], &mut cache)
-        .unwrap_err();
+    let err = cache.infer(&gpt, &ndarray::array![[1, 2, 3]]).unwrap_err();
     assert!(
         matches!(
             err,
@@ -213,29 +234,61 @@ fn bad_input_is_refused_and_the_cache_is_unchanged() {
         ),
         "{err}"
     );
-    let err = gpt
-        .forward_incremental(&ndarray::array![[7]], &mut cache)
-        .unwrap_err();
+    let err = cache.infer(&gpt, &ndarray::array![[7]]).unwrap_err();
     assert!(matches!(err, Error::TokenOutOfRange { id: 7, .. }), "{err}");
-    let err = gpt
-        .forward_incremental(&ndarray::array![[1], [2]], &mut cache)
-        .unwrap_err();
+    let err = cache.infer(&gpt, &ndarray::array![[1], [2]]).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
-    let err = gpt
-        .forward_incremental(&Array2::zeros((1, 0)), &mut cache)
-        .unwrap_err();
+    let err = cache.infer(&gpt, &Array2::zeros((1, 0))).unwrap_err();
     assert!(matches!(err, Error::SequenceLength { .. }), "{err}");
-    let mut foreign = KvCache::new(&config(5, 8, true), 1);
-    let err = gpt
-        .forward_incremental(&ndarray::array![[1]], &mut foreign)
-        .unwrap_err();
+    // A cache longer than the model's context still stops at the context.
+    let mut long = KvCache::new(1, 8).unwrap();
+    long.infer(&gpt, &ndarray::array![[1, 2, 3]]).unwrap();
+    let err = long.infer(&gpt, &ndarray::array![[1, 2]]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SequenceLength {
+                len: 5,
+                context: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(long.len(), 3);
+
+    // A cache filled by another model: one with more attention layers, and one with another
+    // key width. Both are refused and left as they were.
+    let deeper = Gpt::<f64>::new(
+        GptConfig {
+            n_layers: 3,
+            ..config(5, 8, true)
+        },
+        &mut rng,
+    )
+    .unwrap();
+    let mut foreign = deeper.kv_cache(1).unwrap();
+    foreign.infer(&deeper, &ndarray::array![[1]]).unwrap();
+    let err = cache_err(&gpt, &mut foreign);
     assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    let narrower = Gpt::<f64>::new(
+        GptConfig {
+            mlp_hidden: 16,
+            ..GptConfig::with_sizes(5, 6, 3, 2, 8)
+        },
+        &mut rng,
+    )
+    .unwrap();
+    let mut foreign = narrower.kv_cache(1).unwrap();
+    foreign.infer(&narrower, &ndarray::array![[1]]).unwrap();
+    let err = cache_err(&gpt, &mut foreign);
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
 
     // After all those errors the cache still holds exactly the two good positions.
     assert_eq!(cache.len(), 2);
-    let next = gpt
-        .forward_incremental(&ndarray::array![[3]], &mut cache)
-        .unwrap();
+    let keys_after: Vec<_> = cache.layers().iter().map(|l| l.keys().to_owned()).collect();
+    assert_eq!(keys_after, keys_before);
+    let next = cache.infer(&gpt, &ndarray::array![[3]]).unwrap();
     let full = gpt.forward(&ndarray::array![[1, 2, 3]]).unwrap();
     assert!(max_diff(next.view(), full.slice(s![.., 2..3, ..])) < 1e-12);
 

@@ -4,10 +4,10 @@
 
 mod common;
 
-use baregpt::prelude::*;
 use baregpt::kernels::attention_forward;
 use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
-use baregpt::{CrossEntropy, Float, Gpt, GptConfig, Layer, LayerInput, strategies};
+use baregpt::prelude::*;
+use baregpt::{CrossEntropy, Gpt, GptConfig, strategies};
 use common::{config, grads, jitter_params, rng};
 use ndarray::{Array2, Array3, ArrayView3, Axis, s};
 use proptest::prelude::*;
@@ -83,7 +83,7 @@ proptest! {
         })
     ) {
         let eps = LayerNorm::<f64>::DEFAULT_EPS;
-        let y = LayerNorm::new(x.dim().2).forward(&x).unwrap();
+        let y = LayerNorm::new(x.dim().2).unwrap().forward(&x).unwrap();
         for ((mean, var), (_, var_x)) in row_stats(&y).into_iter().zip(row_stats(&x)) {
             prop_assert!(mean.abs() < 1e-12, "row mean {mean}");
             // Biased variance with eps: exactly σ²/(σ² + eps), which is 1 unless σ² ~ eps.
@@ -104,7 +104,7 @@ proptest! {
     ) {
         let c = x.dim().2;
         let beta = beta.into_shape_with_order(c).unwrap();
-        let mut ln = LayerNorm::new(c);
+        let mut ln = LayerNorm::new(c).unwrap();
         ln.for_each_param_mut(&mut |name, mut p| match name {
             "gamma" => p.value.fill(gain),
             "beta" => p.value.assign(&beta),
@@ -308,7 +308,11 @@ fn sample_x(b: usize, t: usize, c: usize) -> Array3<f64> {
 }
 
 fn small_config(final_norm: bool) -> GptConfig {
-    GptConfig { mlp_hidden: 12, final_norm, ..GptConfig::with_sizes(13, 6, 3, 2, 5) }
+    GptConfig {
+        mlp_hidden: 12,
+        final_norm,
+        ..GptConfig::with_sizes(13, 6, 3, 2, 5)
+    }
 }
 
 #[test]
@@ -316,17 +320,17 @@ fn backward_twice_doubles_the_gradients() {
     let mut r = rng(21);
     let x = sample_x(2, 4, 6);
     let mut layers: Vec<Box<dyn Layer<f64>>> = vec![
-        Box::new(Linear::new(6, 4, true, &mut r)),
-        Box::new(LayerNorm::new(6)),
+        Box::new(Linear::new(6, 4, true, &mut r).unwrap()),
+        Box::new(LayerNorm::new(6).unwrap()),
         Box::new(Gelu::new()),
-        Box::new(Mlp::new(6, 10, &mut r)),
+        Box::new(Mlp::new(6, 10, &mut r).unwrap()),
         Box::new(Attention::new(6, 2, &mut r).unwrap()),
         Box::new(Block::new(6, 3, 12, &mut r).unwrap()),
         Box::new(
             Sequential::new()
-                .push(Linear::new(6, 6, false, &mut r))
+                .push(Linear::new(6, 6, false, &mut r).unwrap())
                 .push(Block::new(6, 2, 8, &mut r).unwrap())
-                .push(LayerNorm::new(6)),
+                .push(LayerNorm::new(6).unwrap()),
         ),
     ];
     for (i, layer) in layers.iter_mut().enumerate() {
@@ -336,7 +340,7 @@ fn backward_twice_doubles_the_gradients() {
 
     // Distinct ids: each token row's gradient is one sum, added once per backward.
     let ids = Array2::from_shape_fn((2, 5), |(b, t)| 5 * b + t);
-    let mut embed = Embedding::new(13, 6, 5, &mut r);
+    let mut embed = Embedding::new(13, 6, 5, &mut r).unwrap();
     assert_backward_twice_doubles(&mut embed, &ids, 7);
     for final_norm in [true, false] {
         let mut gpt = Gpt::<f64>::new(small_config(final_norm), &mut r).unwrap();
@@ -345,7 +349,7 @@ fn backward_twice_doubles_the_gradients() {
     }
 }
 
-/// The inherent `Gpt::loss` / `Gpt::backward` pair accumulates too, and agrees with the
+/// The inherent `Gpt::loss` / `Gpt::backward_loss` pair accumulates too, and agrees with the
 /// `Layer` form fed by the loss head's gradient.
 #[test]
 fn gpt_loss_backward_twice_doubles_and_matches_the_layer_form() {
@@ -417,7 +421,7 @@ fn zero_grad_zeroes_every_gradient() {
 
     let mut r = rng(2);
     let mut net = Sequential::<f64>::new()
-        .push(Linear::new(6, 6, true, &mut r))
+        .push(Linear::new(6, 6, true, &mut r).unwrap())
         .push(Block::new(6, 2, 8, &mut r).unwrap());
     let y = net.forward(&sample_x(1, 3, 6)).unwrap();
     net.backward(&y).unwrap();
