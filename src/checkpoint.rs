@@ -248,20 +248,12 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<GptConfig> {
 /// # Errors
 /// As [`save`], without the I/O.
 pub fn to_bytes<F: Float>(model: &Gpt<F>, extras: &Extras<F>) -> Result<Vec<u8>> {
-    let dtype = dtype_of::<F>()?;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut shapes = HashMap::new();
-    model.for_each_param(&mut |name, p| {
-        shapes.insert(name.to_owned(), p.value.shape().to_vec());
-        tensors.push((
-            name.to_owned(),
-            p.value.shape().to_vec(),
-            encode(p.value.iter()),
-        ));
-    });
-    let mut meta = HashMap::new();
-    meta.insert("format".to_owned(), FORMAT.to_owned());
-    meta.insert("dtype".to_owned(), F::NAME.to_owned());
+    let mut tensors = param_tensors(model);
+    let shapes: HashMap<String, Vec<usize>> = tensors
+        .iter()
+        .map(|(name, shape, _)| (name.clone(), shape.clone()))
+        .collect();
+    let mut meta = base_metadata::<F>();
     for (field, value) in model.config().to_metadata() {
         meta.insert(format!("config.{field}"), value);
     }
@@ -294,6 +286,107 @@ pub fn to_bytes<F: Float>(model: &Gpt<F>, extras: &Extras<F>) -> Result<Vec<u8>>
     for (key, value) in &extras.metadata {
         meta.insert(format!("{USER}{key}"), value.clone());
     }
+    serialize::<F>(&tensors, meta)
+}
+
+/// Saves only the parameters of `model` — any [`Params`]: a layer, a boxed layer, a model
+/// of your own — under their dotted names, atomically. [`load_params_into`] reads it back.
+///
+/// # Errors
+/// As [`save`].
+pub fn save_params<F: Float, P: Params<F> + ?Sized>(path: impl AsRef<Path>, model: &P) -> Result<()> {
+    let bytes = serialize::<F>(&param_tensors(model), base_metadata::<F>())?;
+    write_atomically(path.as_ref(), &bytes)
+}
+
+/// Loads the parameters saved by [`save_params`] (or those of a whole-model checkpoint,
+/// ignoring its optimizer state) into `model` by name; all or nothing, through
+/// [`Params::import_params`]. Gradients are left alone.
+///
+/// # Errors
+/// [`Error::Io`] and [`Error::Checkpoint`] as [`load`]; [`Error::DtypeMismatch`] for another
+/// float type; [`Error::ParamMismatch`] for a missing, extra or reshaped tensor. On error
+/// `model` is unchanged.
+pub fn load_params_into<F: Float, P: Params<F> + ?Sized>(
+    path: impl AsRef<Path>,
+    model: &mut P,
+) -> Result<()> {
+    load_params_bytes_into(&read(path.as_ref())?, model)
+}
+
+/// [`load_params_into`] from bytes.
+///
+/// # Errors
+/// As [`load_params_into`], without the I/O.
+pub fn load_params_bytes_into<F: Float, P: Params<F> + ?Sized>(
+    bytes: &[u8],
+    model: &mut P,
+) -> Result<()> {
+    let dtype = dtype_of::<F>()?;
+    let (file, meta) = parse_file(bytes)?;
+    check_dtype_metadata::<F>(&meta)?;
+    let mut map = ParamMap::new();
+    let mut names = file.names();
+    names.sort_unstable();
+    for name in names {
+        if name.strip_prefix(OPTIMIZER).is_some_and(|rest| rest.starts_with('.')) {
+            continue;
+        }
+        let view = file
+            .tensor(name)
+            .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))?;
+        if view.dtype() != dtype {
+            return Err(Error::DtypeMismatch {
+                name: name.to_owned(),
+                expected: F::NAME,
+                found: format!("{:?}", view.dtype()),
+            });
+        }
+        map.insert(name, decode::<F>(name, view.shape(), view.data())?);
+    }
+    model.import_params(&map)
+}
+
+/// Every parameter of `model` as `(name, shape, little-endian bytes)`, in visit order.
+fn param_tensors<F: Float, P: Params<F> + ?Sized>(model: &P) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let mut tensors = Vec::new();
+    model.for_each_param(&mut |name, p| {
+        tensors.push((
+            name.to_owned(),
+            p.value.shape().to_vec(),
+            encode(p.value.iter()),
+        ));
+    });
+    tensors
+}
+
+/// The metadata every file starts with: `format` and `dtype`.
+fn base_metadata<F: Float>() -> HashMap<String, String> {
+    HashMap::from([
+        ("format".to_owned(), FORMAT.to_owned()),
+        ("dtype".to_owned(), F::NAME.to_owned()),
+    ])
+}
+
+/// Refuses a file whose recorded dtype is not `F`'s.
+fn check_dtype_metadata<F: Float>(meta: &HashMap<String, String>) -> Result<()> {
+    let stored = meta.get("dtype").map(String::as_str).unwrap_or("(none)");
+    if stored != F::NAME {
+        return Err(Error::DtypeMismatch {
+            name: "(checkpoint)".into(),
+            expected: F::NAME,
+            found: stored.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The safetensors bytes of `tensors` with `meta`.
+fn serialize<F: Float>(
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let dtype = dtype_of::<F>()?;
     let views = tensors
         .iter()
         .map(|(name, shape, data)| {
@@ -443,14 +536,7 @@ fn parse<F: Float>(bytes: &[u8]) -> Result<Parsed<F>> {
     let dtype = dtype_of::<F>()?;
     let (file, meta) = parse_file(bytes)?;
     let config = GptConfig::from_metadata(&meta)?;
-    let stored_dtype = meta.get("dtype").map(String::as_str).unwrap_or("(none)");
-    if stored_dtype != F::NAME {
-        return Err(Error::DtypeMismatch {
-            name: "(checkpoint)".into(),
-            expected: F::NAME,
-            found: stored_dtype.to_owned(),
-        });
-    }
+    check_dtype_metadata::<F>(&meta)?;
     let vocab = match meta.get("vocab") {
         None => None,
         Some(chars) => {

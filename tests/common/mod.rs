@@ -4,7 +4,6 @@
 // Each test crate includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
-use baregpt::prelude::*;
 use baregpt::gradcheck::{self, GradCheckOptions, GradCheckReport};
 use baregpt::param::{Param, ParamPath, ParamVisitor, ParamVisitorMut, Params};
 use baregpt::{Float, Layer, LayerInput};

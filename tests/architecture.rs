@@ -1,0 +1,306 @@
+//! The architecture's promises (issue 10): boxed layers go wherever a layer or "something with
+//! parameters" is expected; parameters are reachable, exportable and importable by name, all
+//! or nothing; inference is the training forward's computation, bit for bit; and a backward
+//! never differentiates a mix of two forwards.
+
+mod common;
+
+use baregpt::checkpoint;
+use baregpt::gradcheck::{self, GradCheckOptions};
+use baregpt::layer::KvCache;
+use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
+use baregpt::optim::{clip_grad_norm, grad_norm};
+use baregpt::param::ParamMap;
+use baregpt::prelude::*;
+use baregpt::{Adam, AdamConfig, CrossEntropy, Error, Gpt, GptConfig};
+use common::{rng, snapshot};
+use ndarray::{Array2, Array3, ArrayD, array, s};
+use rand::RngExt;
+
+fn input(shape: (usize, usize, usize), seed: u64) -> Array3<f64> {
+    let mut r = rng(seed);
+    Array3::from_shape_simple_fn(shape, || r.random::<f64>() * 2.0 - 1.0)
+}
+
+fn small_gpt(seed: u64) -> Gpt<f64> {
+    let config = GptConfig {
+        mlp_hidden: 12,
+        ..GptConfig::with_sizes(9, 6, 2, 2, 7)
+    };
+    Gpt::new(config, &mut rng(seed)).unwrap()
+}
+
+fn boxed_net(seed: u64) -> Box<dyn Layer<f64>> {
+    let mut r = rng(seed);
+    Box::new(
+        Sequential::new()
+            .push(Linear::new(4, 6, true, &mut r).unwrap())
+            .push(Attention::new(6, 2, &mut r).unwrap())
+            .push(LayerNorm::new(6).unwrap())
+            .push(Linear::new(6, 3, false, &mut r).unwrap()),
+    )
+}
+
+#[test]
+fn a_boxed_layer_goes_straight_to_adam_the_checker_clipping_and_checkpoints() {
+    let mut net = boxed_net(1);
+    let x = input((2, 3, 4), 2);
+    let y = net.forward(&x).unwrap();
+    net.backward(&Array3::ones(y.raw_dim())).unwrap();
+
+    let report = gradcheck::check_layer(&mut net, &x, &GradCheckOptions::default()).unwrap();
+    assert!(report.passed(), "{report}");
+
+    let norm = grad_norm(&net).unwrap();
+    assert!(norm > 0.0);
+    let before = clip_grad_norm(&mut net, norm / 2.0).unwrap();
+    assert_eq!(before, norm);
+    assert!(grad_norm(&net).unwrap() <= norm / 2.0 + 1e-12);
+
+    let mut adam = Adam::new(AdamConfig::adam(1e-2)).unwrap();
+    adam.step(&mut net).unwrap();
+    assert_eq!(adam.state().params.len(), net.param_names().len());
+
+    let dir = std::env::temp_dir().join(format!("baregpt-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("net.safetensors");
+    checkpoint::save_params(&path, &net).unwrap();
+    let mut other = boxed_net(99);
+    assert_ne!(other.export_params(), net.export_params());
+    checkpoint::load_params_into(&path, &mut other).unwrap();
+    assert_eq!(other.export_params(), net.export_params());
+    // A file of another model's parameters is refused and changes nothing.
+    let mut gpt = small_gpt(3);
+    let untouched = snapshot(&gpt);
+    assert!(matches!(
+        checkpoint::load_params_into(&path, &mut gpt),
+        Err(Error::ParamMismatch { .. })
+    ));
+    assert_eq!(snapshot(&gpt), untouched);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // `&mut L` is a layer too.
+    let mut linear = Linear::<f64>::new(4, 2, true, &mut rng(4)).unwrap();
+    let by_ref: &mut dyn Layer<f64> = &mut linear;
+    let report = gradcheck::check_layer(&mut &mut *by_ref, &x, &GradCheckOptions::default());
+    assert!(report.unwrap().passed());
+}
+
+#[test]
+fn parameters_by_name() {
+    let mut gpt = small_gpt(5);
+    let names = gpt.param_names();
+    assert_eq!(names.len(), 2 + 2 * 12 + 2 + 2);
+    let w_q = gpt.param("blocks.1.attn.w_q").unwrap();
+    assert_eq!(w_q.value.shape(), &[6, 6]);
+    assert!(gpt.param("blocks.2.attn.w_q").is_none());
+    gpt.param_mut("head.b").unwrap().value.fill(0.25);
+    assert!(gpt.param("head.b").unwrap().value.iter().all(|&v| v == 0.25));
+}
+
+#[test]
+fn export_then_import_is_bit_identical() {
+    let source = small_gpt(6);
+    let map = source.export_params();
+    assert_eq!(map.names().collect::<Vec<_>>(), source.param_names());
+    let mut target = small_gpt(7);
+    target.import_params(&map).unwrap();
+    let bits = |g: &Gpt<f64>| {
+        g.export_params()
+            .into_iter()
+            .map(|(n, a)| (n, a.iter().map(|v| v.to_bits()).collect::<Vec<_>>()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&target), bits(&source));
+    let ids = array![[1, 2, 3, 4]];
+    assert_eq!(target.infer(&ids).unwrap(), source.infer(&ids).unwrap());
+}
+
+#[test]
+fn a_bad_import_is_an_error_that_changes_nothing() {
+    let good = small_gpt(8).export_params();
+    let mut missing = good.clone();
+    missing.remove("blocks.0.mlp.fc.b");
+    let mut extra = good.clone();
+    extra.insert("blocks.0.attn.w_x", ArrayD::zeros(vec![6, 6]));
+    let mut reshaped = good.clone();
+    reshaped.insert("embed.pos", ArrayD::zeros(vec![6, 7]));
+    let mut not_finite = good.clone();
+    not_finite.get_mut("ln_f.gamma").unwrap()[[3]] = f64::NAN;
+    let cases: [(ParamMap<f64>, &str); 4] = [
+        (missing, "blocks.0.mlp.fc.b"),
+        (extra, "blocks.0.attn.w_x"),
+        (reshaped, "embed.pos"),
+        (not_finite, "ln_f.gamma"),
+    ];
+    for (map, culprit) in cases {
+        let mut gpt = small_gpt(9);
+        let before = snapshot(&gpt);
+        match gpt.import_params(&map) {
+            Err(Error::ParamMismatch { name, .. }) => assert_eq!(name, culprit),
+            other => panic!("expected a mismatch for {culprit}, got {other:?}"),
+        }
+        assert_eq!(snapshot(&gpt), before, "{culprit}");
+    }
+}
+
+/// `infer` equals `forward` bit for bit, for `layer` at input `x`.
+fn infer_equals_forward<X: LayerInput<f64>>(layer: &mut dyn Layer<f64, X>, x: &X) {
+    let inferred = layer.infer(x).unwrap();
+    let trained = layer.forward(x).unwrap();
+    let bits = |a: &Array3<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&inferred), bits(&trained), "{}", layer.kind());
+}
+
+#[test]
+fn inference_is_the_training_forward_bit_for_bit() {
+    let mut r = rng(10);
+    let x = input((3, 5, 8), 11);
+    let floats: Vec<Box<dyn Layer<f64>>> = vec![
+        Box::new(Linear::new(8, 5, true, &mut r).unwrap()),
+        Box::new(LayerNorm::new(8).unwrap()),
+        Box::new(Gelu::new()),
+        Box::new(Mlp::new(8, 13, &mut r).unwrap()),
+        Box::new(Attention::new(8, 4, &mut r).unwrap()),
+        Box::new(Block::new(8, 2, 16, &mut r).unwrap()),
+        boxed_net(12),
+    ];
+    for mut layer in floats {
+        let x = if layer.kind() == "Sequential" {
+            input((3, 5, 4), 13)
+        } else {
+            x.clone()
+        };
+        infer_equals_forward(layer.as_mut(), &x);
+    }
+    let mut loss = CrossEntropy::new();
+    loss.set_targets(array![[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [1, 1, 1, 1, 1]]);
+    infer_equals_forward(&mut loss, &x);
+    let ids = array![[1, 2, 3], [4, 5, 6]];
+    infer_equals_forward(&mut Embedding::new(9, 4, 5, &mut r).unwrap(), &ids);
+    infer_equals_forward(&mut small_gpt(14), &ids);
+    // A bigger model whose passes run on the pool and whose products are parallel.
+    let mut big = Gpt::<f64>::new(GptConfig::tiny(20), &mut rng(15)).unwrap();
+    let ids = Array2::from_shape_fn((4, 32), |(b, t)| (b * 7 + t * 3) % 20);
+    infer_equals_forward(&mut big, &ids);
+}
+
+#[test]
+fn incremental_decoding_through_any_composite_equals_the_full_pass() {
+    // A Sequential of blocks, not a Gpt: the cache follows whatever attention layers it meets.
+    let mut r = rng(16);
+    let net = Sequential::<f64>::new()
+        .push(Block::new(8, 2, 16, &mut r).unwrap())
+        .push(Block::new(8, 4, 8, &mut r).unwrap());
+    let x = input((2, 6, 8), 17);
+    let full = net.infer(&x).unwrap();
+    let mut cache = KvCache::new(2, 6).unwrap();
+    let head = cache.infer(&net, &x.slice(s![.., ..4, ..]).to_owned()).unwrap();
+    let tail = cache.infer(&net, &x.slice(s![.., 4.., ..]).to_owned()).unwrap();
+    assert_eq!(cache.len(), 6);
+    assert_eq!(cache.layers().len(), 2);
+    let close = |a: ndarray::ArrayView3<'_, f64>, b: ndarray::ArrayView3<'_, f64>| {
+        a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12)
+    };
+    assert!(close(head.view(), full.slice(s![.., ..4, ..])));
+    assert!(close(tail.view(), full.slice(s![.., 4.., ..])));
+    // Full: refused, and the cache is unchanged.
+    let err = cache.infer(&net, &x.slice(s![.., ..1, ..]).to_owned()).unwrap_err();
+    assert!(matches!(err, Error::SequenceLength { .. }), "{err}");
+    assert_eq!(cache.len(), 6);
+}
+
+#[test]
+fn a_gpt_backward_never_mixes_two_forwards() {
+    let (a, b) = (array![[1, 2, 3]], array![[4, 5, 6]]);
+    let targets = array![[2, 3, 4]];
+
+    // loss(a), then a forward of another batch of the same shape: the loss is forgotten.
+    let mut gpt = small_gpt(18);
+    gpt.loss(&a, &targets).unwrap();
+    gpt.forward(&b).unwrap();
+    let before = snapshot(&gpt);
+    assert!(matches!(
+        gpt.backward_loss(),
+        Err(Error::BackwardBeforeForward { .. })
+    ));
+    assert_eq!(snapshot(&gpt), before);
+    // Layer::backward of that forward is fine: it is one pass.
+    gpt.backward(&Array3::ones((1, 3, 9))).unwrap();
+
+    // loss(a), then loading parameters: both caches are forgotten.
+    let map = small_gpt(19).export_params();
+    gpt.loss(&a, &targets).unwrap();
+    gpt.import_params(&map).unwrap();
+    assert!(gpt.backward_loss().is_err());
+    assert!(gpt.backward(&Array3::ones((1, 3, 9))).is_err());
+
+    let dir = std::env::temp_dir().join(format!("baregpt-arch-ck-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gpt.safetensors");
+    checkpoint::save(&path, &small_gpt(20), &Default::default()).unwrap();
+    gpt.loss(&a, &targets).unwrap();
+    checkpoint::load_into(&path, &mut gpt).unwrap();
+    assert!(matches!(
+        gpt.backward_loss(),
+        Err(Error::BackwardBeforeForward { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Inference does not disturb a pending loss.
+    gpt.loss(&a, &targets).unwrap();
+    gpt.infer(&b).unwrap();
+    gpt.backward_loss().unwrap();
+}
+
+#[test]
+fn a_composite_whose_forward_failed_refuses_backward() {
+    let mut r = rng(21);
+    // The second layer rejects the first one's output width: the first has already cached.
+    let mut net = Sequential::<f64>::new()
+        .push(Linear::new(4, 6, true, &mut r).unwrap())
+        .push(LayerNorm::new(5).unwrap());
+    assert!(net.forward(&input((1, 2, 4), 22)).is_err());
+    assert!(matches!(
+        net.backward(&Array3::ones((1, 2, 5))),
+        Err(Error::BackwardBeforeForward { layer: "Sequential" })
+    ));
+    // A block whose MLP part expects another width: the norms and attention ran.
+    let mut block = Block::from_parts(
+        Box::new(LayerNorm::<f64>::new(6).unwrap()),
+        Box::new(Attention::new(6, 2, &mut r).unwrap()),
+        Box::new(LayerNorm::new(6).unwrap()),
+        Box::new(Linear::new(7, 6, true, &mut r).unwrap()),
+    );
+    let x = input((1, 3, 6), 23);
+    assert!(block.forward(&x).is_err());
+    let before = snapshot(&block);
+    assert!(matches!(
+        block.backward(&Array3::ones((1, 3, 6))),
+        Err(Error::BackwardBeforeForward { layer: "Block" })
+    ));
+    assert_eq!(snapshot(&block), before);
+}
+
+#[test]
+fn a_model_is_assembled_from_the_configured_parts() {
+    use baregpt::gpt::parts::{HeadKind, NormKind};
+    let config = GptConfig {
+        norm: NormKind::LayerNorm { eps: 1e-3 },
+        head: HeadKind::Linear { bias: false },
+        ..GptConfig::with_sizes(9, 6, 2, 1, 7)
+    };
+    let gpt = Gpt::<f64>::new(config.clone(), &mut rng(24)).unwrap();
+    assert!(gpt.param("head.b").is_none());
+    assert_eq!(gpt.num_params(), config.param_count());
+    assert!(
+        Gpt::<f64>::new(
+            GptConfig {
+                norm: NormKind::LayerNorm { eps: -1.0 },
+                ..config
+            },
+            &mut rng(24)
+        )
+        .is_err()
+    );
+}
