@@ -16,10 +16,10 @@
 //! check returns; its cache holds the last perturbed forward.
 //!
 //! ```
-//! use baregpt::{gradcheck, layers::LayerNorm, Layer};
+//! use baregpt::{gradcheck, layers::LayerNorm};
 //! use ndarray::Array3;
 //!
-//! let mut ln = LayerNorm::<f64>::new(4);
+//! let mut ln = LayerNorm::<f64>::new(4)?;
 //! let x = Array3::from_shape_fn((2, 3, 4), |(b, t, c)| ((b * 12 + t * 4 + c) as f64).sin());
 //! let report = gradcheck::check_layer(&mut ln, &x, &Default::default())?;
 //! assert!(report.passed(), "{report}");

@@ -12,7 +12,7 @@
 //! let mut runner = TestRunner::new(ProptestConfig::with_cases(8));
 //! let strategy = strategies::dims(2, 4, 5).prop_flat_map(|(b, t, c)| strategies::activations(b, t, c));
 //! runner.run(&strategy, |x| {
-//!     let mut ln = LayerNorm::<f64>::new(x.dim().2);
+//!     let mut ln = LayerNorm::<f64>::new(x.dim().2).unwrap();
 //!     let report = gradcheck::check_layer(&mut ln, &x, &Default::default()).unwrap();
 //!     prop_assert!(report.passed(), "{}", report);
 //!     Ok(())

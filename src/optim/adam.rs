@@ -73,12 +73,12 @@ pub struct StepInfo {
 /// Overfit one batch with a small [`Gpt`](crate::Gpt):
 ///
 /// ```
-/// use baregpt::{Adam, AdamConfig, Gpt, GptConfig, Layer};
+/// use baregpt::{Adam, AdamConfig, Gpt, GptConfig, prelude::*};
 /// use ndarray::array;
 /// use rand::SeedableRng;
 ///
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let config = GptConfig { ..GptConfig::with_sizes(8, 16, 2, 1, 4) };
+/// let config = GptConfig { mlp_hidden: 32, ..GptConfig::with_sizes(8, 16, 2, 1, 4) };
 /// let mut gpt = Gpt::<f32>::new(config, &mut rng)?;
 /// let mut adam = Adam::new(AdamConfig { max_grad_norm: Some(1.0), ..AdamConfig::adam(1e-2) })?;
 /// let (ids, targets) = (array![[1, 2, 3, 4]], array![[2, 3, 4, 5]]);
@@ -87,7 +87,7 @@ pub struct StepInfo {
 /// for _ in 0..30 {
 ///     gpt.zero_grad();
 ///     gpt.loss(&ids, &targets)?;
-///     gpt.backward()?;
+///     gpt.backward_loss()?;
 ///     adam.step(&mut gpt)?;
 /// }
 /// let last = gpt.loss(&ids, &targets)?;
