@@ -137,7 +137,11 @@ fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
                 reason: format!("unknown preset {name}"),
             })?;
     let rss_before = status_mib("VmRSS");
-    let config = GptConfig { mlp_hidden: 4 * d, final_norm: true, ..GptConfig::with_sizes(vocab, d, heads, layers, t) };
+    let config = GptConfig {
+        mlp_hidden: 4 * d,
+        final_norm: true,
+        ..GptConfig::with_sizes(vocab, d, heads, layers, t)
+    };
     let mut rng = StdRng::seed_from_u64(0);
     let mut model = Gpt::<f32>::new(config, &mut rng)?;
     let mut adam = Adam::new(AdamConfig::adam(3e-4))?;

@@ -16,11 +16,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use baregpt::prelude::*;
+use baregpt::Error;
 use baregpt::checkpoint;
 use baregpt::data::AdditionTask;
 use baregpt::generate::{SampleOptions, generate};
-use baregpt::Error;
+use baregpt::prelude::*;
 use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use baregpt::prelude::*;
 use baregpt::checkpoint::{self, Extras, OptimizerState};
 use baregpt::generate::{SampleOptions, generate};
+use baregpt::prelude::*;
 use baregpt::{Adam, AdamConfig, Gpt, GptConfig, LrSchedule};
 use clap::{Parser, ValueEnum};
 use common::plot::{EvalPoint, loss_plot};
@@ -144,7 +144,11 @@ fn main() -> ExitCode {
 
 /// The defaults of a task and preset, before flags.
 fn defaults(args: &Args, vocab_size: usize, context: usize) -> Setup {
-    let model = |d_model, n_heads, n_layers, final_norm| GptConfig { mlp_hidden: 4 * d_model, final_norm, ..GptConfig::with_sizes(vocab_size, d_model, n_heads, n_layers, context) };
+    let model = |d_model, n_heads, n_layers, final_norm| GptConfig {
+        mlp_hidden: 4 * d_model,
+        final_norm,
+        ..GptConfig::with_sizes(vocab_size, d_model, n_heads, n_layers, context)
+    };
     match (&args.text, args.preset) {
         (None, _) => Setup {
             config: model(64, 4, 2, true),

@@ -294,7 +294,10 @@ pub fn to_bytes<F: Float>(model: &Gpt<F>, extras: &Extras<F>) -> Result<Vec<u8>>
 ///
 /// # Errors
 /// As [`save`].
-pub fn save_params<F: Float, P: Params<F> + ?Sized>(path: impl AsRef<Path>, model: &P) -> Result<()> {
+pub fn save_params<F: Float, P: Params<F> + ?Sized>(
+    path: impl AsRef<Path>,
+    model: &P,
+) -> Result<()> {
     let bytes = serialize::<F>(&param_tensors(model), base_metadata::<F>())?;
     write_atomically(path.as_ref(), &bytes)
 }
@@ -329,7 +332,10 @@ pub fn load_params_bytes_into<F: Float, P: Params<F> + ?Sized>(
     let mut names = file.names();
     names.sort_unstable();
     for name in names {
-        if name.strip_prefix(OPTIMIZER).is_some_and(|rest| rest.starts_with('.')) {
+        if name
+            .strip_prefix(OPTIMIZER)
+            .is_some_and(|rest| rest.starts_with('.'))
+        {
             continue;
         }
         let view = file

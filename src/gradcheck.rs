@@ -534,10 +534,7 @@ fn collect_grads<F: Float, L: Params<F> + ?Sized>(layer: &L) -> Vec<ArrayD<F>> {
     grads
 }
 
-fn restore_grads<F: Float, L: Params<F> + ?Sized>(
-    layer: &mut L,
-    saved: &[ArrayD<F>],
-) {
+fn restore_grads<F: Float, L: Params<F> + ?Sized>(layer: &mut L, saved: &[ArrayD<F>]) {
     let mut i = 0;
     layer.for_each_param_mut(&mut |_, mut p| {
         if let Some(g) = saved.get(i) {

@@ -82,9 +82,9 @@ pub use error::{Error, Result};
 pub use exec::{num_threads, set_num_threads};
 pub use gpt::{Gpt, GptConfig};
 pub use layer::{Layer, LayerInput};
-pub use param::Params;
 pub use loss::CrossEntropy;
 pub use optim::{Adam, AdamConfig, AdamState, DecayFilter, LrSchedule};
+pub use param::Params;
 pub use scalar::Float;
 
 /// The traits a user of the crate calls methods of: `use baregpt::prelude::*;`.

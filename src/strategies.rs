@@ -92,7 +92,17 @@ pub fn small_gpt_config() -> impl Strategy<Value = GptConfig> {
         )
         .prop_map(
             |(vocab_size, n_heads, head_dim, n_layers, context, mlp_hidden, final_norm)| {
-                GptConfig { mlp_hidden, final_norm, ..GptConfig::with_sizes(vocab_size, n_heads * head_dim, n_heads, n_layers, context) }
+                GptConfig {
+                    mlp_hidden,
+                    final_norm,
+                    ..GptConfig::with_sizes(
+                        vocab_size,
+                        n_heads * head_dim,
+                        n_heads,
+                        n_layers,
+                        context,
+                    )
+                }
             },
         )
 }

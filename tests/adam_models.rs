@@ -11,7 +11,11 @@ use rand::SeedableRng;
 #[test]
 fn every_gpt_parameter_is_trained_including_layer_norm() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let config = GptConfig { mlp_hidden: 16, final_norm: true, ..GptConfig::with_sizes(7, 8, 2, 2, 5) };
+    let config = GptConfig {
+        mlp_hidden: 16,
+        final_norm: true,
+        ..GptConfig::with_sizes(7, 8, 2, 2, 5)
+    };
     let mut gpt = Gpt::<f64>::new(config, &mut rng).unwrap();
     let mut adam = Adam::new(AdamConfig::adam(1e-2)).unwrap();
     let before: Vec<ArrayD<f64>> = {
@@ -38,7 +42,11 @@ fn every_gpt_parameter_is_trained_including_layer_norm() {
 #[test]
 fn adamw_decays_only_what_the_filter_selects() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-    let config = GptConfig { mlp_hidden: 8, final_norm: true, ..GptConfig::with_sizes(5, 4, 1, 1, 3) };
+    let config = GptConfig {
+        mlp_hidden: 8,
+        final_norm: true,
+        ..GptConfig::with_sizes(5, 4, 1, 1, 3)
+    };
     let mut gpt = Gpt::<f64>::new(config, &mut rng).unwrap();
     let mut before = Vec::new();
     gpt.for_each_param(&mut |name, p| before.push((name.to_owned(), p.value.to_owned())));
@@ -65,7 +73,7 @@ fn adamw_decays_only_what_the_filter_selects() {
 
 #[test]
 fn boxed_layers_step_directly() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let mut model: Box<dyn Layer<f64>> = Box::new(
         Sequential::new()
             .push(Linear::new(3, 4, true, &mut rng).unwrap())

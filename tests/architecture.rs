@@ -95,7 +95,13 @@ fn parameters_by_name() {
     assert_eq!(w_q.value.shape(), &[6, 6]);
     assert!(gpt.param("blocks.2.attn.w_q").is_none());
     gpt.param_mut("head.b").unwrap().value.fill(0.25);
-    assert!(gpt.param("head.b").unwrap().value.iter().all(|&v| v == 0.25));
+    assert!(
+        gpt.param("head.b")
+            .unwrap()
+            .value
+            .iter()
+            .all(|&v| v == 0.25)
+    );
 }
 
 #[test]
@@ -195,8 +201,12 @@ fn incremental_decoding_through_any_composite_equals_the_full_pass() {
     let x = input((2, 6, 8), 17);
     let full = net.infer(&x).unwrap();
     let mut cache = KvCache::new(2, 6).unwrap();
-    let head = cache.infer(&net, &x.slice(s![.., ..4, ..]).to_owned()).unwrap();
-    let tail = cache.infer(&net, &x.slice(s![.., 4.., ..]).to_owned()).unwrap();
+    let head = cache
+        .infer(&net, &x.slice(s![.., ..4, ..]).to_owned())
+        .unwrap();
+    let tail = cache
+        .infer(&net, &x.slice(s![.., 4.., ..]).to_owned())
+        .unwrap();
     assert_eq!(cache.len(), 6);
     assert_eq!(cache.layers().len(), 2);
     let close = |a: ndarray::ArrayView3<'_, f64>, b: ndarray::ArrayView3<'_, f64>| {
@@ -205,7 +215,9 @@ fn incremental_decoding_through_any_composite_equals_the_full_pass() {
     assert!(close(head.view(), full.slice(s![.., ..4, ..])));
     assert!(close(tail.view(), full.slice(s![.., 4.., ..])));
     // Full: refused, and the cache is unchanged.
-    let err = cache.infer(&net, &x.slice(s![.., ..1, ..]).to_owned()).unwrap_err();
+    let err = cache
+        .infer(&net, &x.slice(s![.., ..1, ..]).to_owned())
+        .unwrap_err();
     assert!(matches!(err, Error::SequenceLength { .. }), "{err}");
     assert_eq!(cache.len(), 6);
 }
@@ -263,7 +275,9 @@ fn a_composite_whose_forward_failed_refuses_backward() {
     assert!(net.forward(&input((1, 2, 4), 22)).is_err());
     assert!(matches!(
         net.backward(&Array3::ones((1, 2, 5))),
-        Err(Error::BackwardBeforeForward { layer: "Sequential" })
+        Err(Error::BackwardBeforeForward {
+            layer: "Sequential"
+        })
     ));
     // A block whose MLP part expects another width: the norms and attention ran.
     let mut block = Block::from_parts(

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use baregpt::checkpoint::{self, Extras, OptimizerState};
 use baregpt::data::CharVocab;
 use baregpt::prelude::*;
-use baregpt::{Error, Float, Gpt, GptConfig};
-use ndarray::ArrayD;
+use baregpt::{Adam, AdamConfig, Error, Float, Gpt, GptConfig};
+use ndarray::{ArrayD, array};
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use safetensors::tensor::{Dtype, TensorView};
@@ -598,4 +598,44 @@ fn optimizer_state_that_is_not_adams_is_refused() {
     .unwrap();
     let (_, extras) = checkpoint::from_bytes::<f32>(&bytes).unwrap();
     assert_eq!(extras.optimizer, Some(good));
+}
+
+/// A checkpoint written by the code before the architecture change (commit 575c544), which
+/// records only the seven sizes of the config. It was written by this program, run at that
+/// commit as an example:
+///
+/// ```text
+/// let mut rng = StdRng::seed_from_u64(2026);
+/// let config = GptConfig { vocab_size: 7, d_model: 8, n_heads: 2, n_layers: 2, context: 6,
+///                          mlp_hidden: 12, final_norm: true };
+/// let mut gpt = Gpt::<f32>::new(config, &mut rng)?;
+/// let mut adam = Adam::new(AdamConfig::adam(1e-2))?;
+/// let (ids, targets) = (array![[1, 2, 3, 4], [0, 6, 5, 1]], array![[2, 3, 4, 5], [6, 5, 1, 0]]);
+/// for _ in 0..3 { gpt.zero_grad(); gpt.loss(&ids, &targets)?; gpt.backward()?; adam.step(&mut gpt)?; }
+/// let logits = gpt.forward(&ids)?;  // saved as the bits of each f32, in user.logits_bits
+/// // saved with vocab "abcdefg" and OptimizerState::from_adam(&adam)
+/// ```
+#[test]
+fn a_checkpoint_written_before_parts_were_recorded_still_loads() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/checkpoint_575c544.safetensors"
+    );
+    let (gpt, extras) = checkpoint::load::<f32>(path).unwrap();
+    let expected = GptConfig {
+        mlp_hidden: 12,
+        ..GptConfig::with_sizes(7, 8, 2, 2, 6)
+    };
+    assert_eq!(gpt.config(), &expected);
+    assert_eq!(
+        extras.vocab.map(|v| v.chars().iter().collect::<String>()),
+        Some("abcdefg".to_owned())
+    );
+    let optimizer = extras.optimizer.expect("the Adam state was saved");
+    assert_eq!(optimizer.step, 3);
+    let mut adam = Adam::<f32>::new(AdamConfig::adam(1e-2)).unwrap();
+    adam.load_state(optimizer.to_adam_state().unwrap()).unwrap();
+    let logits = gpt.infer(&array![[1, 2, 3, 4], [0, 6, 5, 1]]).unwrap();
+    let bits: Vec<String> = logits.iter().map(|v| v.to_bits().to_string()).collect();
+    assert_eq!(extras.metadata["logits_bits"], bits.join(","));
 }

@@ -5,10 +5,10 @@
 
 pub mod plot;
 
-use baregpt::prelude::*;
 use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
 use baregpt::generate::{SampleOptions, generate};
 use baregpt::optim::Adam;
+use baregpt::prelude::*;
 use baregpt::{Float, Gpt, Layer, Result};
 use ndarray::{Array2, Array3, Axis};
 use rand::SeedableRng;

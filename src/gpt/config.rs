@@ -209,7 +209,10 @@ impl GptConfig {
         let (mine, theirs) = (self.to_metadata(), other.to_metadata());
         let theirs: HashMap<_, _> = theirs.into_iter().collect();
         mine.into_iter().find_map(|(field, value)| {
-            let other = theirs.get(field).cloned().unwrap_or_else(|| "(absent)".into());
+            let other = theirs
+                .get(field)
+                .cloned()
+                .unwrap_or_else(|| "(absent)".into());
             (value != other).then_some((field, value, other))
         })
     }
@@ -254,12 +257,23 @@ mod tests {
         let old: HashMap<String, String> = meta
             .into_iter()
             .filter(|(k, _)| {
-                !["norm", "norm_eps", "attention", "mlp", "positions", "head", "head_bias"]
-                    .contains(&k.trim_start_matches("config."))
+                ![
+                    "norm",
+                    "norm_eps",
+                    "attention",
+                    "mlp",
+                    "positions",
+                    "head",
+                    "head_bias",
+                ]
+                .contains(&k.trim_start_matches("config."))
             })
             .collect();
         assert_eq!(old.len(), 7);
-        assert_eq!(GptConfig::from_metadata(&old).unwrap(), GptConfig::baregpt(65));
+        assert_eq!(
+            GptConfig::from_metadata(&old).unwrap(),
+            GptConfig::baregpt(65)
+        );
         let mut unknown = old.clone();
         unknown.insert("config.norm".into(), "rms_norm".into());
         assert!(GptConfig::from_metadata(&unknown).is_err());
@@ -268,7 +282,10 @@ mod tests {
     #[test]
     fn first_difference_names_the_field() {
         let a = GptConfig::tiny(10);
-        let b = GptConfig { n_layers: 3, ..a.clone() };
+        let b = GptConfig {
+            n_layers: 3,
+            ..a.clone()
+        };
         assert_eq!(
             a.first_difference(&b),
             Some(("n_layers", "2".to_owned(), "3".to_owned()))

@@ -175,7 +175,10 @@ impl<F: Float> Gpt<F> {
 
     /// [`Gpt::trunk`], mutably.
     fn trunk_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut (dyn Layer<F> + 'static)> {
-        let blocks = self.blocks.iter_mut().map(|b| b as &mut (dyn Layer<F> + 'static));
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .map(|b| b as &mut (dyn Layer<F> + 'static));
         blocks
             .chain(self.ln_f.as_deref_mut())
             .chain(std::iter::once(self.head.as_mut()))

@@ -86,7 +86,9 @@ impl NormKind {
     pub(super) fn decode(meta: &Meta<'_>) -> Result<Self> {
         match meta.text("norm")? {
             None | Some("layer_norm") => Ok(Self::LayerNorm {
-                eps: meta.parse("norm_eps")?.unwrap_or(LayerNorm::<f64>::DEFAULT_EPS),
+                eps: meta
+                    .parse("norm_eps")?
+                    .unwrap_or(LayerNorm::<f64>::DEFAULT_EPS),
             }),
             Some(other) => Err(unknown("norm", other, "layer_norm")),
         }

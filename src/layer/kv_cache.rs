@@ -113,7 +113,9 @@ impl<F: Float> LayerKv<F> {
             });
         }
         self.keys.slice_mut(s![.., self.len..end, ..]).assign(&keys);
-        self.values.slice_mut(s![.., self.len..end, ..]).assign(&values);
+        self.values
+            .slice_mut(s![.., self.len..end, ..])
+            .assign(&values);
         self.len = end;
         Ok((
             self.keys.slice(s![.., ..end, ..]),

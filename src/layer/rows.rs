@@ -68,7 +68,11 @@ pub(crate) fn rows_reusing<F: Float>(buffer: Option<Array2<F>>, x: ArrayView3<'_
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] (naming `layer`) when `y` does not have `B·T` rows.
-pub fn from_rows<F: Float>(layer: &'static str, y: Array2<F>, (b, t): (usize, usize)) -> Result<Array3<F>> {
+pub fn from_rows<F: Float>(
+    layer: &'static str,
+    y: Array2<F>,
+    (b, t): (usize, usize),
+) -> Result<Array3<F>> {
     let (n, c) = y.dim();
     let y = if y.is_standard_layout() {
         y

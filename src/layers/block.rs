@@ -74,7 +74,12 @@ impl<F: Float> Block<F> {
     /// # Errors
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when `n_heads` does not divide
     /// `c` or a size is zero.
-    pub fn new<R: Rng + ?Sized>(c: usize, n_heads: usize, hidden: usize, rng: &mut R) -> Result<Self> {
+    pub fn new<R: Rng + ?Sized>(
+        c: usize,
+        n_heads: usize,
+        hidden: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
         let ln1 = LayerNorm::new(c)?;
         let attn = Attention::new(c, n_heads, rng)?;
         let ln2 = LayerNorm::new(c)?;

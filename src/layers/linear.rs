@@ -54,7 +54,12 @@ impl<F: Float> Linear<F> {
     /// # Errors
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when a width is zero or the
     /// weight would not fit in memory.
-    pub fn new<R: Rng + ?Sized>(c_in: usize, c_out: usize, bias: bool, rng: &mut R) -> Result<Self> {
+    pub fn new<R: Rng + ?Sized>(
+        c_in: usize,
+        c_out: usize,
+        bias: bool,
+        rng: &mut R,
+    ) -> Result<Self> {
         check_positive(LAYER, "c_in", c_in)?;
         check_positive(LAYER, "c_out", c_out)?;
         check_matrix::<F>(LAYER, c_in, c_out)?;
@@ -102,7 +107,11 @@ impl<F: Float> Linear<F> {
     /// # Errors
     /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `x` is not `(N, C_in)`.
     pub fn forward_rows(&self, x: ArrayView2<'_, F>) -> Result<Array2<F>> {
-        linear_forward(x, self.w.value.view(), self.b.as_ref().map(|b| b.value.view()))
+        linear_forward(
+            x,
+            self.w.value.view(),
+            self.b.as_ref().map(|b| b.value.view()),
+        )
     }
 
     /// The backward of [`Linear::forward_rows`] at input `x (N, C_in)`: **adds**
@@ -112,7 +121,11 @@ impl<F: Float> Linear<F> {
     /// # Errors
     /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `x` or `dy (N, C_out)` is
     /// misshapen; then no gradient changes.
-    pub fn backward_rows(&mut self, x: ArrayView2<'_, F>, dy: ArrayView2<'_, F>) -> Result<Array2<F>> {
+    pub fn backward_rows(
+        &mut self,
+        x: ArrayView2<'_, F>,
+        dy: ArrayView2<'_, F>,
+    ) -> Result<Array2<F>> {
         linear_backward(
             x,
             self.w.value.view(),

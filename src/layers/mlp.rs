@@ -128,7 +128,9 @@ impl<F: Float> Layer<F> for Mlp<F> {
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
         let cache = self.cache.get(LAYER, dy)?;
         let (b, t, _) = dy.dim();
-        let da = self.proj.backward_rows(cache.a.view(), rows(dy.view()).view())?;
+        let da = self
+            .proj
+            .backward_rows(cache.a.view(), rows(dy.view()).view())?;
         let dh = gelu_backward(cache.h.view(), da.view())?;
         let dx = self.fc.backward_rows(cache.x.view(), dh.view())?;
         from_rows(LAYER, dx, (b, t))

@@ -47,7 +47,11 @@ impl<F: Float> Params<F> for Sequential<F> {
         self.layers.visit_params(path, f);
     }
 
-    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, F>,
+    ) {
         self.layers.visit_params_mut(path, f);
     }
 }

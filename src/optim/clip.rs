@@ -71,7 +71,10 @@ pub fn grad_norm<F: Float, P: Params<F> + ?Sized>(model: &P) -> Result<f64> {
 /// assert!(grad_norm(&linear)? <= 1.0);
 /// # Ok::<(), baregpt::Error>(())
 /// ```
-pub fn clip_grad_norm<F: Float, P: Params<F> + ?Sized>(model: &mut P, max_norm: f64) -> Result<f64> {
+pub fn clip_grad_norm<F: Float, P: Params<F> + ?Sized>(
+    model: &mut P,
+    max_norm: f64,
+) -> Result<f64> {
     check_max_norm("clip_grad_norm", max_norm)?;
     let norm = grad_norm(model)?;
     if let Some(coef) = clip_coefficient(norm, max_norm) {

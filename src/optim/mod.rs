@@ -8,16 +8,16 @@
 //! * [`DecayFilter`]: which parameters weight decay applies to.
 
 mod adam;
-mod config;
 mod clip;
+mod config;
 mod decay;
 mod schedule;
 mod state;
 mod update;
 
 pub use adam::{Adam, StepInfo};
-pub use config::AdamConfig;
 pub use clip::{clip_grad_norm, clip_grad_norm_slices, grad_norm};
+pub use config::AdamConfig;
 pub use decay::{DecayFilter, is_usually_excluded};
 pub use schedule::LrSchedule;
 pub use state::{AdamState, ParamState};

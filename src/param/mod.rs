@@ -225,7 +225,11 @@ impl<F: Float, D: Dimension> Params<F> for Param<F, D> {
         f(path.as_str(), self.view());
     }
 
-    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, F>,
+    ) {
         f(path.as_str(), self.view_mut());
     }
 }
@@ -238,7 +242,11 @@ impl<F: Float, P: Params<F>> Params<F> for Option<P> {
         }
     }
 
-    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, F>,
+    ) {
         if let Some(p) = self {
             p.visit_params_mut(path, f);
         }
@@ -253,7 +261,11 @@ impl<F: Float, P: Params<F>> Params<F> for Vec<P> {
         }
     }
 
-    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, F>,
+    ) {
         for (i, p) in self.iter_mut().enumerate() {
             path.scoped_index(i, |path| p.visit_params_mut(path, f));
         }
@@ -265,7 +277,11 @@ impl<F: Float, P: Params<F> + ?Sized> Params<F> for Box<P> {
         (**self).visit_params(path, f);
     }
 
-    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, F>,
+    ) {
         (**self).visit_params_mut(path, f);
     }
 }
@@ -275,7 +291,11 @@ impl<F: Float, P: Params<F> + ?Sized> Params<F> for &mut P {
         (**self).visit_params(path, f);
     }
 
-    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, F>,
+    ) {
         (**self).visit_params_mut(path, f);
     }
 }

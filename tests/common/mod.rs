@@ -117,7 +117,11 @@ impl<F: Float, D: Dimension> Params<F> for NamedParams<F, D> {
         }
     }
 
-    fn visit_params_mut<'a>(&'a mut self, path: &mut ParamPath, f: &mut ParamVisitorMut<'a, '_, F>) {
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, F>,
+    ) {
         for (name, p) in &mut self.0 {
             path.scoped(name, |path| p.visit_params_mut(path, f));
         }
