@@ -88,7 +88,8 @@ impl<F: Float> Layer<F> for RmsNorm<F> {
         let h = &dy_rows * &self.gain.value;
         let c = F::of(h.ncols() as f64);
         let mean_h_xhat = (&h * x_hat).sum_axis(Axis(1)) / c;
-        let dx = (h - x_hat * &mean_h_xhat.insert_axis(Axis(1))) * &r.view().insert_axis(Axis(1)); // (dx)
+        let r = r.view().insert_axis(Axis(1));
+        let dx = (h - x_hat * &mean_h_xhat.insert_axis(Axis(1))) * r; // (dx)
         from_rows(NAME, dx, (dy.dim().0, dy.dim().1))
     }
 }
