@@ -6,7 +6,8 @@ use crate::Result;
 
 const LAYER: &str = "Adam";
 
-/// The hyper-parameters of [`Adam`]. The defaults are PyTorch's `torch.optim.Adam` defaults.
+/// The hyper-parameters of [`Adam`](super::Adam). The defaults are PyTorch's
+/// `torch.optim.Adam` defaults.
 ///
 /// | field | default | meaning |
 /// |---|---|---|
@@ -43,7 +44,7 @@ pub struct AdamConfig {
     pub beta2: f64,
     /// Added to the denominator `sqrt(v̂)/sqrt(1 − β2^t)` for stability; `≥ 0`.
     pub eps: f64,
-    /// Weight decay `λ ≥ 0`, applied to the parameters the [`DecayFilter`] selects.
+    /// Weight decay `λ ≥ 0`, applied to the parameters the [`DecayFilter`](super::DecayFilter) selects.
     pub weight_decay: f64,
     /// `false`: PyTorch's `Adam` (`g ← g + λ·p`); `true`: PyTorch's `AdamW`
     /// (`p ← p·(1 − lr·λ)` before the update).
@@ -96,7 +97,7 @@ impl AdamConfig {
     /// clipping threshold).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the field.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming the field.
     pub fn validate(&self) -> Result<()> {
         let non_negative = [
             ("lr", self.lr),
