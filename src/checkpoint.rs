@@ -325,7 +325,7 @@ pub fn load_params_bytes_into<F: Float, P: Params<F> + ?Sized>(
     bytes: &[u8],
     model: &mut P,
 ) -> Result<()> {
-    let dtype = dtype_of::<F>()?;
+    dtype_of::<F>()?;
     let (file, meta) = parse_file(bytes)?;
     check_dtype_metadata::<F>(&meta)?;
     let mut map = ParamMap::new();
@@ -338,17 +338,7 @@ pub fn load_params_bytes_into<F: Float, P: Params<F> + ?Sized>(
         {
             continue;
         }
-        let view = file
-            .tensor(name)
-            .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))?;
-        if view.dtype() != dtype {
-            return Err(Error::DtypeMismatch {
-                name: name.to_owned(),
-                expected: F::NAME,
-                found: format!("{:?}", view.dtype()),
-            });
-        }
-        map.insert(name, decode::<F>(name, view.shape(), view.data())?);
+        map.insert(name, tensor::<F>(&file, name)?);
     }
     model.import_params(&map)
 }
@@ -539,7 +529,7 @@ fn parse_file(bytes: &[u8]) -> Result<(SafeTensors<'_>, HashMap<String, String>)
 
 /// Decodes a whole checkpoint for the float type `F`.
 fn parse<F: Float>(bytes: &[u8]) -> Result<Parsed<F>> {
-    let dtype = dtype_of::<F>()?;
+    dtype_of::<F>()?;
     let (file, meta) = parse_file(bytes)?;
     let config = GptConfig::from_metadata(&meta)?;
     check_dtype_metadata::<F>(&meta)?;
@@ -563,17 +553,7 @@ fn parse<F: Float>(bytes: &[u8]) -> Result<Parsed<F>> {
     let mut names = file.names();
     names.sort_unstable();
     for name in names {
-        let view = file
-            .tensor(name)
-            .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))?;
-        if view.dtype() != dtype {
-            return Err(Error::DtypeMismatch {
-                name: name.to_owned(),
-                expected: F::NAME,
-                found: format!("{:?}", view.dtype()),
-            });
-        }
-        let value = decode::<F>(name, view.shape(), view.data())?;
+        let value = tensor::<F>(&file, name)?;
         match name
             .strip_prefix(OPTIMIZER)
             .and_then(|r| r.strip_prefix('.'))
@@ -652,6 +632,21 @@ fn dtype_of<F: Float>() -> Result<Dtype> {
             "float type {other} has no safetensors dtype"
         ))),
     }
+}
+
+/// The tensor `name` of `file`, decoded as `F`.
+fn tensor<F: Float>(file: &SafeTensors<'_>, name: &str) -> Result<ArrayD<F>> {
+    let view = file
+        .tensor(name)
+        .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))?;
+    if view.dtype() != dtype_of::<F>()? {
+        return Err(Error::DtypeMismatch {
+            name: name.to_owned(),
+            expected: F::NAME,
+            found: format!("{:?}", view.dtype()),
+        });
+    }
+    decode::<F>(name, view.shape(), view.data())
 }
 
 /// Little-endian bytes of `values`, in the width of `F`.
