@@ -102,47 +102,109 @@ impl SampleOptions {
     }
 }
 
-/// Draws a token id from `logits (V)` with temperature and top-k.
+/// The tokens a draw can pick from one row of logits, most likely first, with their
+/// probabilities after temperature and top-k: what [`sample_logits`] draws from, and what
+/// [`generate_with`] shows beside each token it picks.
 ///
-/// The `k` largest logits (ties broken towards the lower id) are divided by the temperature,
-/// turned into probabilities with a max-subtracted softmax, and one id is drawn with a single
-/// uniform number from `rng`, so a seeded `rng` gives a reproducible draw.
+/// ```
+/// use baregpt::generate::{Candidates, SampleOptions};
+/// use ndarray::array;
+///
+/// let options = SampleOptions { temperature: 1.0, top_k: Some(2) };
+/// let candidates = Candidates::new(array![0.0f64, 2.0, 1.0].view(), &options)?;
+/// let top = candidates.top(5);
+/// assert_eq!((top.len(), top[0].0, top[1].0), (2, 1, 2)); // only k = 2 can be drawn
+/// assert!((top[0].1 - 1.0 / (1.0 + (-1f64).exp())).abs() < 1e-12);
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidates {
+    /// `(id, weight)`, descending; weights are `exp((logit − max) / temperature)`.
+    weighted: Vec<(usize, f64)>,
+    total: f64,
+    /// `(id, probability)`, in the same order.
+    probs: Vec<(usize, f64)>,
+}
+
+impl Candidates {
+    /// The candidates of `logits (V)`: the `k` largest logits (ties broken towards the lower
+    /// id), divided by the temperature, through a max-subtracted softmax.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for invalid `options`, empty logits, or logits containing NaN
+    /// or no finite value.
+    pub fn new<F: Float>(logits: ArrayView1<'_, F>, options: &SampleOptions) -> Result<Self> {
+        options.validate()?;
+        let values: Vec<f64> = logits.iter().map(|l| l.to_f64_exact()).collect();
+        if values.iter().any(|v| v.is_nan()) || !values.iter().any(|v| v.is_finite()) {
+            return Err(Error::InvalidConfig {
+                layer: SAMPLER,
+                reason: "the logits are empty, contain NaN or have no finite value".into(),
+            });
+        }
+        let mut order: Vec<usize> = (0..values.len()).collect();
+        // Descending by logit; the sort is stable, so ties keep the lower id first.
+        order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+        order.truncate(options.top_k.unwrap_or(usize::MAX).min(values.len()));
+        let max = values[order[0]];
+        let weighted: Vec<(usize, f64)> = order
+            .iter()
+            .map(|&i| (i, ((values[i] - max) / options.temperature).exp()))
+            .collect();
+        let total: f64 = weighted.iter().map(|(_, w)| w).sum();
+        let probs = weighted.iter().map(|&(i, w)| (i, w / total)).collect();
+        Ok(Self {
+            weighted,
+            total,
+            probs,
+        })
+    }
+
+    /// The `k` most likely `(id, probability)` pairs (fewer if fewer can be drawn).
+    pub fn top(&self, k: usize) -> &[(usize, f64)] {
+        &self.probs[..k.min(self.probs.len())]
+    }
+
+    /// Every `(id, probability)` that can be drawn, most likely first; the probabilities sum
+    /// to 1.
+    pub fn all(&self) -> &[(usize, f64)] {
+        &self.probs
+    }
+
+    /// The probability of drawing `id` (0 outside the top-k).
+    pub fn probability(&self, id: usize) -> f64 {
+        self.probs
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map_or(0.0, |(_, p)| *p)
+    }
+
+    /// Draws one id with a single uniform number from `rng`.
+    pub fn draw<R: Rng + ?Sized>(&self, rng: &mut R) -> usize {
+        let mut u = rng.random::<f64>() * self.total;
+        for &(id, w) in &self.weighted {
+            if u < w {
+                return id;
+            }
+            u -= w;
+        }
+        // Rounding can leave `u` just above the last weight: the last kept id it is.
+        self.weighted[self.weighted.len() - 1].0
+    }
+}
+
+/// Draws a token id from `logits (V)` with temperature and top-k: one draw from
+/// [`Candidates::new`], with a single uniform number from `rng`, so a seeded `rng` gives a
+/// reproducible draw.
 ///
 /// # Errors
-/// [`Error::InvalidConfig`] for invalid `options`, empty logits, or logits containing NaN or
-/// no finite value.
+/// As [`Candidates::new`].
 pub fn sample_logits<F: Float, R: Rng + ?Sized>(
     logits: ArrayView1<'_, F>,
     options: &SampleOptions,
     rng: &mut R,
 ) -> Result<usize> {
-    options.validate()?;
-    let values: Vec<f64> = logits.iter().map(|l| l.to_f64_exact()).collect();
-    if values.iter().any(|v| v.is_nan()) || !values.iter().any(|v| v.is_finite()) {
-        return Err(Error::InvalidConfig {
-            layer: SAMPLER,
-            reason: "the logits are empty, contain NaN or have no finite value".into(),
-        });
-    }
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    // Descending by logit; the sort is stable, so ties keep the lower id first.
-    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
-    order.truncate(options.top_k.unwrap_or(usize::MAX).min(values.len()));
-    let max = values[order[0]];
-    let weights: Vec<f64> = order
-        .iter()
-        .map(|&i| ((values[i] - max) / options.temperature).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let mut u = rng.random::<f64>() * total;
-    for (&id, &w) in order.iter().zip(&weights) {
-        if u < w {
-            return Ok(id);
-        }
-        u -= w;
-    }
-    // Rounding can leave `u` just above the last weight: the last kept id it is.
-    Ok(order[order.len() - 1])
+    Ok(Candidates::new(logits, options)?.draw(rng))
 }
 
 /// How many ids the window keeps when it restarts after filling a context of `context`:
@@ -193,6 +255,40 @@ pub fn generate<F: Float, R: Rng + ?Sized>(
     rng: &mut R,
     mut on_token: impl FnMut(usize),
 ) -> Result<Vec<usize>> {
+    generate_with(model, prompt, max_new, options, rng, |id, _| on_token(id))
+}
+
+/// [`generate`], calling `on_token` with each id and the [`Candidates`] it was drawn from
+/// (the next-token distribution after temperature and top-k), as the original's notebook
+/// prints the top five characters with their probabilities.
+///
+/// ```
+/// use baregpt::generate::{generate_with, SampleOptions};
+/// use baregpt::{Gpt, GptConfig};
+/// use rand::SeedableRng;
+///
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let gpt = Gpt::<f32>::new(GptConfig::tiny(10), &mut rng)?;
+/// let mut lines = Vec::new();
+/// generate_with(&gpt, &[1, 2], 3, &SampleOptions::default(), &mut rng, |id, candidates| {
+///     let top: Vec<String> =
+///         candidates.top(5).iter().map(|(t, p)| format!("{t} {:.1}%", 100.0 * p)).collect();
+///     lines.push(format!("{id}: {}", top.join(", ")));
+/// })?;
+/// assert_eq!(lines.len(), 3);
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_with<F: Float, R: Rng + ?Sized>(
+    model: &Gpt<F>,
+    prompt: &[usize],
+    max_new: usize,
+    options: &SampleOptions,
+    rng: &mut R,
+    mut on_token: impl FnMut(usize, &Candidates),
+) -> Result<Vec<usize>> {
     options.validate()?;
     let context = model.config().context;
     let mut window = initial_window(prompt, context)?;
@@ -201,8 +297,9 @@ pub fn generate<F: Float, R: Rng + ?Sized>(
     let mut out = Vec::with_capacity(max_new);
     for step in 0..max_new {
         let last = logits.index_axis(Axis(0), 0);
-        let id = sample_logits(last.row(last.nrows() - 1), options, rng)?;
-        on_token(id);
+        let candidates = Candidates::new(last.row(last.nrows() - 1), options)?;
+        let id = candidates.draw(rng);
+        on_token(id, &candidates);
         out.push(id);
         if step + 1 == max_new {
             break;

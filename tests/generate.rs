@@ -329,3 +329,92 @@ fn f32_generation_is_reproducible_with_a_seed() {
     assert_eq!(run(3), run(3));
     assert_ne!(run(3), run(4));
 }
+
+#[test]
+fn attention_maps_are_causal_distributions_and_the_cache_records_the_same_rows() {
+    let mut rng = StdRng::seed_from_u64(31);
+    let gpt = Gpt::<f64>::new(config(9, 8, true), &mut rng).unwrap();
+    let ids = random_ids(2, 7, 9, &mut rng);
+    let (logits, maps) = gpt.attention_maps(&ids).unwrap();
+    assert_eq!(
+        logits,
+        gpt.infer(&ids).unwrap(),
+        "recording changes nothing"
+    );
+    assert_eq!(maps.len(), gpt.config().n_layers);
+    let heads = gpt.config().n_heads;
+    for map in &maps {
+        assert_eq!(map.shape(), &[2, heads, 7, 7]);
+        for ((b, h, q, k), &p) in map.indexed_iter() {
+            if k > q {
+                assert_eq!(p, 0.0, "({b}, {h}, {q}, {k}) looks ahead");
+            }
+        }
+        for row in map.lanes(Axis(3)) {
+            assert!((row.sum() - 1.0).abs() < 1e-12);
+        }
+    }
+    // Prefill 4 positions, then 3 more: the recorded rows are those of the full pass.
+    let mut cache = gpt.kv_cache(2).unwrap();
+    let (_, first) = cache
+        .infer_recording(&gpt, &ids.slice(s![.., ..4]).to_owned())
+        .unwrap();
+    let (_, rest) = cache
+        .infer_recording(&gpt, &ids.slice(s![.., 4..]).to_owned())
+        .unwrap();
+    for (layer, full) in maps.iter().enumerate() {
+        assert_eq!(first[layer].shape(), &[2, heads, 4, 4]);
+        assert_eq!(rest[layer].shape(), &[2, heads, 3, 7]);
+        let close = |a: ndarray::ArrayView4<'_, f64>, b: ndarray::ArrayView4<'_, f64>| {
+            a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() < 1e-12)
+        };
+        assert!(close(first[layer].view(), full.slice(s![.., .., ..4, ..4])));
+        assert!(close(rest[layer].view(), full.slice(s![.., .., 4.., ..])));
+    }
+    // A plain cached pass records nothing and costs nothing extra.
+    let mut plain = gpt.kv_cache(2).unwrap();
+    plain.infer(&gpt, &ids).unwrap();
+}
+
+#[test]
+fn generation_reports_the_distribution_each_token_was_drawn_from() {
+    use baregpt::generate::generate_with;
+    let mut rng = StdRng::seed_from_u64(32);
+    let gpt = Gpt::<f64>::new(config(11, 6, true), &mut rng).unwrap();
+    let options = SampleOptions {
+        temperature: 0.9,
+        top_k: Some(4),
+    };
+    let mut seen = Vec::new();
+    let with = generate_with(
+        &gpt,
+        &[1, 2, 3],
+        12,
+        &options,
+        &mut StdRng::seed_from_u64(5),
+        |id, c| {
+            let all = c.all();
+            assert!(all.len() <= 4);
+            assert!((all.iter().map(|(_, p)| p).sum::<f64>() - 1.0).abs() < 1e-12);
+            assert!(
+                all.windows(2).all(|w| w[0].1 >= w[1].1),
+                "most likely first"
+            );
+            assert!(c.probability(id) > 0.0, "{id} was drawn with probability 0");
+            assert_eq!(c.top(2), &all[..2.min(all.len())]);
+            seen.push(id);
+        },
+    )
+    .unwrap();
+    assert_eq!(with, seen);
+    let plain = generate(
+        &gpt,
+        &[1, 2, 3],
+        12,
+        &options,
+        &mut StdRng::seed_from_u64(5),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(plain, with, "the same seed draws the same ids");
+}

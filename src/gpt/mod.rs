@@ -5,7 +5,7 @@ mod config;
 pub(crate) mod meta;
 pub mod parts;
 
-use ndarray::{Array2, Array3};
+use ndarray::{Array2, Array3, Array4};
 use rand::Rng;
 
 pub use config::GptConfig;
@@ -157,6 +157,32 @@ impl<F: Float> Gpt<F> {
     pub fn backward_loss(&mut self) -> Result<()> {
         let d_logits = self.loss_head.backward_loss()?;
         Layer::backward(self, &d_logits)
+    }
+
+    /// The attention probabilities of every block for one stateless forward of `ids (B, T)`,
+    /// one `(B, H, T, T)` array per block in order, with the logits `(B, T, V)`. It runs the
+    /// inference path: nothing is cached, training is not slowed, and any `&self` will do.
+    ///
+    /// ```
+    /// use baregpt::{Gpt, GptConfig};
+    /// use ndarray::{array, s};
+    /// use rand::SeedableRng;
+    ///
+    /// let gpt = Gpt::<f64>::new(GptConfig::tiny(10), &mut rand::rngs::StdRng::seed_from_u64(0))?;
+    /// let (_, maps) = gpt.attention_maps(&array![[1, 2, 3]])?;
+    /// let last = &maps[maps.len() - 1];                     // (1, 4, 3, 3)
+    /// let row = last.slice(s![0, 0, 2, ..]);                // head 0, query 2
+    /// assert!((row.sum() - 1.0).abs() < 1e-12);
+    /// assert_eq!(last[[0, 0, 0, 1]], 0.0);                  // causal: no look ahead
+    /// # Ok::<(), baregpt::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Layer::infer`].
+    pub fn attention_maps(&self, ids: &Array2<usize>) -> Result<(Array3<F>, Vec<Array4<F>>)> {
+        let mut state = InferState::new().recording_attention();
+        let logits = self.infer_with(ids, &mut state)?;
+        Ok((logits, state.take_attention()))
     }
 
     /// Forgets the last forward and loss: the next backward is refused until a forward runs.

@@ -12,7 +12,7 @@
 //! only pass the state on. When the pass succeeds the cache's length advances by the new
 //! positions; when it fails every slot is cut back, so the cache is as it was.
 
-use ndarray::{Array3, ArrayView3, s};
+use ndarray::{Array3, Array4, ArrayView3, s};
 
 use super::{Layer, LayerInput};
 use crate::{Error, Float, Result};
@@ -237,15 +237,45 @@ impl<F: Float> KvCache<F> {
         X: LayerInput<F>,
         L: Layer<F, X> + ?Sized,
     {
+        self.run(model, x, None).map(|(y, _)| y)
+    }
+
+    /// [`KvCache::infer`], also returning every attention layer's probabilities for the new
+    /// positions, `(B, H, T_new, len() + T_new)` each, in pass order (see
+    /// [`InferState::recording_attention`]).
+    ///
+    /// # Errors
+    /// As [`KvCache::infer`].
+    pub fn infer_recording<X, L>(&mut self, model: &L, x: &X) -> Result<(Array3<F>, Vec<Array4<F>>)>
+    where
+        X: LayerInput<F>,
+        L: Layer<F, X> + ?Sized,
+    {
+        self.run(model, x, Some(Vec::new()))
+    }
+
+    /// One pass with this cache in the state; commits on success, rolls back on error.
+    fn run<X, L>(
+        &mut self,
+        model: &L,
+        x: &X,
+        attention: Option<Vec<Array4<F>>>,
+    ) -> Result<(Array3<F>, Vec<Array4<F>>)>
+    where
+        X: LayerInput<F>,
+        L: Layer<F, X> + ?Sized,
+    {
         let start = self.len;
         let slots_before = self.layers.len();
         let mut state = InferState {
             cache: Some(self),
             cursor: 0,
             end: None,
+            attention,
         };
         let result = model.infer_with(x, &mut state);
         let (cursor, end) = (state.cursor, state.end);
+        let attention = state.attention.take().unwrap_or_default();
         let outcome = result.and_then(|y| {
             let end = end.unwrap_or(start);
             if slots_before > 0 && cursor != slots_before {
@@ -270,7 +300,7 @@ impl<F: Float> KvCache<F> {
         match outcome {
             Ok((y, end)) => {
                 self.len = end;
-                Ok(y)
+                Ok((y, attention))
             }
             Err(e) => {
                 if slots_before == 0 {
@@ -285,10 +315,25 @@ impl<F: Float> KvCache<F> {
 }
 
 /// What inference threads through the layers: nothing for a whole sequence from position 0
-/// ([`InferState::new`]), or a [`KvCache`] to continue (made by [`KvCache::infer`]).
+/// ([`InferState::new`]), or a [`KvCache`] to continue (made by [`KvCache::infer`]); and,
+/// when asked, a record of every attention layer's probabilities.
 ///
 /// A layer's [`Layer::infer_with`] passes it on to its parts unchanged; only layers that
-/// need positions or keep keys and values call its methods.
+/// need positions, keep keys and values or have attention probabilities call its methods.
+///
+/// ```
+/// use baregpt::{Gpt, GptConfig, layer::InferState, prelude::*};
+/// use ndarray::array;
+/// use rand::SeedableRng;
+///
+/// let gpt = Gpt::<f64>::new(GptConfig::tiny(10), &mut rand::rngs::StdRng::seed_from_u64(0))?;
+/// let mut state = InferState::new().recording_attention();
+/// gpt.infer_with(&array![[1, 2, 3]], &mut state)?;
+/// let maps = state.take_attention(); // one (B, H, T, T) array per block
+/// assert_eq!(maps.len(), 2);
+/// assert_eq!(maps[1].shape(), &[1, 4, 3, 3]);
+/// # Ok::<(), baregpt::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct InferState<'c, F> {
     cache: Option<&'c mut KvCache<F>>,
@@ -296,6 +341,8 @@ pub struct InferState<'c, F> {
     cursor: usize,
     /// The end position claimed by this pass, once a layer asked.
     end: Option<usize>,
+    /// The attention probabilities recorded so far, when recording.
+    attention: Option<Vec<Array4<F>>>,
 }
 
 impl<F> Default for InferState<'_, F> {
@@ -304,6 +351,7 @@ impl<F> Default for InferState<'_, F> {
             cache: None,
             cursor: 0,
             end: None,
+            attention: None,
         }
     }
 }
@@ -312,6 +360,40 @@ impl<F: Float> InferState<'_, F> {
     /// The state of a stateless pass over a whole sequence, from position 0.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also record every attention layer's probabilities in this pass (opt-in: nothing is
+    /// kept otherwise, and training's `forward` never records).
+    #[must_use]
+    pub fn recording_attention(mut self) -> Self {
+        self.attention = Some(Vec::new());
+        self
+    }
+
+    /// Whether attention probabilities are being recorded.
+    pub fn is_recording_attention(&self) -> bool {
+        self.attention.is_some()
+    }
+
+    /// Records one attention layer's probabilities `(B, H, T_q, T_k)`, when recording
+    /// (otherwise drops them). Called by attention layers, in pass order.
+    pub fn record_attention(&mut self, probs: Array4<F>) {
+        if let Some(maps) = &mut self.attention {
+            maps.push(probs);
+        }
+    }
+
+    /// The probabilities recorded so far, one array per attention layer in pass order.
+    pub fn attention(&self) -> &[Array4<F>] {
+        self.attention.as_deref().unwrap_or_default()
+    }
+
+    /// Takes the recorded probabilities out (recording goes on, from empty).
+    pub fn take_attention(&mut self) -> Vec<Array4<F>> {
+        self.attention
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Whether the pass continues a cached sequence.

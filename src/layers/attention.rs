@@ -39,7 +39,9 @@ struct Heads<F> {
 ///
 /// With a [`KvCache`](crate::layer::KvCache) in the inference state, the new positions'
 /// keys and values are appended to this layer's slot and the new queries attend over all
-/// cached keys, each up to its own position.
+/// cached keys, each up to its own position. When the state is
+/// [recording attention](crate::layer::InferState::recording_attention), inference hands it
+/// the probabilities `(B, H, T_q, T_k)`.
 ///
 /// # Example
 ///
@@ -161,7 +163,8 @@ impl<F: Float> Layer<F> for Attention<F> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         state.positions(LAYER, bt.1)?;
         let kv = state.next_kv(LAYER, bt.0, self.width())?;
-        let (y, _) = self.apply(rows(x.view()).view(), bt, kv)?;
+        let (y, heads) = self.apply(rows(x.view()).view(), bt, kv)?;
+        state.record_attention(heads.probs);
         from_rows(LAYER, y, bt)
     }
 

@@ -1,0 +1,203 @@
+//! Look inside a trained model, as the original BareGPT's notebook does: the attention
+//! heat-maps of one layer's heads over a prompt, and the top candidates for each character it
+//! generates.
+//!
+//! ```text
+//! cargo run --release --example inspect -- --checkpoint runs/input/model.safetensors \
+//!     --prompt "ROMEO: how, t" --layer 1 --tokens 20 --out runs/inspect
+//! ```
+//!
+//! It writes `attention.png` and `attention.svg` into `--out`: one panel per head, numbered,
+//! with the prompt's characters on both axes (rows: the position attending; columns: the
+//! positions attended to; the grey upper triangle is the future, masked), and a colour scale.
+//! Then it prints, for each generated character, the text so far and the `--top` most likely
+//! next characters with their probabilities.
+
+mod heatmap;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use baregpt::checkpoint;
+use baregpt::data::CharVocab;
+use baregpt::generate::{SampleOptions, generate_with};
+use baregpt::{Error, Gpt};
+use clap::Parser;
+use heatmap::Heatmaps;
+use ndarray::{Array2, s};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// Draw one layer's attention heads over a prompt and print each generated character's top
+/// candidates.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The checkpoint to inspect (written by the `train` example).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "runs/addition/model.safetensors"
+    )]
+    checkpoint: PathBuf,
+    /// The prompt whose attention is drawn and which generation continues (default: the one
+    /// stored in the checkpoint).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The layer to draw, from 0 (default: the last).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// How many characters to generate.
+    #[arg(long, default_value_t = 20)]
+    tokens: usize,
+    /// How many candidates to print per character.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Sampling temperature (> 0).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample only among the k most likely characters (0: all of them).
+    #[arg(long, default_value_t = 20)]
+    top_k: usize,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The folder the PNG and SVG are written to.
+    #[arg(long, value_name = "DIR", default_value = "runs/inspect")]
+    out: PathBuf,
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> AnyResult<()> {
+    let (model, extras) = checkpoint::load::<f32>(&args.checkpoint).map_err(|e| match e {
+        Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!(
+            "no checkpoint at {} (train one first: cargo run --release --example train)",
+            args.checkpoint.display()
+        ),
+        other => format!("cannot load {}: {other}", args.checkpoint.display()),
+    })?;
+    let vocab = extras.vocab.clone().ok_or_else(|| {
+        format!(
+            "{} has no vocabulary, so its ids cannot be shown as characters",
+            args.checkpoint.display()
+        )
+    })?;
+    let prompt = match (&args.prompt, extras.metadata.get("sample_prompt")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err("no --prompt given and none stored in the checkpoint".into()),
+    };
+    let ids = encode(&vocab, &prompt)?;
+    let context = model.config().context;
+    let shown = &ids[ids.len().saturating_sub(context)..];
+    if shown.len() < ids.len() {
+        eprintln!(
+            "the prompt has {} characters but the model sees at most {context}: drawing its last \
+             {context}",
+            ids.len()
+        );
+    }
+    draw(args, &model, &vocab, shown)?;
+    let options = SampleOptions {
+        temperature: args.temperature,
+        top_k: (args.top_k > 0).then_some(args.top_k),
+    };
+    let mut text = prompt.clone();
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    generate_with(
+        &model,
+        &ids,
+        args.tokens,
+        &options,
+        &mut rng,
+        |id, candidates| {
+            let top: Vec<String> = candidates
+                .top(args.top)
+                .iter()
+                .map(|&(t, p)| format!("{:?} {:.1}%", vocab.char(t).unwrap_or('?'), 100.0 * p))
+                .collect();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(24)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            println!("after {tail:?}: {}", top.join(", "));
+            text.push(vocab.char(id).unwrap_or('\u{fffd}'));
+        },
+    )?;
+    println!("{text}");
+    Ok(())
+}
+
+/// The prompt as ids, with a clear error for a character the model never saw.
+fn encode(vocab: &CharVocab, prompt: &str) -> AnyResult<Vec<usize>> {
+    if prompt.is_empty() {
+        return Err("the prompt is empty: give at least one character with --prompt".into());
+    }
+    vocab.encode(prompt).map_err(|e| match e {
+        Error::UnknownChar { ch, position } => format!(
+            "the prompt has {ch:?} at position {position}, which the model never saw; its \
+             vocabulary is {:?}",
+            vocab.to_string()
+        )
+        .into(),
+        other => other.into(),
+    })
+}
+
+/// Writes the heat-maps of the chosen layer over `ids`.
+fn draw(args: &Args, model: &Gpt<f32>, vocab: &CharVocab, ids: &[usize]) -> AnyResult<()> {
+    let n_layers = model.config().n_layers;
+    if n_layers == 0 {
+        return Err("the model has no attention layers to draw".into());
+    }
+    let layer = args.layer.unwrap_or(n_layers - 1);
+    if layer >= n_layers {
+        return Err(format!(
+            "--layer {layer}: the model has {n_layers} layers, numbered 0 to {}",
+            n_layers - 1
+        )
+        .into());
+    }
+    let row = Array2::from_shape_fn((1, ids.len()), |(_, j)| ids[j]);
+    let (_, maps) = model.attention_maps(&row)?;
+    let probs = &maps[layer]; // (1, H, T, T)
+    let heads = (0..probs.dim().1)
+        .map(|h| probs.slice(s![0, h, .., ..]).to_owned())
+        .collect();
+    let labels: Vec<char> = ids.iter().map(|&i| vocab.char(i).unwrap_or('?')).collect();
+    let title = format!(
+        "layer {layer} of {n_layers}, {} heads, over {:?}",
+        probs.dim().1,
+        labels.iter().collect::<String>()
+    );
+    let maps = Heatmaps {
+        labels,
+        heads,
+        title,
+    };
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let (png, svg) = (
+        args.out.join("attention.png"),
+        args.out.join("attention.svg"),
+    );
+    maps.write_png(&png)?;
+    maps.write_svg(&svg)?;
+    eprintln!("wrote {} and {}", png.display(), svg.display());
+    Ok(())
+}
