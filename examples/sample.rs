@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 
 /// Continue a prompt from a baregpt checkpoint, streaming characters as they come.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// The checkpoint to load.
     #[arg(

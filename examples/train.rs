@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 /// held-out accuracy, save a checkpoint and a loss plot. With --text FILE: train a
 /// character-level model on FILE.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Train a character-level model on this UTF-8 text file instead of the addition task.
     #[arg(long, value_name = "FILE")]
@@ -94,6 +94,10 @@ struct Args {
     /// Evaluate on held-out data every N steps.
     #[arg(long)]
     eval_every: Option<u64>,
+    /// Also print the loss of the single training batch at step 1 and every N steps (as the
+    /// original BareGPT logs it; 0: off).
+    #[arg(long, default_value_t = 0)]
+    log_every: u64,
     /// Continue from the checkpoint (model, optimizer state and step).
     #[arg(long)]
     resume: bool,
@@ -327,6 +331,7 @@ fn run(args: &Args) -> AnyResult<()> {
                 ("task".to_owned(), task_name.clone()),
                 ("seed".to_owned(), args.seed.to_string()),
                 ("batch".to_owned(), setup.batch.to_string()),
+                ("training".to_owned(), training_settings(&setup)),
                 ("history".to_owned(), history_to_string(history)),
                 ("sample_prompt".to_owned(), sample_prompt(&task)),
             ]
@@ -340,6 +345,8 @@ fn run(args: &Args) -> AnyResult<()> {
     let bar = progress_bar(setup.steps, start);
     let timer = Instant::now();
     let (mut tokens, mut since_eval) = (0usize, Vec::new());
+    // Evaluation time is left out of tokens/s.
+    let mut eval_time = 0.0f64;
     for step in start..setup.steps {
         let batch = task.batch(setup.batch, args.seed, step)?;
         let loss = common::train_step(&mut model, &mut adam, &batch)?;
@@ -353,11 +360,16 @@ fn run(args: &Args) -> AnyResult<()> {
         tokens += batch.ids.len();
         since_eval.push(loss);
         let done = step + 1;
-        let rate = tokens as f64 / timer.elapsed().as_secs_f64().max(1e-9);
+        let rate = tokens as f64 / (timer.elapsed().as_secs_f64() - eval_time).max(1e-9);
         bar.set_position(done);
         bar.set_message(format!("loss {loss:.4} | {} tok/s", human(rate)));
+        if args.log_every > 0 && (done == 1 || done % args.log_every == 0) {
+            bar.suspend(|| println!("step {done:>6} | batch loss {loss:.3}"));
+        }
         if done % setup.eval_every == 0 || done == setup.steps {
+            let eval_start = Instant::now();
             let eval = task.evaluate(&mut model)?;
+            eval_time += eval_start.elapsed().as_secs_f64();
             let train_loss = since_eval.iter().sum::<f64>() / since_eval.len().max(1) as f64;
             since_eval.clear();
             history.push(EvalPoint {
@@ -389,9 +401,9 @@ fn run(args: &Args) -> AnyResult<()> {
     } else {
         save(&model, &adam, &history)?;
         println!(
-            "trained {} steps in {elapsed:.1} s ({} tokens/s)",
+            "trained {} steps in {elapsed:.1} s ({} tokens/s, evaluation left out)",
             setup.steps - start,
-            human(tokens as f64 / elapsed.max(1e-9))
+            human(tokens as f64 / (elapsed - eval_time).max(1e-9))
         );
     }
     report(&task, &mut model, args.seed)?;
@@ -405,11 +417,46 @@ fn run(args: &Args) -> AnyResult<()> {
     }
     println!("checkpoint: {}", ckpt_path.display());
     println!(
-        "sample from it: cargo run --release --example sample -- --checkpoint {} --prompt {:?}",
-        ckpt_path.display(),
-        sample_prompt(&task)
+        "sample from it: cargo run --release --example sample -- --checkpoint {} --prompt {}",
+        shell_quote(&ckpt_path.display().to_string()),
+        shell_quote(&sample_prompt(&task))
     );
     Ok(())
+}
+
+/// `text` quoted for a POSIX shell: in single quotes, each `'` written as `'\''`.
+fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// The settings a resumed run must share with the run that wrote the checkpoint.
+fn training_settings(s: &Setup) -> String {
+    format!(
+        "batch {}, lr {}, schedule {}, clip {}",
+        s.batch,
+        s.lr,
+        schedule_description(s),
+        s.clip
+    )
+}
+
+/// The learning-rate schedule a run uses, in words (as [`adam_config`] builds it).
+fn schedule_description(s: &Setup) -> String {
+    match s.schedule {
+        Schedule::Cosine if s.steps > s.warmup => format!(
+            "warmup {} then cosine decay to 10% at step {}",
+            s.warmup, s.steps
+        ),
+        Schedule::Cosine | Schedule::Constant if s.warmup > 0 => {
+            format!("warmup {} then constant", s.warmup)
+        }
+        _ => "constant".to_owned(),
+    }
 }
 
 /// Checks that a checkpoint fits the run being resumed.
@@ -442,13 +489,25 @@ fn check_resume(
         )
         .into());
     }
-    // Any explicit model-shape flag must agree with the checkpoint: loading into a model of
-    // the requested shape reports the first differing field.
-    if args.d_model.is_some() || args.layers.is_some() || args.heads.is_some() || args.mlp.is_some()
-    {
-        let mut probe = Gpt::<f32>::new(setup.config.clone(), &mut StdRng::seed_from_u64(0))?;
-        let bytes = checkpoint::to_bytes(model, &Extras::default())?;
-        checkpoint::load_bytes_into(&bytes, &mut probe)?;
+    // The model this run asks for (its preset and flags) must be the checkpoint's.
+    if let Some((field, asked, stored)) = setup.config.first_difference(model.config()) {
+        return Err(format!(
+            "the checkpoint's {field} is {stored} but this run asks for {asked}: pass the \
+             checkpoint's preset and flags, or another --checkpoint"
+        )
+        .into());
+    }
+    // So must the training settings, which the checkpoint records.
+    let asked = training_settings(setup);
+    match extras.metadata.get("training") {
+        Some(stored) if *stored != asked => {
+            return Err(format!(
+                "the checkpoint was trained with {stored}, but this run asks for {asked}: pass \
+                 the same preset and flags to resume"
+            )
+            .into());
+        }
+        _ => {}
     }
     let seed = extras.metadata.get("seed").map(String::as_str);
     if seed.is_some_and(|s| s != args.seed.to_string()) {
@@ -501,12 +560,11 @@ fn print_header(
         c.vocab_size
     );
     println!(
-        "train:  {} steps of {} sequences, Adam lr {} ({:?}, warmup {}), clip {}{}",
+        "train:  {} steps of {} sequences, Adam lr {} ({}), clip {}{}",
         s.steps,
         s.batch,
         s.lr,
-        s.schedule,
-        s.warmup,
+        schedule_description(s),
         if s.clip > 0.0 {
             s.clip.to_string()
         } else {

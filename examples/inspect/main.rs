@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 /// Draw one layer's attention heads over a prompt and print each generated character's top
 /// candidates.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// The checkpoint to inspect (written by the `train` example).
     #[arg(
