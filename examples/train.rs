@@ -412,7 +412,11 @@ fn run(args: &Args) -> AnyResult<()> {
     if history.is_empty() {
         println!("no evaluation was made (no steps run), so no loss plot");
     } else {
-        loss_plot(&plot_path, &format!("baregpt: {task_name}"), &history)?;
+        loss_plot(
+            &plot_path,
+            &format!("baregpt: {}", short_name(args)),
+            &history,
+        )?;
         println!("loss plot:  {}", plot_path.display());
     }
     println!("checkpoint: {}", ckpt_path.display());
@@ -422,6 +426,18 @@ fn run(args: &Args) -> AnyResult<()> {
         shell_quote(&sample_prompt(&task))
     );
     Ok(())
+}
+
+/// What the run trains on, in a few words: the text file's name (not its whole path) or the
+/// addition task.
+fn short_name(args: &Args) -> String {
+    match &args.text {
+        Some(path) => path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        None => format!("{}-digit addition", args.digits),
+    }
 }
 
 /// `text` quoted for a POSIX shell: in single quotes, each `'` written as `'\''`.
