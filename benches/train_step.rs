@@ -203,11 +203,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if args.threads > 0 {
-        if let Err(e) = baregpt::set_num_threads(args.threads) {
-            eprintln!("train_step: {e}");
-            std::process::exit(2);
-        }
+    if args.threads > 0
+        && let Err(e) = baregpt::set_num_threads(args.threads)
+    {
+        eprintln!("train_step: {e}");
+        std::process::exit(2);
     }
     let names: Vec<&str> = if args.preset == "all" {
         PRESETS.iter().map(|p| p.0).collect()

@@ -375,7 +375,7 @@ impl AdditionTask {
 
     /// Whether `(a, b)` belongs to the held-out set (a fixed pseudo-random 2% of all pairs).
     pub fn is_held_out(&self, a: u64, b: u64) -> bool {
-        mix64(a.wrapping_mul(self.bound()).wrapping_add(b)) % HELD_OUT_EVERY == 0
+        mix64(a.wrapping_mul(self.bound()).wrapping_add(b)).is_multiple_of(HELD_OUT_EVERY)
     }
 
     /// `n` random training pairs (never held out).

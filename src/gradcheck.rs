@@ -519,10 +519,10 @@ fn with_param<F: Float, L: Params<F> + ?Sized>(
     let mut f = Some(f);
     let mut i = 0;
     layer.for_each_param_mut(&mut |_, mut p| {
-        if i == index {
-            if let Some(f) = f.take() {
-                f(&mut p.value);
-            }
+        if i == index
+            && let Some(f) = f.take()
+        {
+            f(&mut p.value);
         }
         i += 1;
     });

@@ -619,7 +619,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
     } else {
         1
     };
-    let bias = case.seed % 2 == 0;
+    let bias = case.seed.is_multiple_of(2);
     let (x, dy) = (&case.x, &case.dy);
     match case.kind {
         0 => built(Linear::new(s0, s1, bias, &mut r), |mut l| {

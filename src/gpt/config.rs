@@ -118,7 +118,7 @@ impl GptConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, n)| *n == 0) {
             return Err(invalid(format!("{name} must be positive")));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(invalid(format!(
                 "n_heads {} does not divide d_model {}",
                 self.n_heads, self.d_model

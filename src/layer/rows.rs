@@ -26,10 +26,10 @@ pub fn check_width<F>(
 /// Views `(B, T, C)` as `(B·T, C)` rows, copying only if `x` is not in standard layout.
 pub fn rows<'a, F: Float>(x: ArrayView3<'a, F>) -> CowArray<'a, F, Ix2> {
     let (b, t, c) = x.dim();
-    if x.is_standard_layout() {
-        if let Ok(view) = x.into_shape_with_order((b * t, c)) {
-            return CowArray::from(view);
-        }
+    if x.is_standard_layout()
+        && let Ok(view) = x.into_shape_with_order((b * t, c))
+    {
+        return CowArray::from(view);
     }
     // Row n of the result is position (n / T, n % T); with T = 0 there are no rows to fill.
     CowArray::from(Array2::from_shape_fn((b * t, c), |(n, j)| {

@@ -80,7 +80,7 @@ impl<F: Float> Attention<F> {
     /// or the weights would not fit in memory.
     pub fn new<R: Rng + ?Sized>(c: usize, n_heads: usize, rng: &mut R) -> Result<Self> {
         check_positive(LAYER, "the width", c)?;
-        if n_heads == 0 || c % n_heads != 0 {
+        if n_heads == 0 || !c.is_multiple_of(n_heads) {
             return Err(Error::InvalidConfig {
                 layer: LAYER,
                 reason: format!("{n_heads} heads do not divide d_model {c}"),

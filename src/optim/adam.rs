@@ -318,20 +318,19 @@ impl<F: Float> Adam<F> {
         if let Some(err) = first_error {
             return Err(err);
         }
-        if self.state.step > 0 {
-            if let Some(name) = self
+        if self.state.step > 0
+            && let Some(name) = self
                 .state
                 .params
                 .keys()
                 .find(|k| !seen.known.contains(k.as_str()))
-            {
-                return Err(Error::ParamMismatch {
-                    name: name.clone(),
-                    reason: "the optimizer has state for it but it was not among the \
+        {
+            return Err(Error::ParamMismatch {
+                name: name.clone(),
+                reason: "the optimizer has state for it but it was not among the \
                              parameters stepped (removed or renamed, or another model?)"
-                        .into(),
-                });
-            }
+                    .into(),
+            });
         }
         norm.finish(&mut |f| params.read(&mut |name, _, grad| f(name, grad)))
     }

@@ -72,10 +72,10 @@ impl<F: Float> AdamState<F> {
     /// # Errors
     /// [`Error::ParamMismatch`] naming the first offending parameter.
     pub fn validate(&self, amsgrad: bool) -> Result<()> {
-        if self.step == 0 {
-            if let Some(name) = self.params.keys().next() {
-                return Err(mismatch(name, "has moments but the step count is 0".into()));
-            }
+        if self.step == 0
+            && let Some(name) = self.params.keys().next()
+        {
+            return Err(mismatch(name, "has moments but the step count is 0".into()));
         }
         for (name, state) in &self.params {
             let shape = state.m.shape();
