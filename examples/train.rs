@@ -101,7 +101,8 @@ struct Args {
     /// Continue from the checkpoint (model, optimizer state and step).
     #[arg(long)]
     resume: bool,
-    /// Fraction of the text held out for validation (--text only).
+    /// Fraction of the text held out for validation (--text only; 0 trains on all of it, as the
+    /// original does, and evaluates on fixed training windows).
     #[arg(long, default_value_t = 0.1, requires = "text")]
     val_fraction: f64,
 }
@@ -245,7 +246,22 @@ fn task(args: &Args, resumed: Option<&(Gpt<f32>, Extras<f32>)>) -> AnyResult<(Ta
                 (None, None) => 64,
             };
             let vocab = resumed.and_then(|(_, extras)| extras.vocab.clone());
-            let task = Task::text(&text, vocab, context, args.val_fraction, 32)?;
+            let task =
+                Task::text(&text, vocab, context, args.val_fraction, 32).map_err(|e| {
+                    match (resumed, e) {
+                        (Some(_), baregpt::Error::UnknownChar { ch, position }) => format!(
+                            "{} has {ch:?} at position {position}, which is not in the vocabulary \
+                         of the checkpoint being resumed ({}): resume it on the text it was \
+                         trained on, or pass another --checkpoint",
+                            path.display(),
+                            checkpoint_path(args).display()
+                        ),
+                        (_, baregpt::Error::InvalidConfig { reason, .. }) => {
+                            format!("{}: {reason}", path.display())
+                        }
+                        (_, e) => format!("{}: {e}", path.display()),
+                    }
+                })?;
             Ok((task, format!("text:{}", path.display())))
         }
     }
@@ -262,26 +278,43 @@ fn default_out_dir(args: &Args) -> PathBuf {
     }
 }
 
+/// The checkpoint path: `--checkpoint`, else `<out>/model.safetensors`.
+fn checkpoint_path(args: &Args) -> PathBuf {
+    args.checkpoint.clone().unwrap_or_else(|| {
+        args.out
+            .clone()
+            .unwrap_or_else(|| default_out_dir(args))
+            .join("model.safetensors")
+    })
+}
+
 fn read_text(path: &Path) -> AnyResult<String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let text = String::from_utf8(bytes)
         .map_err(|e| format!("{} is not UTF-8 text: {e}", path.display()))?;
-    if text.chars().count() < 2 {
-        return Err(format!(
-            "{} is empty: there is nothing to learn from",
-            path.display()
-        )
-        .into());
+    match text.chars().count() {
+        0 => {
+            return Err(format!(
+                "{} is empty: there is nothing to learn from",
+                path.display()
+            )
+            .into());
+        }
+        1 => {
+            return Err(format!(
+                "{} has a single character: at least 2 are needed, one to read and one to predict",
+                path.display()
+            )
+            .into());
+        }
+        _ => {}
     }
     Ok(text)
 }
 
 fn run(args: &Args) -> AnyResult<()> {
     let out_dir = args.out.clone().unwrap_or_else(|| default_out_dir(args));
-    let ckpt_path = args
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| out_dir.join("model.safetensors"));
+    let ckpt_path = checkpoint_path(args);
     // On --resume the checkpoint fixes the model (and, for text, the vocabulary and context).
     let resumed = if args.resume {
         let loaded = checkpoint::load::<f32>(&ckpt_path)
@@ -559,12 +592,20 @@ fn print_header(
                 s.eval_every
             );
         }
-        Task::Text { data, context, .. } => println!(
-            "task:   {task_name}: {} characters, vocabulary of {}, context {context}",
-            data.ids(baregpt::data::Split::Train).len()
-                + data.ids(baregpt::data::Split::Validation).len(),
-            data.vocab().len()
-        ),
+        Task::Text { data, context, .. } => {
+            println!(
+                "task:   {task_name}: {} characters, vocabulary of {}, context {context}",
+                data.ids(baregpt::data::Split::Train).len()
+                    + data.ids(baregpt::data::Split::Validation).len(),
+                data.vocab().len()
+            );
+            if data.ids(baregpt::data::Split::Validation).is_empty() {
+                println!(
+                    "eval:   nothing held out (--val-fraction 0): the val loss is measured on \
+                     fixed windows of the training text"
+                );
+            }
+        }
     }
     println!(
         "model:  {} parameters (d_model {}, {} heads, {} layers, context {}, vocabulary {})",
@@ -630,7 +671,7 @@ fn report(task: &Task, model: &mut Gpt<f32>, seed: u64) -> AnyResult<()> {
         }
         Task::Text { data, .. } => {
             let prompt: Vec<usize> = data
-                .ids(baregpt::data::Split::Validation)
+                .ids(common::eval_split(data))
                 .iter()
                 .take(32)
                 .copied()
@@ -664,7 +705,7 @@ fn sample_prompt(task: &Task) -> String {
             .map_or_else(|| task.prompt(1, 2), |&(a, b)| task.prompt(a, b)),
         Task::Text { data, .. } => {
             let ids: Vec<usize> = data
-                .ids(baregpt::data::Split::Validation)
+                .ids(common::eval_split(data))
                 .iter()
                 .take(16)
                 .copied()

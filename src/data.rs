@@ -164,7 +164,8 @@ pub enum Split {
 /// A character-level corpus split into a training part and a validation part.
 ///
 /// The validation part is the last `val_fraction` of the text (at least one character), so the
-/// two never overlap. [`TextDataset::batch`] draws random windows, as the original's
+/// two never overlap; with `val_fraction = 0` there is none, and the whole text trains (as the
+/// original does). [`TextDataset::batch`] draws random windows, as the original's
 /// `get_batch` does.
 #[derive(Clone, Debug)]
 pub struct TextDataset {
@@ -179,7 +180,7 @@ impl TextDataset {
     /// Builds the vocabulary from `text` and splits it.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `text` is empty or `val_fraction` is not in `(0, 1)`.
+    /// [`Error::InvalidConfig`] when `text` is empty or `val_fraction` is not in `[0, 1)`.
     pub fn new(text: &str, val_fraction: f64) -> Result<Self> {
         let vocab = CharVocab::from_text(text)?;
         Self::with_vocab(text, vocab, val_fraction)
@@ -191,12 +192,12 @@ impl TextDataset {
     /// # Errors
     /// [`Error::UnknownChar`] when `text` has a character outside `vocab`;
     /// [`Error::InvalidConfig`] when `text` has fewer than two characters or `val_fraction` is
-    /// not in `(0, 1)`.
+    /// not in `[0, 1)`.
     pub fn with_vocab(text: &str, vocab: CharVocab, val_fraction: f64) -> Result<Self> {
-        if !(val_fraction > 0.0 && val_fraction < 1.0) {
+        if !(0.0..1.0).contains(&val_fraction) {
             return Err(Error::InvalidConfig {
                 layer: DATASET,
-                reason: format!("validation fraction {val_fraction} is not in (0, 1)"),
+                reason: format!("validation fraction {val_fraction} is not in [0, 1)"),
             });
         }
         let ids = vocab.encode(text)?;
@@ -209,7 +210,11 @@ impl TextDataset {
                 ),
             });
         }
-        let n_val = ((ids.len() as f64 * val_fraction).ceil() as usize).clamp(1, ids.len() - 1);
+        let n_val = if val_fraction == 0.0 {
+            0
+        } else {
+            ((ids.len() as f64 * val_fraction).ceil() as usize).clamp(1, ids.len() - 1)
+        };
         let mut train = ids;
         let val = train.split_off(train.len() - n_val);
         Ok(Self { vocab, train, val })
@@ -228,9 +233,14 @@ impl TextDataset {
         }
     }
 
-    /// The longest window `T` both splits can serve (one less than the shorter split).
+    /// The longest window `T` both splits can serve (one less than the shorter split; the
+    /// training split alone when there is no validation split).
     pub fn max_context(&self) -> usize {
-        self.train.len().min(self.val.len()) - 1
+        let shorter = match self.val.len() {
+            0 => self.train.len(),
+            n => self.train.len().min(n),
+        };
+        shorter.saturating_sub(1)
     }
 
     /// `b` random windows of length `t` from `split`: ids `(b, t)` and the next characters as
@@ -551,6 +561,19 @@ mod tests {
         assert!(TextDataset::new("", 0.1).is_err());
         assert!(TextDataset::new("a", 0.1).is_err());
         assert!(TextDataset::new("abc", 1.0).is_err());
+        assert!(TextDataset::new("abc", -0.1).is_err());
+        assert!(TextDataset::new("abc", f64::NAN).is_err());
+    }
+
+    #[test]
+    fn a_zero_validation_fraction_trains_on_the_whole_text() {
+        let data = TextDataset::new("abcdefghij", 0.0).unwrap();
+        assert_eq!(data.ids(Split::Train).len(), 10);
+        assert!(data.ids(Split::Validation).is_empty());
+        assert_eq!(data.max_context(), 9);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert!(data.batch(Split::Train, 2, 9, &mut rng).is_ok());
+        assert!(data.batch(Split::Validation, 1, 1, &mut rng).is_err());
     }
 
     #[test]

@@ -59,6 +59,16 @@ pub enum Task {
     },
 }
 
+/// The split evaluation draws from: the validation text, or the training text when none is
+/// held out (`--val-fraction 0`).
+pub fn eval_split(data: &TextDataset) -> Split {
+    if data.ids(Split::Validation).is_empty() {
+        Split::Train
+    } else {
+        Split::Validation
+    }
+}
+
 impl Task {
     /// The addition task with `digits`-digit operands, evaluated on `n_eval` held-out pairs.
     pub fn addition(digits: usize, n_eval: usize) -> Result<Self> {
@@ -79,6 +89,16 @@ impl Task {
             Some(vocab) => TextDataset::with_vocab(text, vocab, val_fraction)?,
             None => TextDataset::new(text, val_fraction)?,
         };
+        let total = data.ids(Split::Train).len() + data.ids(Split::Validation).len();
+        if data.max_context() == 0 {
+            return Err(baregpt::Error::InvalidConfig {
+                layer: "train",
+                reason: format!(
+                    "a text of {total} characters is too short: the training and the validation \
+                     part need at least 2 characters each (use a longer file)"
+                ),
+            });
+        }
         if context == 0 || context > data.max_context() {
             return Err(baregpt::Error::InvalidConfig {
                 layer: "train",
@@ -95,7 +115,7 @@ impl Task {
         let val_batches = (0..8)
             .map(|_| {
                 let (ids, targets) =
-                    data.batch(Split::Validation, eval_batch, context, &mut rng)?;
+                    data.batch(eval_split(&data), eval_batch, context, &mut rng)?;
                 Ok(Batch {
                     ids,
                     targets,
