@@ -167,11 +167,12 @@ fn draw(args: &Args, model: &Gpt<f32>, vocab: &CharVocab, ids: &[usize]) -> AnyR
     }
     let layer = args.layer.unwrap_or(n_layers - 1);
     if layer >= n_layers {
-        return Err(format!(
-            "--layer {layer}: the model has {n_layers} layers, numbered 0 to {}",
-            n_layers - 1
-        )
-        .into());
+        let layers = if n_layers == 1 {
+            "1 layer, numbered 0".to_owned()
+        } else {
+            format!("{n_layers} layers, numbered 0 to {}", n_layers - 1)
+        };
+        return Err(format!("--layer {layer}: the model has {layers}").into());
     }
     let row = Array2::from_shape_fn((1, ids.len()), |(_, j)| ids[j]);
     let (_, maps) = model.attention_maps(&row)?;
