@@ -6,7 +6,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::contract::{self, Repeatable};
 use super::numeric::{Objective, Perturb};
-use super::options::{Resolved, unit_roundoff};
+use super::options::{GradCheckOptions, Resolved, unit_roundoff};
 use super::report::{ContractViolation, GradCheckReport};
 use super::sampling::{self, Target};
 use crate::layer::LayerInput;
@@ -46,8 +46,6 @@ where
     restore_grads(layer, &saved);
     result
 }
-
-use super::options::GradCheckOptions;
 
 /// What the analytic phase hands the numeric one.
 pub(super) struct Analytic<F> {
