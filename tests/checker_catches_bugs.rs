@@ -9,12 +9,12 @@
 mod common;
 
 use baregpt::error::check_shape;
-use baregpt::gradcheck::{self, GradCheckOptions, GradCheckReport, Mode};
+use baregpt::gradcheck::{self, ContractKind, GradCheckOptions, GradCheckReport, Mode};
 use baregpt::layer::InferState;
-use baregpt::layers::{Gelu, LayerNorm, Linear, Sequential};
+use baregpt::layers::{Attention, Gelu, LayerNorm, Linear, Sequential};
 use baregpt::param::{Param1, Param2, ParamPath, ParamVisitor, ParamVisitorMut};
 use baregpt::prelude::*;
-use baregpt::{Error, Gpt, GptConfig, Result};
+use baregpt::{CrossEntropy, Error, Gpt, GptConfig, Result};
 use common::{jitter_params, rng, snapshot};
 use ndarray::{Array1, Array2, Array3, Axis};
 use rand::RngExt;
@@ -32,6 +32,11 @@ enum Bug {
     TransposedWeightGrad,
     /// `dW` gets a tiny amount that depends on how often backward ran.
     NonDeterministic,
+    /// `dW` is assigned (`=`), not added (`+=`): right after `zero_grad`, wrong when
+    /// gradients accumulate over micro-batches or a weight is shared.
+    OverwriteWeightGrad,
+    /// Weight decay folded into backward: `dW += λ·W` even when `dy` is zero.
+    DecayInBackward,
 }
 
 /// `(B, T, C)` → `(N, C)` rows (test inputs are in standard layout).
@@ -123,9 +128,14 @@ impl Layer<f64> for HandLinear {
             Bug::ScaledWeightGrad => d_w *= 1.1,
             Bug::TransposedWeightGrad => d_w = d_w.t().to_owned(),
             Bug::NonDeterministic => d_w += 1e-12 * f64::from(self.backward_calls),
-            Bug::None | Bug::MissingBiasGrad => {}
+            Bug::DecayInBackward => d_w += &(&self.w.value * 1e-3),
+            Bug::None | Bug::MissingBiasGrad | Bug::OverwriteWeightGrad => {}
         }
-        self.w.grad += &d_w;
+        if self.bug == Bug::OverwriteWeightGrad {
+            self.w.grad.assign(&d_w);
+        } else {
+            self.w.grad += &d_w;
+        }
         if self.bug != Bug::MissingBiasGrad {
             self.b.grad += &dy_rows.sum_axis(Axis(0));
         }
@@ -341,7 +351,7 @@ fn correct_hand_written_layer_passes() {
     let mut net = net_with(Bug::None);
     // The hand-written `infer_with` is the forward's computation, bit for bit.
     assert!(net.infer(&input()).unwrap() == net.forward(&input()).unwrap());
-    for mode in [Mode::Full, Mode::RandomDirections { count: 4 }] {
+    for mode in [Mode::Full, Mode::Fast { directions: 4 }] {
         let report = check(&mut net, mode);
         assert!(report.passed(), "{report}");
         assert_eq!(report.tensors.len(), 5, "{report}");
@@ -362,13 +372,20 @@ fn catches_a_scaled_weight_gradient() {
 }
 
 #[test]
-fn random_directions_catch_a_scaled_weight_gradient() {
+fn fast_mode_catches_a_scaled_weight_gradient_and_locates_it() {
     let report = check(
         &mut net_with(Bug::ScaledWeightGrad),
-        Mode::RandomDirections { count: 3 },
+        Mode::Fast { directions: 3 },
     );
     assert_only_broken(&report, "1.w", "FAILED");
-    assert_eq!(report.tensor("1.w").unwrap().checked, 3);
+    // The failing tensor alone was checked again in full: element indices, every one off.
+    let w = report.tensor("1.w").unwrap();
+    assert!(w.localized, "{report}");
+    assert_eq!((w.checked, w.failed), (C * C, C * C), "{report}");
+    assert_eq!(w.worst.as_ref().unwrap().index.len(), 2, "{report}");
+    // The passing tensors stayed directional.
+    let b = report.tensor("1.b").unwrap();
+    assert!(!b.localized && b.checked == 3, "{report}");
 }
 
 #[test]
@@ -437,13 +454,28 @@ fn determinism_check_catches_a_non_deterministic_backward() {
     let report = check(&mut net, Mode::Full);
     let text = report.to_string();
     assert_eq!(report.deterministic, Some(false), "{text}");
-    assert!(!report.passed(), "{text}");
-    // The drift (1e-12) is far below the tolerances: only the determinism check sees it.
-    assert_eq!(report.failures().count(), 0, "{text}");
+    // The drift (1e-12) is far below the finite-difference tolerances: only the determinism
+    // check sees it, on the tensor that drifts, and it is not blamed on accumulation.
+    assert_only_broken(&report, "1.w", "NOT DETERMINISTIC");
+    let w = report.tensor("1.w").unwrap();
+    assert_eq!(w.failed, 0, "{text}");
+    let kinds: Vec<ContractKind> = w.contract.iter().map(|v| v.kind).collect();
+    assert_eq!(kinds, [ContractKind::NotDeterministic], "{text}");
     assert!(text.contains("not deterministic"), "{text}");
+
+    // A non-determinism tolerance above the drift accepts it (the accumulation and
+    // linearity checks then allow it too).
+    let options = GradCheckOptions {
+        nondeterminism_tol: 1e-9,
+        ..Default::default()
+    };
+    let report = gradcheck::check_layer(&mut net, &input(), &options).unwrap();
+    assert_eq!(report.deterministic, Some(true));
+    assert!(report.passed(), "{report}");
 
     let options = GradCheckOptions {
         check_determinism: false,
+        nondeterminism_tol: 1e-9,
         ..Default::default()
     };
     let report = gradcheck::check_layer(&mut net, &input(), &options).unwrap();
@@ -469,7 +501,7 @@ where
             .iter()
             .any(|(_, _, g)| g.iter().any(|&g| f64::from_bits(g) != 0.0))
     );
-    for mode in [Mode::Full, Mode::RandomDirections { count: 2 }] {
+    for mode in [Mode::Full, Mode::Fast { directions: 2 }] {
         let options = GradCheckOptions {
             mode,
             ..Default::default()
@@ -512,4 +544,466 @@ fn a_check_that_errors_leaves_the_layer_unchanged() {
     let err = gradcheck::check_layer(&mut net, &wrong, &GradCheckOptions::default()).unwrap_err();
     assert!(err.to_string().contains("LayerNorm"), "{err}");
     assert!(snapshot(&net) == before);
+}
+
+#[test]
+fn catches_an_overwrite_instead_of_an_accumulation() {
+    let mut net = net_with(Bug::OverwriteWeightGrad);
+    let report = check(&mut net, Mode::Full);
+    // Distinct from a wrong value: the values are right, the contract is not.
+    assert_only_broken(&report, "1.w", "OVERWRITES");
+    let w = report.tensor("1.w").unwrap();
+    assert_eq!(w.failed, 0, "{report}");
+    let v = w
+        .violation(ContractKind::Overwrites)
+        .expect("an overwrite violation");
+    // After two backwards the gradient holds one backward's worth: half the expected value.
+    assert!(
+        (v.actual * 2.0 - v.expected).abs() < 1e-12 * v.expected.abs(),
+        "{report}"
+    );
+    assert!(
+        report.to_string().contains("`=` instead of `+=`"),
+        "{report}"
+    );
+}
+
+#[test]
+fn catches_a_zero_cotangent_that_adds() {
+    let report = check(&mut net_with(Bug::DecayInBackward), Mode::Full);
+    let text = report.to_string();
+    let failed: Vec<&str> = report.failures().map(|t| t.name.as_str()).collect();
+    assert_eq!(failed, ["1.w"], "{text}");
+    let w = report.tensor("1.w").unwrap();
+    let zero = w
+        .violation(ContractKind::ZeroCotangentAdds)
+        .expect("a zero-cotangent violation");
+    // The amount added is λ·W at that element.
+    assert!(zero.actual != zero.expected, "{text}");
+    assert!(w.violation(ContractKind::NotLinear).is_some(), "{text}");
+    assert!(w.violation(ContractKind::Overwrites).is_none(), "{text}");
+    assert!(text.contains("ZERO DY ADDS"), "{text}");
+}
+
+/// A layer written generically over `F` whose backward scales its input gradient by
+/// `factor`: `factor = 1.01` is a 1% error.
+struct ScaleInputGrad<L> {
+    inner: L,
+    factor: f64,
+}
+
+impl<F: Float, L: Params<F>> Params<F> for ScaleInputGrad<L> {
+    fn visit_params<'a>(&'a self, path: &mut ParamPath, f: &mut ParamVisitor<'a, '_, F>) {
+        self.inner.visit_params(path, f);
+    }
+
+    fn visit_params_mut<'a>(
+        &'a mut self,
+        path: &mut ParamPath,
+        f: &mut ParamVisitorMut<'a, '_, F>,
+    ) {
+        self.inner.visit_params_mut(path, f);
+    }
+}
+
+impl<F: Float, L: Layer<F>> Layer<F> for ScaleInputGrad<L> {
+    fn kind(&self) -> &'static str {
+        "ScaleInputGrad"
+    }
+
+    fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        self.inner.forward(x)
+    }
+
+    fn infer_with(&self, x: &Array3<F>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        self.inner.infer_with(x, state)
+    }
+
+    fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
+        let factor = F::of(self.factor);
+        Ok(self.inner.backward(dy)?.mapv(|v| v * factor))
+    }
+}
+
+/// An f32 LayerNorm, attention or loss head with its input gradient scaled by `factor`,
+/// checked against its f64 twin.
+fn f32_report(part: &str, factor: f64, mode: Mode) -> GradCheckReport {
+    let x = input().mapv(|v| v as f32);
+    let options = GradCheckOptions {
+        mode,
+        ..Default::default()
+    };
+    match part {
+        "layer_norm" => {
+            let mut ln = LayerNorm::<f32>::new(C).unwrap();
+            jitter_params(&mut ln, 21, 0.4);
+            let mut layer = ScaleInputGrad { inner: ln, factor };
+            let mut twin = LayerNorm::<f64>::new(C).unwrap();
+            gradcheck::check_layer_f32(&mut layer, &mut twin, &x, &options).unwrap()
+        }
+        "attention" => {
+            let attn = Attention::<f32>::new(6, 2, &mut rng(22)).unwrap();
+            let mut layer = ScaleInputGrad {
+                inner: attn,
+                factor,
+            };
+            let mut twin = Attention::<f64>::new(6, 2, &mut rng(0)).unwrap();
+            let x = Array3::from_shape_fn((2, 4, 6), |(b, t, c)| {
+                ((5 * b + 3 * t + c) as f32 * 0.61).sin()
+            });
+            gradcheck::check_layer_f32(&mut layer, &mut twin, &x, &options).unwrap()
+        }
+        "loss_head" => {
+            let targets = Array2::from_shape_fn((2, 3), |(b, t)| (2 * b + t) % C);
+            let mut head = CrossEntropy::<f32>::new();
+            head.set_targets(targets.clone());
+            let mut layer = ScaleInputGrad {
+                inner: head,
+                factor,
+            };
+            let mut twin = CrossEntropy::<f64>::new();
+            twin.set_targets(targets);
+            gradcheck::check_layer_f32(&mut layer, &mut twin, &x.mapv(|v| 2.0 * v), &options)
+                .unwrap()
+        }
+        other => panic!("no part {other}"),
+    }
+}
+
+#[test]
+fn the_f32_check_catches_a_1_percent_error_in_an_f32_backward() {
+    for part in ["layer_norm", "attention", "loss_head"] {
+        let correct = f32_report(part, 1.0, Mode::Full);
+        assert!(correct.passed(), "{part}: {correct}");
+        assert_eq!(correct.unreliable(), 0, "{part}: {correct}");
+        let broken = f32_report(part, 1.01, Mode::Full);
+        assert_only_broken(&broken, "input", "FAILED");
+        let w = broken.tensor("input").unwrap().worst.clone().unwrap();
+        assert!(
+            (w.analytic / w.numeric - 1.01).abs() < 1e-3,
+            "{part}: {broken}"
+        );
+    }
+    // The same 1% error passes a check done in f32 alone: why the f32 check exists.
+    let mut ln = ScaleInputGrad {
+        inner: LayerNorm::<f32>::new(C).unwrap(),
+        factor: 1.01,
+    };
+    let alone = gradcheck::check_layer(&mut ln, &input().mapv(|v| v as f32), &Default::default());
+    assert!(alone.unwrap().passed());
+}
+
+/// The smallest relative error in the input gradient (from a grid) that the f32 check flags,
+/// for the closing note; every part must flag 1% and pass 0%.
+#[test]
+fn smallest_relative_error_the_f32_check_catches() {
+    let grid = [1e-2, 5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5];
+    for part in ["layer_norm", "attention", "loss_head"] {
+        let caught: Vec<f64> = grid
+            .iter()
+            .copied()
+            .take_while(|&d| !f32_report(part, 1.0 + d, Mode::Full).passed())
+            .collect();
+        let smallest = caught.last().copied();
+        eprintln!(
+            "f32 check, {part}: smallest input-gradient error caught {smallest:?} (grid {grid:?})"
+        );
+        assert!(smallest.is_some_and(|d| d <= 1e-2), "{part}");
+    }
+}
+
+/// `linear_backward` as a function: `grads = [dx, dW, db]`; `overwrite` assigns `dW`.
+fn linear_case(overwrite: bool, mode: Mode) -> GradCheckReport {
+    use baregpt::gradcheck::{as_dim, as_dim_mut};
+    use baregpt::kernels::{linear_backward, linear_forward};
+    let mut r = rng(30);
+    let mut draw = |shape: &[usize]| {
+        ndarray::ArrayD::from_shape_simple_fn(shape, || r.random::<f64>() * 2.0 - 1.0)
+    };
+    let inputs = [
+        ("x", draw(&[3, 4])),
+        ("w", draw(&[4, 5])),
+        ("b", draw(&[5])),
+    ];
+    let options = GradCheckOptions {
+        mode,
+        ..Default::default()
+    };
+    gradcheck::check_fn(
+        &inputs,
+        &["y"],
+        |i| {
+            let b = as_dim(&i[2])?;
+            Ok(vec![
+                linear_forward(as_dim(&i[0])?, as_dim(&i[1])?, Some(b))?.into_dyn(),
+            ])
+        },
+        |i, dy, grads| {
+            let [dx, dw, db] = grads else {
+                unreachable!("three inputs")
+            };
+            let (x, w, dy) = (as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&dy[0])?);
+            let mut fresh = ndarray::Array2::zeros(w.raw_dim());
+            let target = if overwrite {
+                fresh.view_mut()
+            } else {
+                as_dim_mut(dw)?
+            };
+            let dx_new = linear_backward(x, w, dy, target, Some(as_dim_mut(db)?))?;
+            if overwrite {
+                dw.assign(&fresh.into_dyn());
+            }
+            *dx += &dx_new.into_dyn();
+            Ok(())
+        },
+        &options,
+    )
+    .unwrap()
+}
+
+/// `attention_backward(q, k, v, probs, d_ctx)` as a function of `(q, k, v)`, with `dk`
+/// scaled by `dk_factor`.
+fn attention_case(dk_factor: f64, mode: Mode) -> GradCheckReport {
+    use baregpt::gradcheck::as_dim;
+    use baregpt::kernels::{attention_backward, attention_forward};
+    let mut r = rng(31);
+    let mut draw =
+        || ndarray::ArrayD::from_shape_simple_fn(&[2, 3, 4][..], || r.random::<f64>() * 2.0 - 1.0);
+    let inputs = [("q", draw()), ("k", draw()), ("v", draw())];
+    let options = GradCheckOptions {
+        mode,
+        ..Default::default()
+    };
+    gradcheck::check_fn(
+        &inputs,
+        &["ctx"],
+        |i| {
+            let (ctx, _) = attention_forward(as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&i[2])?, 2)?;
+            Ok(vec![ctx.into_dyn()])
+        },
+        |i, d, grads| {
+            let (q, k, v) = (as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&i[2])?);
+            let (_, probs) = attention_forward(q, k, v, 2)?;
+            let (dq, dk, dv) = attention_backward(q, k, v, probs.view(), as_dim(&d[0])?)?;
+            grads[0] += &dq.into_dyn();
+            grads[1] += &(dk * dk_factor).into_dyn();
+            grads[2] += &dv.into_dyn();
+            Ok(())
+        },
+        &options,
+    )
+    .unwrap()
+}
+
+/// A two-output function `(x, w) ↦ (x ⊙ w, sin x)` whose backward gets `∂(sin x)/∂x` wrong
+/// (`cos x` scaled by 1.02) when `bug` is set.
+fn two_outputs_case(bug: bool, mode: Mode) -> GradCheckReport {
+    let x = ndarray::ArrayD::from_shape_fn(&[2, 3][..], |i| (i[0] * 3 + i[1]) as f64 * 0.4 - 1.0);
+    let w = x.mapv(|v| 0.5 - v * v);
+    let options = GradCheckOptions {
+        mode,
+        ..Default::default()
+    };
+    gradcheck::check_fn(
+        &[("x", x), ("w", w)],
+        &["prod", "sin"],
+        |i| Ok(vec![&i[0] * &i[1], i[0].mapv(f64::sin)]),
+        |i, d, grads| {
+            let slope = if bug { 1.02 } else { 1.0 };
+            grads[0] += &(&d[0] * &i[1] + &(&d[1] * &i[0].mapv(|v| slope * v.cos())));
+            grads[1] += &(&d[0] * &i[0]);
+            Ok(())
+        },
+        &options,
+    )
+    .unwrap()
+}
+
+/// The failing `(output, input)` pairs of a function report.
+fn failing_pairs(report: &GradCheckReport) -> Vec<(String, String)> {
+    report
+        .failures()
+        .map(|t| (t.output.clone().unwrap_or_default(), t.name.clone()))
+        .collect()
+}
+
+#[test]
+fn catches_a_wrong_gradient_for_one_input_of_a_several_input_kernel() {
+    let correct = attention_case(1.0, Mode::Full);
+    assert!(correct.passed(), "{correct}");
+    let broken = attention_case(1.05, Mode::Full);
+    let text = broken.to_string();
+    assert_eq!(
+        failing_pairs(&broken),
+        [("ctx".into(), "k".into())],
+        "{text}"
+    );
+    assert!(report_line(&text, "∂ctx/∂k").contains("FAILED"), "{text}");
+    for ok in ["∂ctx/∂q", "∂ctx/∂v"] {
+        assert!(report_line(&text, ok).contains(" ok "), "{text}");
+    }
+}
+
+#[test]
+fn catches_a_wrong_pair_of_a_several_output_function() {
+    let correct = two_outputs_case(false, Mode::Full);
+    assert!(correct.passed(), "{correct}");
+    assert_eq!(correct.tensors.len(), 4, "{correct}");
+    let broken = two_outputs_case(true, Mode::Full);
+    assert_eq!(
+        failing_pairs(&broken),
+        [("sin".into(), "x".into())],
+        "{broken}"
+    );
+    // `∂sin/∂w` is zero on both sides, and passes.
+    assert!(broken.pair("sin", "w").unwrap().passed(), "{broken}");
+}
+
+#[test]
+fn catches_an_overwriting_kernel_gradient() {
+    assert!(linear_case(false, Mode::Full).passed());
+    let broken = linear_case(true, Mode::Full);
+    assert_eq!(
+        failing_pairs(&broken),
+        [("y".into(), "w".into())],
+        "{broken}"
+    );
+    let w = broken.pair("y", "w").unwrap();
+    assert_eq!(w.failed, 0, "{broken}");
+    assert!(w.violation(ContractKind::Overwrites).is_some(), "{broken}");
+}
+
+/// Every bug of this file, as the names of what the full check flags and the fast check's
+/// report of the same.
+fn every_bug(mode: Mode) -> Vec<(&'static str, Vec<String>)> {
+    let names = |r: &GradCheckReport| -> Vec<String> { r.failures().map(|t| t.label()).collect() };
+    let mut out = Vec::new();
+    for (what, bug) in [
+        ("scaled weight gradient", Bug::ScaledWeightGrad),
+        ("missing bias gradient", Bug::MissingBiasGrad),
+        ("transposed weight gradient", Bug::TransposedWeightGrad),
+        ("non-deterministic backward", Bug::NonDeterministic),
+        ("overwrite instead of accumulate", Bug::OverwriteWeightGrad),
+        ("zero cotangent adds", Bug::DecayInBackward),
+    ] {
+        out.push((what, names(&check(&mut net_with(bug), mode))));
+    }
+    let mut ln = Sequential::new()
+        .push(LayerNormMissingMeanTerm::new(C))
+        .push(Linear::new(C, 3, true, &mut rng(4)).unwrap());
+    jitter_params(&mut ln, 9, 0.4);
+    out.push(("dropped input-gradient term", names(&check(&mut ln, mode))));
+    let mut r = rng(6);
+    let w = Array2::from_shape_simple_fn((C, 2), || r.random::<f64>() - 0.5);
+    let mut tied = Sequential::new()
+        .push(LayerNorm::new(C).unwrap())
+        .push(Sequential::new().push(TiedMissingDecoderTerm {
+            w: Param2::new(w),
+            cache: None,
+        }));
+    jitter_params(&mut tied, 10, 0.4);
+    out.push(("dropped tied-weight term", names(&check(&mut tied, mode))));
+    for part in ["layer_norm", "attention", "loss_head"] {
+        out.push((
+            "1% error in an f32 backward",
+            names(&f32_report(part, 1.01, mode)),
+        ));
+    }
+    out.push(("wrong dk of attention", names(&attention_case(1.05, mode))));
+    out.push((
+        "wrong pair of a two-output function",
+        names(&two_outputs_case(true, mode)),
+    ));
+    out.push(("overwriting kernel", names(&linear_case(true, mode))));
+    out
+}
+
+#[test]
+fn fast_mode_catches_every_bug_the_full_mode_catches() {
+    let full = every_bug(Mode::Full);
+    let fast = every_bug(Mode::Fast { directions: 2 });
+    for ((what, full), (_, fast)) in full.iter().zip(&fast) {
+        assert!(!full.is_empty(), "full mode misses: {what}");
+        assert_eq!(full, fast, "{what}");
+    }
+}
+
+/// Prints, for the closing note, the report line of each bug class (run with --nocapture).
+#[test]
+fn report_lines_of_every_bug_class() {
+    let line = |r: &GradCheckReport, label: &str| {
+        let text = r.to_string();
+        let mut lines = text
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with(&format!("{label} ")));
+        let first = lines.next().unwrap_or_default().trim().to_owned();
+        let contract: Vec<String> = lines
+            .take_while(|l| l.starts_with("      "))
+            .map(|l| l.trim().to_owned())
+            .collect();
+        (first, contract)
+    };
+    let cases: Vec<(&str, GradCheckReport, &str)> = vec![
+        (
+            "scaled weight gradient",
+            check(&mut net_with(Bug::ScaledWeightGrad), Mode::Full),
+            "1.w",
+        ),
+        (
+            "missing bias gradient",
+            check(&mut net_with(Bug::MissingBiasGrad), Mode::Full),
+            "1.b",
+        ),
+        (
+            "transposed weight gradient",
+            check(&mut net_with(Bug::TransposedWeightGrad), Mode::Full),
+            "1.w",
+        ),
+        (
+            "non-deterministic backward",
+            check(&mut net_with(Bug::NonDeterministic), Mode::Full),
+            "1.w",
+        ),
+        (
+            "overwrite instead of accumulate",
+            check(&mut net_with(Bug::OverwriteWeightGrad), Mode::Full),
+            "1.w",
+        ),
+        (
+            "zero cotangent adds",
+            check(&mut net_with(Bug::DecayInBackward), Mode::Full),
+            "1.w",
+        ),
+        (
+            "1% error in an f32 LayerNorm backward",
+            f32_report("layer_norm", 1.01, Mode::Full),
+            "input",
+        ),
+        (
+            "wrong dk of the attention kernel",
+            attention_case(1.05, Mode::Full),
+            "∂ctx/∂k",
+        ),
+        (
+            "overwriting linear kernel",
+            linear_case(true, Mode::Full),
+            "∂y/∂w",
+        ),
+        (
+            "fast mode, scaled weight gradient",
+            check(
+                &mut net_with(Bug::ScaledWeightGrad),
+                Mode::Fast { directions: 2 },
+            ),
+            "1.w",
+        ),
+    ];
+    for (what, report, label) in &cases {
+        let (first, contract) = line(report, label);
+        assert!(!report.passed(), "{what}: {report}");
+        eprintln!("{what}:\n    {first}");
+        for c in contract {
+            eprintln!("        {c}");
+        }
+    }
 }

@@ -209,10 +209,10 @@ proptest! {
 proptest! {
     #![proptest_config(config(32, REGRESSIONS))]
 
-    /// Width 2 is left out, for the reason given on `sequential_of_boxed_layers`.
+    /// Width 2 included: see `sequential_of_boxed_layers`.
     #[test]
     fn block(
-        (x, heads, seed) in attention_case(1..=2).prop_filter("2-wide LayerNorm", |c| c.0.dim().2 != 2),
+        (x, heads, seed) in attention_case(1..=2),
         hidden in 1..=8usize,
     ) {
         let mut block = Block::new(x.dim().2, heads, hidden, &mut rng(seed)).unwrap();
@@ -220,15 +220,16 @@ proptest! {
         gradcheck_passes(&mut block, &x, true)?;
     }
 
-    /// Widths start at 3: a LayerNorm over two features is `±1` by the sign of their
-    /// difference, so when the two nearly agree its curvature is so large that central
-    /// differences at ε = 1e-6 are off by more than the tolerance (a property of the
-    /// function, not of the backward; seen as a 1e-4 relative error on a downstream bias).
+    /// Widths from 1: a LayerNorm over two features is `±1` by the sign of their difference,
+    /// so when the two nearly agree its curvature is large. Plain central differences at
+    /// ε = 1e-6 were off by more than the tolerance there (seen as a 1e-4 relative error on a
+    /// downstream bias); the Richardson-extrapolated ones are not, and what they cannot judge
+    /// is reported unreliable, not failed.
     #[test]
     fn sequential_of_boxed_layers(
         (x, seed) in activations_and_seed(3),
         heads in 1..=2usize,
-        head_dim in 3..=4usize,
+        head_dim in 1..=4usize,
         hidden in 1..=6usize,
         c_out in 1..=4usize,
     ) {
