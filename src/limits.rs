@@ -55,7 +55,9 @@ mod tests {
     #[test]
     fn limit_and_overflow_are_refused() {
         assert!(check_alloc::<f32>("t", "x", &[1 << 10, 1 << 10]).is_ok());
-        assert!(check_alloc::<f32>("t", "x", &[1 << 17, 1 << 17]).is_err());
+        // Exactly at the limit is allowed; one more row is not.
+        assert!(check_alloc::<f32>("t", "x", &[1 << 17, 1 << 17]).is_ok());
+        assert!(check_alloc::<f32>("t", "x", &[(1 << 17) + 1, 1 << 17]).is_err());
         assert!(check_alloc::<f32>("t", "x", &[usize::MAX, 2]).is_err());
         assert!(check_alloc::<f32>("t", "x", &[1 << 40, 1 << 40, 0]).is_err());
         assert!(check_alloc::<f32>("t", "x", &[1 << 20, 0]).is_ok());
