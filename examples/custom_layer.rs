@@ -63,6 +63,9 @@ impl<F: Float> Layer<F> for RmsNorm<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        // The crate's rule: a forward forgets the previous one first, so after a failed
+        // forward backward is `BackwardBeforeForward` rather than the last good cache.
+        self.cache.clear();
         let (y, x_hat, r) = self.apply(x)?;
         self.cache.store((x_hat, r), y.dim());
         Ok(y)

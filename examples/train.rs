@@ -653,7 +653,7 @@ fn report(task: &Task, model: &mut Gpt<f32>, seed: u64) -> AnyResult<()> {
     match task {
         Task::Addition { task, .. } => {
             let mut rng = StdRng::seed_from_u64(0xacc);
-            let pairs = task.held_out_pairs(10_000, &mut rng);
+            let pairs = task.held_out_pairs(10_000, &mut rng)?;
             let eval = common::addition_eval(model, task, &pairs)?;
             let acc = eval.accuracy.unwrap_or(0.0);
             println!(

@@ -59,7 +59,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 use rand::SeedableRng;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::data::CharVocab;
 use crate::optim::ParamState;
@@ -201,10 +201,16 @@ pub struct Extras<F> {
 /// Saves `model` and `extras` to `path`, atomically (temporary file, sync, rename).
 ///
 /// # Errors
-/// [`Error::Checkpoint`] when the float type has no safetensors dtype, an optimizer slot name
-/// is empty or contains `.`, or an optimizer tensor does not match a model parameter;
-/// [`Error::Io`] when the file cannot be written. On error the previous file at `path`, if
-/// any, is untouched.
+/// [`Error::Checkpoint`] when the float type has no safetensors dtype, the vocabulary's size
+/// is not `config.vocab_size`, an optimizer slot name is empty or contains `.`, or an
+/// optimizer tensor does not match a model parameter; [`Error::TooLarge`] when the file would
+/// exceed [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES); [`Error::Io`] when the file
+/// cannot be written. On error the previous file at `path`, if any, is untouched.
+///
+/// Each call writes its own uniquely named temporary file next to `path` and renames it over
+/// `path`: concurrent saves to one path (threads or processes) never mix, and the file holds
+/// whole the model of the last rename. The bytes are those of [`to_bytes`], which are
+/// deterministic.
 pub fn save<F: Float>(path: impl AsRef<Path>, model: &Gpt<F>, extras: &Extras<F>) -> Result<()> {
     let bytes = to_bytes(model, extras)?;
     write_atomically(path.as_ref(), &bytes)
@@ -258,6 +264,14 @@ pub fn to_bytes<F: Float>(model: &Gpt<F>, extras: &Extras<F>) -> Result<Vec<u8>>
         meta.insert(format!("config.{field}"), value);
     }
     if let Some(vocab) = &extras.vocab {
+        // Refused here, not only when loading: a file that cannot be loaded is not written.
+        if vocab.len() != model.config().vocab_size {
+            return Err(Error::Checkpoint(format!(
+                "the vocabulary has {} characters but config.vocab_size is {}",
+                vocab.len(),
+                model.config().vocab_size
+            )));
+        }
         meta.insert("vocab".to_owned(), vocab.to_string());
     }
     if let Some(opt) = &extras.optimizer {
@@ -382,16 +396,81 @@ fn serialize<F: Float>(
     tensors: &[(String, Vec<usize>, Vec<u8>)],
     meta: HashMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let dtype = dtype_of::<F>()?;
-    let views = tensors
-        .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(dtype, shape.clone(), data)
-                .map(|view| (name.as_str(), view))
-                .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint(e.to_string()))
+    let dtype = match dtype_of::<F>()? {
+        Dtype::F32 => "F32",
+        _ => "F64",
+    };
+    // Written by hand rather than by `safetensors::serialize`, whose header lists the
+    // metadata in hash order: here the metadata keys and the tensors are sorted by name, so
+    // one model and its extras always give the same bytes. The layout is safetensors': an
+    // 8-byte little-endian header length, the JSON header padded with spaces to a multiple
+    // of 8, then the tensors' bytes in header order.
+    let meta: BTreeMap<String, String> = meta.into_iter().collect();
+    let mut order: Vec<&(String, Vec<usize>, Vec<u8>)> = tensors.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(pair) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(Error::Checkpoint(format!(
+            "tensor `{}` is listed twice",
+            pair[0].0
+        )));
+    }
+    let mut header = String::from("{\"__metadata__\":{");
+    for (i, (key, value)) in meta.iter().enumerate() {
+        if i > 0 {
+            header.push(',');
+        }
+        push_json_string(&mut header, key);
+        header.push(':');
+        push_json_string(&mut header, value);
+    }
+    header.push('}');
+    let mut offset = 0usize;
+    for (name, shape, data) in &order {
+        let width = if dtype == "F32" { 4 } else { 8 };
+        if crate::limits::bytes_of(shape, width) != Some(data.len()) {
+            return Err(Error::Checkpoint(format!(
+                "tensor `{name}`: {} bytes for shape {shape:?}",
+                data.len()
+            )));
+        }
+        let end = offset + data.len();
+        header.push(',');
+        push_json_string(&mut header, name);
+        header.push_str(&format!(
+            ":{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{end}]}}"
+        ));
+        offset = end;
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let total = 8 + header.len() + offset;
+    crate::limits::check_alloc::<u8>("checkpoint", "the file", &[total])?;
+    let mut bytes = Vec::with_capacity(total);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for (_, _, data) in &order {
+        bytes.extend_from_slice(data);
+    }
+    Ok(bytes)
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Builds a model from checkpoint bytes (see [`load`]).
@@ -692,12 +771,21 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Unique per call (process id and a per-process counter), and created with `create_new`:
+    // two saves,
+    // from two threads or two processes, never share a temporary file, so each writes its
+    // own bytes whole and the rename of the last one wins.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    tmp_name.push(format!(".tmp-{}-{call}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let written = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)

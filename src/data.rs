@@ -247,7 +247,9 @@ impl TextDataset {
     /// targets `(b, t)`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `b` or `t` is zero or the split is not longer than `t`.
+    /// [`Error::InvalidConfig`] when `b` or `t` is zero or the split is not longer than `t`;
+    /// [`Error::TooLarge`] when `(b, t)` ids would exceed
+    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
     pub fn batch<R: Rng + ?Sized>(
         &self,
         split: Split,
@@ -265,6 +267,7 @@ impl TextDataset {
                 ),
             });
         }
+        crate::limits::check_alloc::<usize>(DATASET, "ids", &[b, t])?;
         let starts: Vec<usize> = (0..b).map(|_| rng.random_range(0..ids.len() - t)).collect();
         let x = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j]);
         let y = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j + 1]);
@@ -389,12 +392,24 @@ impl AdditionTask {
     }
 
     /// `n` random training pairs (never held out).
-    pub fn train_pairs<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Vec<(u64, u64)> {
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when `n` pairs would exceed
+    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES) (checked before allocating).
+    pub fn train_pairs<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Result<Vec<(u64, u64)>> {
         self.pairs_where(n, rng, false)
     }
 
     /// `n` random held-out pairs.
-    pub fn held_out_pairs<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Vec<(u64, u64)> {
+    ///
+    /// # Errors
+    /// As [`AdditionTask::train_pairs`], and [`Error::InvalidConfig`] when this task holds out
+    /// no pair at all (possible only for very few digits), so none can be drawn.
+    pub fn held_out_pairs<R: Rng + ?Sized>(
+        &self,
+        n: usize,
+        rng: &mut R,
+    ) -> Result<Vec<(u64, u64)>> {
         self.pairs_where(n, rng, true)
     }
 
@@ -403,8 +418,21 @@ impl AdditionTask {
         n: usize,
         rng: &mut R,
         held_out: bool,
-    ) -> Vec<(u64, u64)> {
+    ) -> Result<Vec<(u64, u64)>> {
+        crate::limits::check_alloc::<(u64, u64)>(TASK, "pairs", &[n])?;
         let bound = self.bound();
+        // With few digits the held-out 2% may be empty; drawing from it would never end.
+        // (From three digits on, a million pairs, it is never empty.)
+        if held_out
+            && n > 0
+            && bound <= 100
+            && !(0..bound).any(|a| (0..bound).any(|b| self.is_held_out(a, b)))
+        {
+            return Err(Error::InvalidConfig {
+                layer: TASK,
+                reason: format!("{} digits hold out no pair to draw", self.digits),
+            });
+        }
         let mut pairs = Vec::with_capacity(n);
         while pairs.len() < n {
             let (a, b) = (rng.random_range(0..bound), rng.random_range(0..bound));
@@ -412,7 +440,7 @@ impl AdditionTask {
                 pairs.push((a, b));
             }
         }
-        pairs
+        Ok(pairs)
     }
 
     /// The model inputs and next-token targets for `pairs`: ids `(B, L − 1)` and targets
@@ -583,8 +611,8 @@ mod tests {
         assert_eq!(task.format(5, 7), "005+007=2100");
         assert_eq!(task.parse_answer(&task.answer(5, 7)), Some(12));
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let train = task.train_pairs(500, &mut rng);
-        let held = task.held_out_pairs(100, &mut rng);
+        let train = task.train_pairs(500, &mut rng).unwrap();
+        let held = task.held_out_pairs(100, &mut rng).unwrap();
         assert!(train.iter().all(|&(a, b)| !task.is_held_out(a, b)));
         assert!(held.iter().all(|&(a, b)| task.is_held_out(a, b)));
         let fraction = (0..100_000u64)

@@ -125,9 +125,65 @@ pub enum Error {
         /// Its index (in characters) in the text being encoded.
         position: usize,
     },
+    /// An array that must not be empty has an axis of length zero.
+    #[error("{layer}: {what} has shape {shape:?}, with no {axis}; {reason}")]
+    EmptyInput {
+        /// The layer or kernel that refused it.
+        layer: &'static str,
+        /// Which argument (for example `"logits"`).
+        what: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What is missing (for example `"positions (B·T = 0)"`).
+        axis: &'static str,
+        /// Why it is needed.
+        reason: &'static str,
+    },
+    /// A size that is refused before anything is allocated: one array (or file buffer) would
+    /// take more than [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES), or its size overflows
+    /// `usize`.
+    #[error(
+        "{layer}: {what} of shape {shape:?} needs {}, over the per-allocation limit of {limit} bytes",
+        bytes_text(*bytes)
+    )]
+    TooLarge {
+        /// The layer, kernel or function that refused the size.
+        layer: &'static str,
+        /// What would have been allocated (for example `"weight"` or `"probs"`).
+        what: &'static str,
+        /// Its shape (element counts per axis).
+        shape: Vec<usize>,
+        /// Its size in bytes, `None` when that overflows `usize`.
+        bytes: Option<usize>,
+        /// The limit, [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
+        limit: usize,
+    },
+    /// A gradient so large that the optimizer's second moment (its square) would overflow the
+    /// float type.
+    #[error(
+        "parameter `{name}` has a gradient of magnitude {magnitude:e} after clipping (plus `λ·|p|` under L2 decay); its square overflows {float} (the largest usable is {limit:e}): clip the gradients or scale the loss"
+    )]
+    GradientTooLarge {
+        /// The dotted name of the parameter with the largest gradient.
+        name: String,
+        /// The largest gradient magnitude (after clipping, plus `λ·|p|` under L2 decay), in
+        /// `f64`.
+        magnitude: f64,
+        /// The largest magnitude accepted.
+        limit: f64,
+        /// `"f32"` or `"f64"`.
+        float: &'static str,
+    },
     /// An I/O error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+fn bytes_text(bytes: Option<usize>) -> String {
+    match bytes {
+        Some(b) => format!("{b} bytes"),
+        None => "more than usize::MAX bytes".to_owned(),
+    }
 }
 
 /// An expected shape in an error message: a size per axis, `None` for "any size".

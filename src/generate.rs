@@ -132,14 +132,15 @@ impl Candidates {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for invalid `options`, empty logits, or logits containing NaN
-    /// or no finite value.
+    /// or nothing above −inf. A +inf logit is not an error: the +inf ids share all the
+    /// probability.
     pub fn new<F: Float>(logits: ArrayView1<'_, F>, options: &SampleOptions) -> Result<Self> {
         options.validate()?;
         let values: Vec<f64> = logits.iter().map(|l| l.to_f64_exact()).collect();
-        if values.iter().any(|v| v.is_nan()) || !values.iter().any(|v| v.is_finite()) {
+        if values.iter().any(|v| v.is_nan()) || !values.iter().any(|&v| v > f64::NEG_INFINITY) {
             return Err(Error::InvalidConfig {
                 layer: SAMPLER,
-                reason: "the logits are empty, contain NaN or have no finite value".into(),
+                reason: "the logits are empty, contain NaN or are all −inf".into(),
             });
         }
         let mut order: Vec<usize> = (0..values.len()).collect();
@@ -147,9 +148,14 @@ impl Candidates {
         order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
         order.truncate(options.top_k.unwrap_or(usize::MAX).min(values.len()));
         let max = values[order[0]];
+        // A +inf logit takes all the probability (the limit of the softmax): the +inf ids share
+        // it equally and every finite one gets none (`inf − inf` would be NaN).
         let weighted: Vec<(usize, f64)> = order
             .iter()
-            .map(|&i| (i, ((values[i] - max) / options.temperature).exp()))
+            .map(|&i| match max == f64::INFINITY {
+                true => (i, f64::from(u8::from(values[i] == f64::INFINITY))),
+                false => (i, ((values[i] - max) / options.temperature).exp()),
+            })
             .collect();
         let total: f64 = weighted.iter().map(|(_, w)| w).sum();
         let probs = weighted.iter().map(|&(i, w)| (i, w / total)).collect();
@@ -214,7 +220,16 @@ pub fn slide_keep(context: usize) -> usize {
 }
 
 /// The window a prompt starts with: its last `context` ids at most.
-fn initial_window(prompt: &[usize], context: usize) -> Result<Vec<usize>> {
+fn initial_window(prompt: &[usize], context: usize, vocab_size: usize) -> Result<Vec<usize>> {
+    // Every id is checked, including those the window is about to crop away.
+    if let Some((t, &id)) = prompt.iter().enumerate().find(|&(_, &id)| id >= vocab_size) {
+        return Err(Error::TokenOutOfRange {
+            layer: "generate",
+            id,
+            position: (0, t),
+            vocab_size,
+        });
+    }
     if prompt.is_empty() {
         return Err(Error::SequenceLength {
             layer: "generate",
@@ -246,7 +261,9 @@ fn row(ids: &[usize]) -> Array2<usize> {
 ///
 /// # Errors
 /// [`Error::SequenceLength`] for an empty prompt; [`Error::TokenOutOfRange`] for a prompt
-/// id `≥ V`; [`Error::InvalidConfig`] for invalid `options`.
+/// id `≥ V` (every id is checked, also those cropped to fit the context);
+/// [`Error::InvalidConfig`] for invalid `options`; [`Error::TooLarge`] when `max_new` ids would
+/// exceed [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
 pub fn generate<F: Float, R: Rng + ?Sized>(
     model: &Gpt<F>,
     prompt: &[usize],
@@ -291,7 +308,8 @@ pub fn generate_with<F: Float, R: Rng + ?Sized>(
 ) -> Result<Vec<usize>> {
     options.validate()?;
     let context = model.config().context;
-    let mut window = initial_window(prompt, context)?;
+    let mut window = initial_window(prompt, context, model.config().vocab_size)?;
+    crate::limits::check_alloc::<usize>("generate", "the generated ids", &[max_new])?;
     let mut cache = model.kv_cache(1)?;
     let mut logits = cache.infer(model, &row(&window))?;
     let mut out = Vec::with_capacity(max_new);
@@ -334,7 +352,8 @@ pub fn generate_uncached<F: Float, R: Rng + ?Sized>(
 ) -> Result<Vec<usize>> {
     options.validate()?;
     let context = model.config().context;
-    let mut window = initial_window(prompt, context)?;
+    let mut window = initial_window(prompt, context, model.config().vocab_size)?;
+    crate::limits::check_alloc::<usize>("generate", "the generated ids", &[max_new])?;
     let mut out = Vec::with_capacity(max_new);
     for _ in 0..max_new {
         let logits = model.infer(&row(&window))?;
@@ -363,8 +382,10 @@ mod tests {
         assert_eq!(slide_keep(1), 1);
         assert_eq!(slid_window(&[1, 2, 3, 4, 5, 6], 7, 6), vec![5, 6, 7]);
         assert_eq!(slid_window(&[1], 2, 1), vec![2]);
-        assert_eq!(initial_window(&[1, 2, 3, 4], 3).unwrap(), vec![2, 3, 4]);
-        assert!(initial_window(&[], 3).is_err());
+        assert_eq!(initial_window(&[1, 2, 3, 4], 3, 5).unwrap(), vec![2, 3, 4]);
+        assert!(initial_window(&[], 3, 5).is_err());
+        // An out-of-range id is refused even where the window would crop it.
+        assert!(initial_window(&[9, 2, 3, 4], 3, 5).is_err());
     }
 
     #[test]

@@ -55,6 +55,7 @@
 //! * [`checkpoint`]: safetensors save/load of a model, its vocabulary and optimizer state.
 //! * [`generate`]: key/value-cache generation with temperature and top-k sampling.
 //! * [`data`]: a character vocabulary, a text data set and the embedded addition task.
+//! * [`limits`]: the per-allocation size limit every size is checked against.
 #![cfg_attr(
     feature = "proptest",
     doc = "* [`strategies`]: proptest strategies for shapes and inputs."
@@ -71,6 +72,7 @@ pub mod gradcheck;
 pub mod kernels;
 pub mod layer;
 pub mod layers;
+pub mod limits;
 pub mod loss;
 pub mod optim;
 pub mod param;

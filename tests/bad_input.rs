@@ -715,3 +715,281 @@ proptest! {
         }
     }
 }
+
+// Issue 12: each problem found by fuzzing, pinned by a test of its own.
+
+#[test]
+fn softmax_backward_checks_shapes_and_changes_nothing_on_error() {
+    let probs = Array2::<f64>::from_elem((2, 3), 1.0 / 3.0);
+    let mut d = Array2::<f64>::ones((2, 4));
+    let err = baregpt::kernels::softmax_backward_in_place(probs.view(), d.view_mut());
+    expect_err(err, "softmax: d_probs has shape [2, 4], expected [2, 3]");
+    assert!(d.iter().all(|&v| v == 1.0));
+}
+
+#[test]
+fn layer_norm_backward_checks_rstd_before_adding_anything() {
+    use baregpt::kernels::{LayerNormCache, layer_norm_backward};
+    let cache = LayerNormCache {
+        x_hat: Array2::<f64>::ones((3, 2)),
+        rstd: Array1::ones(2),
+    };
+    let (mut dg, mut db) = (Array1::from_elem(2, 0.5), Array1::from_elem(2, 0.5));
+    let dy = Array2::ones((3, 2));
+    let result = layer_norm_backward(
+        &cache,
+        dy.view(),
+        Array1::ones(2).view(),
+        dg.view_mut(),
+        db.view_mut(),
+    );
+    expect_err(result, "layer_norm: rstd has shape [2], expected [3]");
+    assert_eq!(
+        (dg, db),
+        (Array1::from_elem(2, 0.5), Array1::from_elem(2, 0.5))
+    );
+}
+
+#[test]
+fn absurd_sizes_are_refused_before_allocating() {
+    let mut r = rng(12);
+    expect_err(
+        Linear::<f32>::new(1 << 40, 1 << 40, true, &mut r),
+        "Linear: a parameter matrix of shape [1099511627776, 1099511627776] needs more than \
+         usize::MAX bytes, over the per-allocation limit of 68719476736 bytes",
+    );
+    assert!(matches!(
+        Linear::<f32>::new(1 << 20, 1 << 15, true, &mut r),
+        Err(Error::TooLarge { bytes: Some(b), .. }) if b == 1 << 37
+    ));
+    for edit in 0..4 {
+        let mut c = GptConfig::tiny(10);
+        match edit {
+            0 => c.vocab_size = usize::MAX - 1,
+            1 => c.context = usize::MAX,
+            2 => c.n_layers = 1 << 30,
+            _ => {
+                c.d_model = 1 << 40;
+                c.n_heads = 1;
+            }
+        }
+        let err = Gpt::<f32>::new(c, &mut r).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { .. } | Error::InvalidConfig { .. }),
+            "{err}"
+        );
+    }
+    assert!(matches!(
+        KvCache::<f32>::new(1 << 40, 8),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(
+        LayerNorm::<f32>::new(1 << 40),
+        Err(Error::TooLarge { .. })
+    ));
+    let gpt = Gpt::<f32>::new(GptConfig::tiny(10), &mut r).unwrap();
+    let opts = baregpt::generate::SampleOptions::default();
+    let err = baregpt::generate::generate(&gpt, &[1], usize::MAX, &opts, &mut r, |_| {});
+    assert!(matches!(
+        err,
+        Err(Error::TooLarge {
+            layer: "generate",
+            ..
+        })
+    ));
+    let task = baregpt::data::AdditionTask::new(2).unwrap();
+    assert!(matches!(
+        task.train_pairs(usize::MAX, &mut r),
+        Err(Error::TooLarge { .. })
+    ));
+    let data = baregpt::data::TextDataset::new(&"abc".repeat(20), 0.2).unwrap();
+    let batch = data.batch(baregpt::data::Split::Train, 1 << 40, 2, &mut r);
+    assert!(matches!(batch, Err(Error::TooLarge { .. })));
+    // A zero-element input whose other axes are huge: the output is refused.
+    let empty: [f64; 0] = [];
+    let x = ndarray::ArrayView2::from_shape((1 << 40, 0), &empty).unwrap();
+    let w = ndarray::ArrayView2::from_shape((0, 1 << 40), &empty).unwrap();
+    assert!(matches!(
+        baregpt::kernels::linear_forward(x, w, None),
+        Err(Error::TooLarge {
+            layer: "linear",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_failed_forward_leaves_every_layer_refusing_backward() {
+    let mut r = rng(13);
+    let good = x(2, 3, 4);
+    let bad = x(2, 3, 5);
+    let mut layers: Vec<Box<dyn Layer<f64>>> = vec![
+        Box::new(Linear::new(4, 4, true, &mut r).unwrap()),
+        Box::new(LayerNorm::new(4).unwrap()),
+        Box::new(Attention::new(4, 2, &mut r).unwrap()),
+        Box::new(Mlp::new(4, 8, &mut r).unwrap()),
+        Box::new(Block::new(4, 2, 8, &mut r).unwrap()),
+        Box::new(Sequential::new().push(Linear::new(4, 4, true, &mut r).unwrap())),
+    ];
+    for layer in &mut layers {
+        let y = layer.forward(&good).unwrap();
+        assert!(layer.forward(&bad).is_err());
+        let before = snapshot(&**layer);
+        let err = layer.backward(&Array3::ones(y.dim())).unwrap_err();
+        assert!(
+            matches!(err, Error::BackwardBeforeForward { .. }),
+            "{}: {err}",
+            layer.kind()
+        );
+        assert!(snapshot(&**layer) == before);
+    }
+    let mut embed = Embedding::<f64>::new(5, 4, 3, &mut r).unwrap();
+    let y = embed.forward(&array![[1, 2]]).unwrap();
+    assert!(embed.forward(&array![[9]]).is_err());
+    assert!(matches!(
+        embed.backward(&Array3::ones(y.dim())),
+        Err(Error::BackwardBeforeForward { layer: "Embedding" })
+    ));
+}
+
+#[test]
+fn an_empty_batch_says_what_is_empty() {
+    let mut head = CrossEntropy::<f64>::new();
+    expect_err(
+        head.loss(&Array3::zeros((0, 3, 5)), &Array2::zeros((0, 3))),
+        "cross_entropy: logits has shape [0, 3, 5], with no positions (B·T = 0); the mean loss \
+         over no positions is undefined",
+    );
+    expect_err(
+        head.loss(&Array3::zeros((1, 2, 0)), &Array2::zeros((1, 2))),
+        "cross_entropy: logits has shape [1, 2, 0], with no classes (V = 0); a softmax needs at \
+         least one class",
+    );
+}
+
+#[test]
+fn generation_checks_every_prompt_id_even_those_cropped() {
+    let mut r = rng(14);
+    let gpt = Gpt::<f64>::new(small_config(), &mut r).unwrap();
+    let mut prompt = vec![1; gpt.config().context + 2];
+    prompt[0] = 10;
+    let opts = baregpt::generate::SampleOptions::default();
+    let err = baregpt::generate::generate(&gpt, &prompt, 2, &opts, &mut r, |_| {});
+    expect_err(
+        err,
+        "generate: token id 10 at (b, t) = (0, 0) is out of range for vocabulary size 10",
+    );
+    let err = baregpt::generate::generate_uncached(&gpt, &prompt, 2, &opts, &mut r, |_| {});
+    assert!(matches!(err, Err(Error::TokenOutOfRange { id: 10, .. })));
+}
+
+#[test]
+fn an_infinite_logit_takes_all_the_probability() {
+    let mut r = rng(15);
+    let opts = baregpt::generate::SampleOptions {
+        temperature: 1.0,
+        top_k: None,
+    };
+    for _ in 0..50 {
+        let logits = array![0.0f32, f32::INFINITY, 3.0, f32::INFINITY, f32::NEG_INFINITY];
+        let id = baregpt::generate::sample_logits(logits.view(), &opts, &mut r).unwrap();
+        assert!(id == 1 || id == 3, "{id}");
+    }
+    let nan = array![0.0, f64::NAN];
+    assert!(baregpt::generate::sample_logits(nan.view(), &opts, &mut r).is_err());
+}
+
+#[test]
+fn adam_refuses_a_gradient_whose_square_overflows_and_can_always_reload_its_state() {
+    use baregpt::{Adam, AdamConfig};
+    let mut adam = Adam::<f32>::new(AdamConfig::adam(1e-3)).unwrap();
+    let mut w = [1.0f32, 2.0];
+    adam.step_slices(&mut [(&mut w[..], &[0.5, 0.5][..])])
+        .unwrap();
+    let (w_before, state_before) = (w, adam.export_state());
+    let err = adam
+        .step_slices(&mut [(&mut w[..], &[1e21, 0.0][..])])
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::GradientTooLarge { name, float: "f32", .. } if name == "0"),
+        "{err}"
+    );
+    assert_eq!((w, adam.export_state()), (w_before, state_before.clone()));
+    adam.load_state(state_before).unwrap();
+    // Clipped first, a huge gradient is fine.
+    let mut clipped = Adam::<f32>::new(AdamConfig {
+        max_grad_norm: Some(1.0),
+        ..AdamConfig::adam(1e-3)
+    })
+    .unwrap();
+    clipped
+        .step_slices(&mut [(&mut w[..], &[1e21, 0.0][..])])
+        .unwrap();
+    clipped.load_state(clipped.export_state()).unwrap();
+    // Settings finite in f64 but not in f32.
+    assert!(Adam::<f32>::new(AdamConfig::adam(1e39)).is_err());
+    assert!(Adam::<f64>::new(AdamConfig::adam(1e39)).is_ok());
+    let mut ok = Adam::<f32>::new(AdamConfig::adam(1e-3)).unwrap();
+    assert!(ok.set_lr(1e39).is_err());
+    assert_eq!(ok.config().lr, 1e-3);
+}
+
+#[test]
+fn checkpoint_bytes_are_deterministic_and_a_wrong_vocabulary_is_refused_on_save() {
+    use baregpt::checkpoint::{Extras, from_bytes, to_bytes};
+    use baregpt::data::CharVocab;
+    let mut r = rng(16);
+    let gpt = Gpt::<f32>::new(small_config(), &mut r).unwrap();
+    let extras = Extras {
+        vocab: Some(CharVocab::from_chars("0123456789".chars()).unwrap()),
+        metadata: (0..20)
+            .map(|i| (format!("k{i}"), format!("v\"{i}\\")))
+            .collect(),
+        ..Extras::default()
+    };
+    let bytes = to_bytes(&gpt, &extras).unwrap();
+    for _ in 0..5 {
+        assert_eq!(to_bytes(&gpt, &extras).unwrap(), bytes);
+    }
+    let (back, back_extras) = from_bytes::<f32>(&bytes).unwrap();
+    assert_eq!(to_bytes(&back, &back_extras).unwrap(), bytes);
+    let wrong = Extras {
+        vocab: Some(CharVocab::from_chars("abc".chars()).unwrap()),
+        ..Extras::default()
+    };
+    expect_err(
+        to_bytes(&gpt, &wrong),
+        "checkpoint: the vocabulary has 3 characters but config.vocab_size is 10",
+    );
+}
+
+#[test]
+fn a_model_without_blocks_decodes_like_any_other() {
+    use baregpt::generate::{SampleOptions, generate, generate_uncached};
+    let mut r = rng(17);
+    let gpt = Gpt::<f64>::new(
+        GptConfig {
+            mlp_hidden: 4,
+            ..GptConfig::with_sizes(7, 4, 2, 0, 5)
+        },
+        &mut r,
+    )
+    .unwrap();
+    let opts = SampleOptions::default();
+    let a = generate(&gpt, &[1, 2], 12, &opts, &mut rng(1), |_| {}).unwrap();
+    let b = generate_uncached(&gpt, &[1, 2], 12, &opts, &mut rng(1), |_| {}).unwrap();
+    assert_eq!(a, b);
+    let mut cache = gpt.kv_cache(1).unwrap();
+    let ids = array![[3, 1, 4]];
+    let whole = gpt.infer(&ids).unwrap();
+    for t in 0..3 {
+        let step = cache.infer(&gpt, &array![[ids[[0, t]]]]).unwrap();
+        assert_eq!(
+            step.slice(ndarray::s![0, 0, ..]),
+            whole.slice(ndarray::s![0, t, ..])
+        );
+    }
+    assert!(gpt.infer(&Array2::zeros((1, 6))).is_err());
+    assert!(cache.infer(&gpt, &Array2::zeros((1, 3))).is_err());
+    assert_eq!(cache.len(), 3);
+}

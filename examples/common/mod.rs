@@ -73,7 +73,7 @@ impl Task {
     /// The addition task with `digits`-digit operands, evaluated on `n_eval` held-out pairs.
     pub fn addition(digits: usize, n_eval: usize) -> Result<Self> {
         let task = AdditionTask::new(digits)?;
-        let held_out = task.held_out_pairs(n_eval, &mut StdRng::seed_from_u64(EVAL_SEED));
+        let held_out = task.held_out_pairs(n_eval, &mut StdRng::seed_from_u64(EVAL_SEED))?;
         Ok(Self::Addition { task, held_out })
     }
 
@@ -154,7 +154,7 @@ impl Task {
         let mut rng = StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         match self {
             Self::Addition { task, .. } => {
-                let (ids, targets) = task.batch(&task.train_pairs(batch, &mut rng));
+                let (ids, targets) = task.batch(&task.train_pairs(batch, &mut rng)?);
                 Ok(Batch {
                     ids,
                     targets,

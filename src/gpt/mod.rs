@@ -89,9 +89,14 @@ impl<F: Float> Gpt<F> {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] when the config does not [validate](GptConfig::validate) or
-    /// a part cannot be built.
+    /// a part cannot be built; [`Error::TooLarge`] when one table, or all parameters
+    /// together, would exceed [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES). Nothing is
+    /// allocated before these checks.
     pub fn new<R: Rng + ?Sized>(config: GptConfig, rng: &mut R) -> Result<Self> {
         config.validate()?;
+        // All parameters together are one buffer when the model is checkpointed, so their
+        // total is held to the per-allocation limit too (before any table is drawn).
+        crate::limits::check_alloc::<F>(LAYER, "all parameters", &[config.param_count()])?;
         let c = config.d_model;
         let embed = Embedding::new(config.vocab_size, c, config.context, rng)?;
         let blocks = (0..config.n_layers)
@@ -139,6 +144,8 @@ impl<F: Float> Gpt<F> {
     /// The forward's errors; [`Error::ShapeMismatch`] when `targets` is not `(B, T)`;
     /// [`Error::TargetOutOfRange`] for a target `≥ V`.
     pub fn loss(&mut self, ids: &Array2<usize>, targets: &Array2<usize>) -> Result<F> {
+        // A loss is a forward: it forgets the previous one before checking anything.
+        self.forget_passes();
         check_shape(
             LAYER,
             "targets",

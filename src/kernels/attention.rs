@@ -17,6 +17,7 @@ use super::matmul::{matmul_into, matmul_uninit};
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
 use crate::exec::{QUERY_BLOCK, for_each_split, on_one_thread};
+use crate::limits::check_alloc;
 use crate::{Error, Float, Result};
 
 const KERNEL: &str = "attention";
@@ -56,7 +57,9 @@ fn check_dims<F>(
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] when `n_heads` does not divide `C`;
-/// [`Error::ShapeMismatch`] when `k`, `v` do not match `q` or `T_q > T_k`.
+/// [`Error::ShapeMismatch`] when `k`, `v` do not match `q` or `T_q > T_k`;
+/// [`Error::TooLarge`] when `probs` or `ctx` would exceed
+/// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
 pub fn attention_forward<F: Float>(
     q: ArrayView3<'_, F>,
     k: ArrayView3<'_, F>,
@@ -90,6 +93,8 @@ fn forward_blocked<F: Float>(
     block: usize,
 ) -> Result<(Array3<F>, Array4<F>)> {
     let (b, t_q, t_k, c, d) = check_dims(&q, &k, &v, n_heads)?;
+    check_alloc::<F>(KERNEL, "probs", &[b, n_heads, t_q, t_k])?;
+    check_alloc::<F>(KERNEL, "ctx", &[b, t_q, c])?;
     let scale = F::one() / F::of(d as f64).sqrt();
     let offset = t_k - t_q;
     // Every element of both is written below (per head and query block: the visible keys'
@@ -183,6 +188,7 @@ fn backward_blocked<F: Float>(
         d_ctx.shape(),
         &[Some(b), Some(t_q), Some(c)],
     )?;
+    check_alloc::<F>(KERNEL, "d_scores", &[block.min(t_q), t_k])?;
     let scale = F::one() / F::of(d as f64).sqrt();
     let offset = t_k - t_q;
     // dq is written whole, block by block; dk and dv accumulate over the blocks.
@@ -233,7 +239,8 @@ fn backward_blocked<F: Float>(
                         v.slice(s![..keys, ..]).t(),
                         d_scores_buffer.slice_mut(s![..rows.len(), ..keys]),
                     );
-                    softmax_backward_in_place(p, d_scores.view_mut());
+                    // The shapes agree by construction (both are this block's rows and keys).
+                    let _ = softmax_backward_in_place(p, d_scores.view_mut());
                     // (dq, dk)
                     matmul_uninit(
                         scale,

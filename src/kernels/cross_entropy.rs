@@ -32,20 +32,30 @@ fn check_targets(targets: ArrayView2<'_, usize>, classes: usize) -> Result<()> {
 /// `(loss, probs (B, T, V))`, the probabilities being what the backward needs.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] when `targets` is not `(B, T)` or `V = 0`;
-/// [`Error::TargetOutOfRange`] for a target `≥ V`.
+/// [`Error::ShapeMismatch`] when `targets` is not `(B, T)`; [`Error::EmptyInput`] when
+/// `B·T = 0` or `V = 0`; [`Error::TargetOutOfRange`] for a target `≥ V`.
 pub fn cross_entropy_forward<F: Float>(
     logits: ArrayView3<'_, F>,
     targets: ArrayView2<'_, usize>,
 ) -> Result<(F, Array3<F>)> {
     let (b, t, v) = logits.dim();
     check_shape(KERNEL, "targets", targets.shape(), &[Some(b), Some(t)])?;
-    if v == 0 || b * t == 0 {
-        return Err(Error::ShapeMismatch {
+    if b == 0 || t == 0 {
+        return Err(Error::EmptyInput {
             layer: KERNEL,
             what: "logits",
-            expected: crate::error::ExpectedShape(vec![None, None, None]),
-            actual: logits.shape().to_vec(),
+            shape: logits.shape().to_vec(),
+            axis: "positions (B·T = 0)",
+            reason: "the mean loss over no positions is undefined",
+        });
+    }
+    if v == 0 {
+        return Err(Error::EmptyInput {
+            layer: KERNEL,
+            what: "logits",
+            shape: logits.shape().to_vec(),
+            axis: "classes (V = 0)",
+            reason: "a softmax needs at least one class",
         });
     }
     check_targets(targets, v)?;

@@ -41,7 +41,8 @@ pub(crate) fn check_ids(
 /// # Errors
 /// [`Error::SequenceLength`] when `T` is 0 or exceeds the position table;
 /// [`Error::TokenOutOfRange`] for an id `≥ V`; [`Error::ShapeMismatch`] when the tables'
-/// widths differ.
+/// widths differ; [`Error::TooLarge`] when the output would exceed
+/// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
 pub fn embedding_forward<F: Float>(
     ids: ArrayView2<'_, usize>,
     tok: ArrayView2<'_, F>,
@@ -51,6 +52,7 @@ pub fn embedding_forward<F: Float>(
     check_shape(KERNEL, "pos", pos.shape(), &[None, Some(c)])?;
     check_ids(KERNEL, ids, v, pos.nrows())?;
     let (b, t) = ids.dim();
+    crate::limits::check_alloc::<F>(KERNEL, "y", &[b, t, c])?;
     let mut y = Array3::zeros((b, t, c));
     for ((bi, ti), &id) in ids.indexed_iter() {
         let mut row = y.slice_mut(s![bi, ti, ..]);

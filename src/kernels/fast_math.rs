@@ -72,11 +72,13 @@ impl FastMath for f64 {
 
 /// `exp(x)` for `x ≤ 0` in `f32`, branch-free: `x = k·ln2 + r` with `|r| ≤ ln2/2`, then
 /// `2^k · Σ_{n≤7} rⁿ/n!`. Inputs below −87 are clamped (the result underflows to ~0 anyway).
+/// A NaN input gives NaN, as `f64::exp` does (the clamp is a comparison, not `f32::max`, which
+/// would turn NaN into −87 and a NaN logit into a finite loss).
 #[inline]
 fn exp_nonpositive_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = x.max(-87.0);
+    let x = if x < -87.0 { -87.0 } else { x };
     // Round to nearest by adding and removing 1.5·2²³ (exact for |y| < 2²²), which compiles
     // to two additions instead of a libm call.
     const ROUNDER: f32 = 12_582_912.0;
@@ -114,6 +116,14 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nan_stays_nan_as_in_f64() {
+        assert!(exp_nonpositive_f32(f32::NAN).is_nan());
+        assert!(tanh_f32(f32::NAN).is_nan());
+        assert!(f64::NAN.exp().is_nan());
+        assert_eq!(exp_nonpositive_f32(0.0), 1.0);
+    }
 
     #[test]
     fn fast_tanh_is_accurate_everywhere() {

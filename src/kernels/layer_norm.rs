@@ -75,8 +75,9 @@ pub fn layer_norm_forward<F: Float>(
 /// The full derivation is in `docs/gradients.md`.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `dy`, `gamma` or the gradient
-/// buffers do not match the cache.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the cache's `rstd` is not one
+/// value per row of its `x_hat`, or `dy`, `gamma` or the gradient buffers do not match the
+/// cache. Everything is checked before anything is added.
 pub fn layer_norm_backward<F: Float>(
     cache: &LayerNormCache<F>,
     dy: ArrayView2<'_, F>,
@@ -85,6 +86,7 @@ pub fn layer_norm_backward<F: Float>(
     mut d_beta: ArrayViewMut1<'_, F>,
 ) -> Result<Array2<F>> {
     let (n, c) = cache.x_hat.dim();
+    check_shape(KERNEL, "rstd", cache.rstd.shape(), &[Some(n)])?;
     check_shape(KERNEL, "dy", dy.shape(), &[Some(n), Some(c)])?;
     check_shape(KERNEL, "gamma", gamma.shape(), &[Some(c)])?;
     check_shape(KERNEL, "d_gamma", d_gamma.shape(), &[Some(c)])?;

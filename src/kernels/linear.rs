@@ -16,7 +16,9 @@ const KERNEL: &str = "linear";
 /// `y = x·W + b`: `x (N, C_in)`, `w (C_in, C_out)`, optional `b (C_out)` → `y (N, C_out)`.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the shapes disagree.
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the shapes disagree;
+/// [`Error::TooLarge`](crate::Error::TooLarge) when `y` would exceed
+/// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
 pub fn linear_forward<F: Float>(
     x: ArrayView2<'_, F>,
     w: ArrayView2<'_, F>,
@@ -27,6 +29,7 @@ pub fn linear_forward<F: Float>(
     if let Some(b) = &b {
         check_shape(KERNEL, "b", b.shape(), &[Some(c_out)])?;
     }
+    crate::limits::check_alloc::<F>(KERNEL, "y", &[x.nrows(), c_out])?;
     Ok(match b {
         // Start from the bias in every row and accumulate the product onto it: one pass
         // over y instead of a product followed by a broadcast add.

@@ -8,8 +8,11 @@ use ndarray::{ArrayView2, ArrayViewMut2, Zip, s};
 
 use super::elementwise::{WideLoop, run_widest};
 use super::fast_math::exp_nonpositive;
-use crate::Float;
+use crate::error::check_shape;
 use crate::exec::LANES;
+use crate::{Float, Result};
+
+const KERNEL: &str = "softmax";
 
 /// In place on `scores (T_q, T_k)`: row `i` becomes the softmax of its entries `j ≤ i + offset`,
 /// and entries `j > i + offset` become 0.
@@ -33,7 +36,11 @@ impl<F: Float> WideLoop for CausalSoftmaxRows<'_, F> {
     #[inline(always)]
     fn run(mut self) {
         for (i, mut row) in self.scores.rows_mut().into_iter().enumerate() {
-            let visible = (i + self.offset + 1).min(row.len());
+            // Saturating: an offset near `usize::MAX` sees the whole row rather than wrapping.
+            let visible = i
+                .saturating_add(self.offset)
+                .saturating_add(1)
+                .min(row.len());
             if let Some(values) = row.as_slice_mut() {
                 let (seen, hidden) = values.split_at_mut(visible);
                 softmax_in_place(seen);
@@ -90,10 +97,16 @@ fn softmax_in_place<F: Float>(row: &mut [F]) {
 /// then `dS = P ⊙ (dP − ⟨P, dP⟩)` *(dS)*.
 ///
 /// Masked entries have `P_ik = 0` and receive exactly zero gradient.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `d_probs` is not shaped like
+/// `probs`; `d_probs` is then unchanged.
 pub fn softmax_backward_in_place<F: Float>(
     probs: ArrayView2<'_, F>,
     mut d_probs: ArrayViewMut2<'_, F>,
-) {
+) -> Result<()> {
+    let (t_q, t_k) = probs.dim();
+    check_shape(KERNEL, "d_probs", d_probs.shape(), &[Some(t_q), Some(t_k)])?;
     Zip::from(probs.rows())
         .and(d_probs.rows_mut())
         .for_each(|p, mut dp| {
@@ -106,6 +119,7 @@ pub fn softmax_backward_in_place<F: Float>(
                 .and(&p)
                 .for_each(|dp, &p| *dp = p * (*dp - dot));
         });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,18 +30,7 @@ pub struct LayerKv<F> {
 
 impl<F: Float> LayerKv<F> {
     fn new(batch: usize, capacity: usize, width: usize) -> Result<Self> {
-        let elements = batch
-            .checked_mul(capacity)
-            .and_then(|n| n.checked_mul(width))
-            .and_then(|n| n.checked_mul(2));
-        if elements.is_none_or(|n| n > isize::MAX as usize / size_of::<F>()) {
-            return Err(Error::InvalidConfig {
-                layer: CACHE,
-                reason: format!(
-                    "keys and values of {batch} × {capacity} × {width} do not fit in memory"
-                ),
-            });
-        }
+        crate::limits::check_alloc::<F>(CACHE, "keys", &[batch, capacity, width])?;
         Ok(Self {
             keys: Array3::zeros((batch, capacity, width)),
             values: Array3::zeros((batch, capacity, width)),
@@ -168,7 +157,10 @@ impl<F: Float> KvCache<F> {
     /// context). Memory for each attention layer is allocated when a pass first reaches it.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `batch` or `capacity` is zero.
+    /// [`Error::InvalidConfig`] when `batch` or `capacity` is zero; [`Error::TooLarge`] when
+    /// even one layer's keys of width 1 would exceed
+    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES) (the slots, made by the first pass,
+    /// are checked again with their real width).
     pub fn new(batch: usize, capacity: usize) -> Result<Self> {
         if batch == 0 || capacity == 0 {
             return Err(Error::InvalidConfig {
@@ -176,6 +168,7 @@ impl<F: Float> KvCache<F> {
                 reason: format!("batch {batch} and capacity {capacity} must be positive"),
             });
         }
+        crate::limits::check_alloc::<F>(CACHE, "keys", &[batch, capacity, 1])?;
         Ok(Self {
             layers: Vec::new(),
             batch,

@@ -76,8 +76,9 @@ impl<F: Float> Attention<F> {
     /// A new attention layer of width `c` with `n_heads` heads, weights drawn from `rng`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `c` or `n_heads` is zero, `n_heads` does not divide `c`,
-    /// or the weights would not fit in memory.
+    /// [`Error::InvalidConfig`] when `c` or `n_heads` is zero or `n_heads` does not divide
+    /// `c`; [`Error::TooLarge`] when a weight would exceed
+    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
     pub fn new<R: Rng + ?Sized>(c: usize, n_heads: usize, rng: &mut R) -> Result<Self> {
         check_positive(LAYER, "the width", c)?;
         if n_heads == 0 || !c.is_multiple_of(n_heads) {
@@ -151,8 +152,10 @@ impl<F: Float> Layer<F> for Attention<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        // Forgotten first (and its buffer reused): a failed forward leaves no cache.
+        let buffer = self.cache.take().map(|old| old.x_rows);
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        let x_rows = rows_reusing(self.cache.take().map(|old| old.x_rows), x.view());
+        let x_rows = rows_reusing(buffer, x.view());
         let (y, heads) = self.apply(x_rows.view(), bt, None)?;
         let y = from_rows(LAYER, y, bt)?;
         self.cache.store(AttentionCache { x_rows, heads }, y.dim());

@@ -53,7 +53,8 @@ impl<F: Float> Embedding<F> {
     /// Tables for `vocab_size` tokens of width `c` and `context` positions, drawn from `rng`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when a size is zero or a table would not fit in memory.
+    /// [`Error::InvalidConfig`] when a size is zero; [`Error::TooLarge`] when a table would
+    /// exceed [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
     pub fn new<R: Rng + ?Sized>(
         vocab_size: usize,
         c: usize,
@@ -120,6 +121,8 @@ impl<F: Float> Layer<F, Array2<usize>> for Embedding<F> {
     }
 
     fn forward(&mut self, ids: &Array2<usize>) -> Result<Array3<F>> {
+        // Forget the previous forward first: a failed one leaves nothing to backpropagate.
+        self.ids.clear();
         let y = self.apply(ids, 0)?;
         self.ids.store(ids.clone(), y.dim());
         Ok(y)

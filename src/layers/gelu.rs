@@ -47,6 +47,8 @@ impl<F: Float> Layer<F> for Gelu<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        // Forget the previous forward first (the rule of every layer; this one cannot fail).
+        self.input.clear();
         let y = gelu_forward(x.view());
         self.input.store(x.clone(), y.dim());
         Ok(y)

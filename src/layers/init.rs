@@ -8,19 +8,9 @@ use crate::{Error, Float, Result};
 
 /// Refuses a `(rows, cols)` matrix of `F` that could not be allocated, before allocating it.
 pub(crate) fn check_matrix<F>(layer: &'static str, rows: usize, cols: usize) -> Result<()> {
-    let bytes = rows
-        .checked_mul(cols)
-        .and_then(|n| n.checked_mul(size_of::<F>()));
-    match bytes {
-        Some(b) if b <= isize::MAX as usize => Ok(()),
-        _ => Err(Error::InvalidConfig {
-            layer,
-            reason: format!("a {rows} × {cols} matrix does not fit in memory"),
-        }),
-    }
+    crate::limits::check_alloc::<F>(layer, "a parameter matrix", &[rows, cols])
 }
 
-/// Refuses a zero size, naming the layer and the size.
 pub(crate) fn check_positive(layer: &'static str, what: &str, n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::InvalidConfig {

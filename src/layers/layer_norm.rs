@@ -54,9 +54,12 @@ impl<F: Float> LayerNorm<F> {
     /// As [`LayerNorm::new`] with a chosen `eps`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `c` is zero or `eps` is negative or not finite in `F`.
+    /// [`Error::InvalidConfig`] when `c` is zero or `eps` is negative or not finite in `F`;
+    /// [`Error::TooLarge`] when `c` values would exceed
+    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
     pub fn with_eps(c: usize, eps: f64) -> Result<Self> {
         check_positive(LAYER, "the width", c)?;
+        crate::limits::check_alloc::<F>(LAYER, "gamma", &[c])?;
         let eps_f = F::of(eps);
         if !(eps >= 0.0 && eps_f.is_finite()) {
             return Err(Error::InvalidConfig {
@@ -106,6 +109,9 @@ impl<F: Float> Layer<F> for LayerNorm<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        // A forward forgets the previous one first, so a failed forward leaves nothing to
+        // backpropagate (architecture.md, §6).
+        self.cache.clear();
         let (y, cache) = self.apply(x)?;
         self.cache.store(cache, y.dim());
         Ok(y)

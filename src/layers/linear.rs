@@ -52,8 +52,9 @@ impl<F: Float> Linear<F> {
     /// A new layer with Glorot-uniform weights drawn from `rng` and, if `bias`, a zero bias.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when a width is zero or the
-    /// weight would not fit in memory.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when a width is zero;
+    /// [`Error::TooLarge`](crate::Error::TooLarge) when the weight would exceed
+    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
     pub fn new<R: Rng + ?Sized>(
         c_in: usize,
         c_out: usize,
@@ -70,8 +71,12 @@ impl<F: Float> Linear<F> {
     /// A layer with the given weight `(C_in, C_out)` and optional bias `(C_out)`.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the bias length is not `C_out`.
+    /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the bias length is not `C_out`;
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when the weight has no rows or
+    /// columns.
     pub fn from_arrays(w: Array2<F>, b: Option<Array1<F>>) -> Result<Self> {
+        check_positive(LAYER, "c_in (the weight's rows)", w.nrows())?;
+        check_positive(LAYER, "c_out (the weight's columns)", w.ncols())?;
         if let Some(b) = &b {
             check_shape(LAYER, "b", b.shape(), &[Some(w.ncols())])?;
         }
@@ -142,8 +147,11 @@ impl<F: Float> Layer<F> for Linear<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        // The previous forward is forgotten first (its buffer is reused): a failed forward
+        // leaves nothing to backpropagate.
+        let buffer = self.cache.take();
         let (b, t) = check_width(LAYER, "input", x.view(), self.c_in())?;
-        let x_rows = rows_reusing(self.cache.take(), x.view());
+        let x_rows = rows_reusing(buffer, x.view());
         let y = from_rows(LAYER, self.forward_rows(x_rows.view())?, (b, t))?;
         self.cache.store(x_rows, y.dim());
         Ok(y)

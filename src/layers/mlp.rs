@@ -112,8 +112,11 @@ impl<F: Float> Layer<F> for Mlp<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        // The previous forward is forgotten first (its buffer is reused): a failed forward
+        // leaves nothing to backpropagate.
+        let buffer = self.cache.take().map(|old| old.x);
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        let x = rows_reusing(self.cache.take().map(|old| old.x), x.view());
+        let x = rows_reusing(buffer, x.view());
         let (y, h, a) = self.apply(x.view())?;
         let y = from_rows(LAYER, y, bt)?;
         self.cache.store(MlpCache { x, h, a }, y.dim());

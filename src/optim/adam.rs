@@ -7,7 +7,7 @@ use std::fmt;
 
 use ndarray::{ArrayViewD, ArrayViewMutD, aview_mut1, aview1};
 
-use super::clip::{NormAccumulator, clip_coefficient};
+use super::clip::{Norm, NormAccumulator};
 use super::update::{Coeffs, update};
 use super::{AdamConfig, AdamState, DecayFilter, ParamState, invalid};
 use crate::error::ExpectedShape;
@@ -131,9 +131,10 @@ impl<F: Float> Adam<F> {
     /// A new optimizer with no state; every parameter is decayed ([`DecayFilter::all`]).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when the config does not [validate](AdamConfig::validate).
+    /// [`Error::InvalidConfig`] when the config does not [validate](AdamConfig::validate), or a
+    /// setting finite in `f64` is not finite in `F` (an `lr` of `1e39` in `f32`).
     pub fn new(config: AdamConfig) -> Result<Self> {
-        config.validate()?;
+        validate_in::<F>(&config)?;
         Ok(Self {
             config,
             decay_filter: DecayFilter::all(),
@@ -160,13 +161,13 @@ impl<F: Float> Adam<F> {
     /// Sets the base learning rate (the schedule still multiplies it).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `lr` is negative or not finite; nothing changes then.
+    /// [`Error::InvalidConfig`] when `lr` is negative or not finite (in `f64` or in `F`);
+    /// nothing changes then.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        AdamConfig {
+        validate_in::<F>(&AdamConfig {
             lr,
             ..self.config.clone()
-        }
-        .validate()?;
+        })?;
         self.config.lr = lr;
         Ok(())
     }
@@ -271,12 +272,29 @@ impl<F: Float> Adam<F> {
             .step
             .checked_add(1)
             .ok_or_else(|| invalid(LAYER, "the step counter overflowed".into()))?;
-        let grad_norm = self.validate(params)?;
+        let (norm, largest, l2_term) = self.validate(params)?;
+        let grad_norm = norm.value();
         let lr = self.config.schedule.lr(self.config.lr, t);
         let clip = self
             .config
             .max_grad_norm
-            .and_then(|max_norm| clip_coefficient(grad_norm, max_norm));
+            .and_then(|max_norm| norm.clip_coefficient(max_norm));
+        // The second moment stores g²: a gradient whose square overflows `F` would leave an
+        // infinite moment (and a state that cannot be loaded back), so it is refused here,
+        // before anything is written. `|g| ≤ √MAX / 2` keeps `β₂·v + (1 − β₂)·g²` finite
+        // (`g` after clipping, plus `λ·|p|` under L2 decay).
+        if let Some((name, max_abs)) = largest {
+            let magnitude = max_abs * clip.unwrap_or(1.0) + l2_term;
+            let limit = F::max_value().to_f64_exact().sqrt() / 2.0;
+            if magnitude > limit {
+                return Err(Error::GradientTooLarge {
+                    name,
+                    magnitude,
+                    limit,
+                    float: F::NAME,
+                });
+            }
+        }
         let coeffs = Coeffs::new(&self.config, lr, t, clip);
 
         let (filter, states) = (&self.decay_filter, &mut self.state.params);
@@ -300,9 +318,14 @@ impl<F: Float> Adam<F> {
     }
 
     /// The read-only pass: checks names, shapes, finiteness and state; returns the global
-    /// gradient norm.
-    fn validate(&self, params: &mut dyn ParamSet<F>) -> Result<f64> {
+    /// gradient norm, the parameter with the largest gradient magnitude, and `λ·max|p|` over
+    /// the parameters under L2 decay (0 without it).
+    #[allow(clippy::type_complexity)]
+    fn validate(&self, params: &mut dyn ParamSet<F>) -> Result<(Norm, Option<(String, f64)>, f64)> {
         let mut norm = NormAccumulator::default();
+        let mut largest: Option<(String, f64)> = None;
+        let l2 = self.config.weight_decay != 0.0 && !self.config.decoupled_weight_decay;
+        let mut max_value = 0.0f64;
         let mut seen = Seen::with_capacity(self.state.params.len());
         let mut first_error: Option<Error> = None;
         params.read(&mut |name, value, grad| {
@@ -310,6 +333,17 @@ impl<F: Float> Adam<F> {
                 return;
             }
             norm.add(name, grad.view());
+            if largest.as_ref().is_none_or(|(_, m)| norm.max_abs() > *m) {
+                largest = Some((name.to_owned(), norm.max_abs()));
+            }
+            // Coupled (L2) decay adds `λ·p` to the gradient before its square is taken, so
+            // the values count too (one more read, only with L2 decay on).
+            if l2 && self.decay_filter.decays(name) {
+                let p = value
+                    .iter()
+                    .fold(0.0f64, |m, v| m.max(v.to_f64_exact().abs()));
+                max_value = max_value.max(p);
+            }
             first_error = self
                 .check_param(name, &value, &grad, &mut seen)
                 .and_then(|()| norm.error())
@@ -332,7 +366,8 @@ impl<F: Float> Adam<F> {
                     .into(),
             });
         }
-        norm.finish(&mut |f| params.read(&mut |name, _, grad| f(name, grad)))
+        let grad_norm = norm.finish(&mut |f| params.read(&mut |name, _, grad| f(name, grad)))?;
+        Ok((grad_norm, largest, self.config.weight_decay * max_value))
     }
 
     /// Checks one parameter: unique name, gradient shape, and (after the first step) that
@@ -465,6 +500,26 @@ fn index_name(buf: &mut String, i: usize) -> &str {
     // Writing to a String cannot fail.
     let _ = write!(buf, "{i}");
     buf
+}
+
+/// [`AdamConfig::validate`], and every setting finite in `F` too.
+fn validate_in<F: Float>(config: &AdamConfig) -> Result<()> {
+    config.validate()?;
+    let settings = [
+        ("lr", Some(config.lr)),
+        ("eps", Some(config.eps)),
+        ("weight_decay", Some(config.weight_decay)),
+        // (`max_grad_norm` is used in f64 only.)
+    ];
+    for (field, x) in settings {
+        if let Some(x) = x.filter(|&x| !F::of(x).is_finite()) {
+            return Err(invalid(
+                LAYER,
+                format!("{field} {x} is finite in f64 but not in {}", F::NAME),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ const CLIP_EPS: f64 = 1e-6;
 /// # Ok::<(), baregpt::Error>(())
 /// ```
 pub fn grad_norm<F: Float, P: Params<F> + ?Sized>(model: &P) -> Result<f64> {
-    norm_of(&mut |f| model.for_each_param(&mut |name, p| f(name, p.grad)))
+    Ok(norm_parts(&mut |f| model.for_each_param(&mut |name, p| f(name, p.grad)))?.value())
 }
 
 /// Scales the gradients of `model` so that their global norm is at most `max_norm`, and
@@ -76,12 +76,12 @@ pub fn clip_grad_norm<F: Float, P: Params<F> + ?Sized>(
     max_norm: f64,
 ) -> Result<f64> {
     check_max_norm("clip_grad_norm", max_norm)?;
-    let norm = grad_norm(model)?;
-    if let Some(coef) = clip_coefficient(norm, max_norm) {
+    let norm = norm_parts(&mut |f| model.for_each_param(&mut |name, p| f(name, p.grad)))?;
+    if let Some(coef) = norm.clip_coefficient(max_norm) {
         let coef = F::of(coef);
         model.for_each_param_mut(&mut |_, mut p| p.grad.mapv_inplace(|g| g * coef));
     }
-    Ok(norm)
+    Ok(norm.value())
 }
 
 /// [`clip_grad_norm`] for gradients held as plain slices; returns the norm before clipping.
@@ -104,7 +104,7 @@ pub fn clip_grad_norm<F: Float, P: Params<F> + ?Sized>(
 /// ```
 pub fn clip_grad_norm_slices<F: Float>(grads: &mut [&mut [F]], max_norm: f64) -> Result<f64> {
     check_max_norm("clip_grad_norm_slices", max_norm)?;
-    let norm = norm_of(&mut |f| {
+    let norm = norm_parts(&mut |f| {
         let mut name = String::new();
         for (i, g) in grads.iter().enumerate() {
             name.clear();
@@ -112,19 +112,40 @@ pub fn clip_grad_norm_slices<F: Float>(grads: &mut [&mut [F]], max_norm: f64) ->
             f(&name, aview1(g).into_dyn());
         }
     })?;
-    if let Some(coef) = clip_coefficient(norm, max_norm) {
+    if let Some(coef) = norm.clip_coefficient(max_norm) {
         let coef = F::of(coef);
         for g in grads.iter_mut() {
             g.iter_mut().for_each(|x| *x *= coef);
         }
     }
-    Ok(norm)
+    Ok(norm.value())
 }
 
-/// The factor `max_norm / (norm + 1e-6)` when `norm > max_norm`, `None` when no clipping is
-/// needed.
-pub(crate) fn clip_coefficient(norm: f64, max_norm: f64) -> Option<f64> {
-    (norm > max_norm).then(|| max_norm / (norm + CLIP_EPS))
+/// A global gradient norm as `scale · unit`: `scale` is 1 unless the plain sum of squares
+/// overflowed `f64`, and then the largest magnitude, so that a norm above `f64::MAX` (whose
+/// value is +inf) still gives a finite, correct clipping factor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Norm {
+    scale: f64,
+    unit: f64,
+}
+
+impl Norm {
+    /// The norm (+inf when it exceeds `f64::MAX`).
+    pub(crate) fn value(&self) -> f64 {
+        self.scale * self.unit
+    }
+
+    /// The factor `max_norm / (norm + 1e-6)` when `norm > max_norm`, `None` when no clipping
+    /// is needed. For a norm beyond `f64::MAX` it is `(max_norm / scale) / unit`, which is
+    /// finite: clipping then scales the gradients to `max_norm` instead of zeroing them.
+    pub(crate) fn clip_coefficient(&self, max_norm: f64) -> Option<f64> {
+        let norm = self.value();
+        (norm > max_norm).then(|| match norm.is_finite() {
+            true => max_norm / (norm + CLIP_EPS),
+            false => (max_norm / self.scale) / self.unit,
+        })
+    }
 }
 
 /// Checks that a clipping threshold is positive and finite.
@@ -145,10 +166,16 @@ pub(crate) type GradVisit<'a, F> = dyn FnMut(&mut dyn FnMut(&str, ArrayViewD<'_,
 /// The global norm of the gradients that `visit` reaches, or the first non-finite one as an
 /// error. `visit` may be called twice (the second time only when the plain sum of squares
 /// overflows `f64`).
-pub(crate) fn norm_of<F: Float>(visit: &mut GradVisit<'_, F>) -> Result<f64> {
+pub(crate) fn norm_parts<F: Float>(visit: &mut GradVisit<'_, F>) -> Result<Norm> {
     let mut acc = NormAccumulator::default();
     visit(&mut |name, grad| acc.add(name, grad));
     acc.finish(visit)
+}
+
+/// [`norm_parts`] as a number.
+#[cfg(test)]
+pub(crate) fn norm_of<F: Float>(visit: &mut GradVisit<'_, F>) -> Result<f64> {
+    Ok(norm_parts(visit)?.value())
 }
 
 /// Accumulates the sum of squares and the largest magnitude of gradients, and remembers the
@@ -191,6 +218,11 @@ impl NormAccumulator {
         self.max_abs = max_abs;
     }
 
+    /// The largest gradient magnitude seen so far.
+    pub(crate) fn max_abs(&self) -> f64 {
+        self.max_abs
+    }
+
     /// The first parameter seen with a non-finite gradient, as an error.
     pub(crate) fn error(&self) -> Result<()> {
         match &self.non_finite {
@@ -201,10 +233,13 @@ impl NormAccumulator {
 
     /// The global norm. If the sum of squares overflowed (only possible for `f64` gradients
     /// above about `1e154`), it is recomputed from `visit` scaled by the largest magnitude.
-    pub(crate) fn finish<F: Float>(mut self, visit: &mut GradVisit<'_, F>) -> Result<f64> {
+    pub(crate) fn finish<F: Float>(mut self, visit: &mut GradVisit<'_, F>) -> Result<Norm> {
         self.error()?;
         if self.sum_sq.is_finite() {
-            return Ok(self.sum_sq.sqrt());
+            return Ok(Norm {
+                scale: 1.0,
+                unit: self.sum_sq.sqrt(),
+            });
         }
         let scale = self.max_abs;
         let mut scaled_sum_sq = 0.0f64;
@@ -219,7 +254,10 @@ impl NormAccumulator {
                 }
             }
         });
-        Ok(scale * scaled_sum_sq.sqrt())
+        Ok(Norm {
+            scale,
+            unit: scaled_sum_sq.sqrt(),
+        })
     }
 }
 
@@ -380,6 +418,18 @@ mod tests {
             let again = pool.install(|| norm_of_views(&views).unwrap());
             assert_eq!(again.to_bits(), norm.to_bits(), "{threads} threads");
         }
+    }
+
+    #[test]
+    fn a_norm_beyond_f64_max_still_clips_to_max_norm() {
+        // The norm is 2·big ≈ 1.33·f64::MAX: +inf as a number.
+        let big = f64::MAX / 1.5;
+        let mut a = [big, -big, big, big, 1.0];
+        let norm = clip_grad_norm_slices(&mut [&mut a[..]], 1.0).unwrap();
+        assert_eq!(norm, f64::INFINITY);
+        let clipped: f64 = a.iter().map(|g| g * g).sum::<f64>().sqrt();
+        assert!((clipped - 1.0).abs() < 1e-12, "{a:?}");
+        assert!((a[0] - 0.5).abs() < 1e-12 && (a[1] + 0.5).abs() < 1e-12);
     }
 
     #[test]
