@@ -21,7 +21,9 @@ use std::process::Command;
 
 use baregpt::checkpoint::{self, Extras, OptimizerState};
 use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
-use baregpt::generate::{SampleOptions, generate, generate_uncached, sample_logits};
+use baregpt::generate::{
+    Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits,
+};
 use baregpt::gradcheck::{GradCheckOptions, check_layer};
 use baregpt::kernels::{self, LayerNormCache};
 use baregpt::layer::KvCache;
@@ -599,6 +601,40 @@ fn fuzz_gpt(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             let dy = array3((size(r), size(r), size(r)), r);
             f.run("Gpt::backward", &mut gpt, snapshot, |g| g.backward(&dy));
             f.run("Gpt::infer", &mut gpt, snapshot, |g| g.infer(&id));
+            if let Some(Ok((logits, maps))) =
+                f.run("Gpt::attention_maps", &mut gpt, snapshot, |g| {
+                    g.attention_maps(&id)
+                })
+            {
+                let t = id.ncols();
+                f.rule(maps.len() == cfg.n_layers, || {
+                    format!(
+                        "attention_maps gave {} maps for {} layers",
+                        maps.len(),
+                        cfg.n_layers
+                    )
+                });
+                f.rule(maps.iter().all(|m| m.shape()[2..] == [t, t]), || {
+                    "attention_maps: a map that is not (B, H, T, T)".into()
+                });
+                f.rule(gpt.infer(&id).is_ok_and(|l| l == logits), || {
+                    "attention_maps changed the logits".into()
+                });
+            }
+            // Named access with names that exist and names that do not.
+            let names = gpt.param_names();
+            let name = match r.random_range(0..3u32) {
+                0 => names[r.random_range(0..names.len())].clone(),
+                1 => format!("blocks.{}.attn.w_q", size(r)),
+                _ => String::new(),
+            };
+            let found = f.infallible("Params::param", || gpt.param(&name).is_some());
+            f.rule(found == Some(names.contains(&name)), || {
+                format!("param({name:?}) disagrees with param_names")
+            });
+            f.run("Params::param_mut", &mut gpt, snapshot, |g| {
+                Ok(g.param_mut(&name).is_some())
+            });
             // The key/value cache: bad batches and lengths change neither model nor cache.
             if let Some(mut cache) = f.call("Gpt::kv_cache", || gpt.kv_cache(1 + size(r) % 3)) {
                 for _ in 0..3 {
@@ -612,6 +648,12 @@ fn fuzz_gpt(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
                         &mut cache,
                         |c| (c.len(), c.layers().len()),
                         |c| c.infer(&gpt, &step),
+                    );
+                    f.run(
+                        "KvCache::infer_recording",
+                        &mut cache,
+                        |c| (c.len(), c.layers().len()),
+                        |c| c.infer_recording(&gpt, &step),
                     );
                 }
             }
@@ -640,6 +682,18 @@ fn fuzz_gpt(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             });
             f.call("generate_uncached", || {
                 generate_uncached(&gpt, &prompt, max_new.min(3), &options, r, |_| {})
+            });
+            let mut drawn_from_nothing = false;
+            let got = f.call("generate_with", || {
+                generate_with(&gpt, &prompt, max_new.min(3), &options, r, |id, c| {
+                    drawn_from_nothing |= c.probability(id) <= 0.0;
+                })
+            });
+            f.rule(!(bad_id && got.is_some()), || {
+                "generate_with accepted a prompt with an out-of-range id".into()
+            });
+            f.rule(!drawn_from_nothing, || {
+                "generate_with drew a token of probability 0".into()
             });
         }
         // Loading parameters: any one bad entry refuses the whole map.
@@ -723,6 +777,17 @@ fn fuzz_sampling(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
                     format!("sample_logits drew {id} of {logits:?}")
                 });
             }
+        }
+        if let Some(c) = f.call("Candidates::new", || {
+            Candidates::new(logits.view(), &options)
+        }) {
+            let total: f64 = c.all().iter().map(|(_, p)| p).sum();
+            f.rule((total - 1.0).abs() < 1e-9, || {
+                format!("Candidates of {logits:?}: probabilities sum to {total}")
+            });
+            f.rule(c.top(size(r)).len() <= c.all().len(), || {
+                "Candidates::top gave more than all".into()
+            });
         }
         let logits32 = logits.mapv(|v| v as f32);
         f.call("sample_logits f32", || {
