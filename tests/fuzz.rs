@@ -1054,6 +1054,45 @@ fn fuzz_checkpoints(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
 // ---------------------------------------------------------------------------------------------
 // Data helpers and the checker
 
+/// The helpers a user's layer is written with: the row reshapes, the width check and `Cache`.
+fn fuzz_layer_helpers(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
+    use baregpt::layer::{Cache, check_width, from_rows, into_rows, rows};
+    for _ in 0..rounds {
+        let x = array3((size(r), size(r), size(r)), r);
+        let c = size(r);
+        let bt = f.call("check_width", || check_width("fuzz", "input", x.view(), c));
+        f.rule(bt.is_some() == (x.dim().2 == c), || {
+            format!("check_width accepted {:?} for width {c}", x.shape())
+        });
+        let flat = f.infallible("rows", || rows(x.view()).into_owned());
+        let owned = f.infallible("into_rows", || into_rows(x.clone()));
+        f.rule(flat == owned, || "rows and into_rows disagree".into());
+        let shape = (size(r), size(r));
+        if let (Some(flat), Some(back)) = (
+            flat.clone(),
+            flat.and_then(|m| f.call("from_rows", || from_rows("fuzz", m, shape))),
+        ) {
+            f.rule(
+                back.len() == flat.len() && back.dim().2 == flat.ncols(),
+                || "from_rows changed the elements".into(),
+            );
+        }
+        let mut cache = Cache::<Vec<f64>>::new();
+        if r.random() {
+            cache.store(vec![1.0], (size(r), size(r), size(r)));
+        }
+        let dy = array3((size(r), size(r), size(r)), r);
+        let expected = cache.output_shape();
+        let got = f.call("Cache::get", || cache.get("fuzz", &dy).map(|v| v.len()));
+        f.rule(got.is_some() == (expected == Some(dy.dim())), || {
+            format!(
+                "Cache::get with dy {:?} and output {expected:?}",
+                dy.shape()
+            )
+        });
+    }
+}
+
 fn fuzz_data(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
     let alphabet = ['a', 'b', 'c', 'é', '\n', ' ', '\u{0}'];
     for _ in 0..rounds {
@@ -1331,6 +1370,7 @@ fn ten_thousand_bad_inputs_no_panic_no_half_update() {
     fuzz_optim(&mut f, &mut r, 500);
     fuzz_checkpoints(&mut f, &mut r, 2000);
     fuzz_data(&mut f, &mut r, 800);
+    fuzz_layer_helpers(&mut f, &mut r, 500);
     fuzz_checker(&mut f, &mut r, 150);
     nan_policy(&mut f);
     let _ = std::panic::take_hook();
