@@ -11,13 +11,14 @@
 //! Generation uses a key/value cache: the prompt is run once, then each new character costs
 //! one position.
 
+#[path = "common/prompt.rs"]
+mod prompt;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use baregpt::Error;
-use baregpt::checkpoint;
 use baregpt::data::AdditionTask;
 use baregpt::generate::{SampleOptions, generate};
 use baregpt::prelude::*;
@@ -67,41 +68,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> AnyResult<()> {
-    let (model, extras) = checkpoint::load::<f32>(&args.checkpoint).map_err(|e| match e {
-        Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!(
-            "no checkpoint at {} (train one first: cargo run --release --example train)",
-            args.checkpoint.display()
-        ),
-        other => format!("cannot load {}: {other}", args.checkpoint.display()),
-    })?;
-    let vocab = extras.vocab.clone().ok_or_else(|| {
-        format!(
-            "{} has no vocabulary, so its ids cannot be turned into text",
-            args.checkpoint.display()
-        )
-    })?;
+    let (model, extras, vocab) = prompt::load(&args.checkpoint)?;
     let addition = extras
         .metadata
         .get("task")
         .and_then(|t| t.strip_prefix("addition-"))
         .and_then(|d| d.parse().ok())
         .and_then(|d| AdditionTask::new(d).ok());
-    let prompt = match (&args.prompt, extras.metadata.get("sample_prompt")) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => p.clone(),
-        (None, None) => return Err("no --prompt given and none stored in the checkpoint".into()),
-    };
-    if prompt.is_empty() {
-        return Err("the prompt is empty: give at least one character with --prompt".into());
-    }
-    let ids = vocab.encode(&prompt).map_err(|e| match e {
-        Error::UnknownChar { ch, position } => format!(
-            "the prompt has {ch:?} at position {position}, which the model never saw; its \
-             vocabulary is {:?}",
-            vocab.to_string()
-        ),
-        other => other.to_string(),
-    })?;
+    let (prompt, ids) = prompt::encode(args.prompt.as_deref(), &extras, &vocab)?;
     let options = SampleOptions {
         temperature: args.temperature,
         top_k: (args.top_k > 0).then_some(args.top_k),

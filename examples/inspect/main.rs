@@ -14,14 +14,15 @@
 //! next characters with their probabilities.
 
 mod heatmap;
+#[path = "../common/prompt.rs"]
+mod prompt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use baregpt::checkpoint;
+use baregpt::Gpt;
 use baregpt::data::CharVocab;
 use baregpt::generate::{SampleOptions, generate_with};
-use baregpt::{Error, Gpt};
 use clap::Parser;
 use heatmap::Heatmaps;
 use ndarray::{Array2, s};
@@ -80,25 +81,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> AnyResult<()> {
-    let (model, extras) = checkpoint::load::<f32>(&args.checkpoint).map_err(|e| match e {
-        Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!(
-            "no checkpoint at {} (train one first: cargo run --release --example train)",
-            args.checkpoint.display()
-        ),
-        other => format!("cannot load {}: {other}", args.checkpoint.display()),
-    })?;
-    let vocab = extras.vocab.clone().ok_or_else(|| {
-        format!(
-            "{} has no vocabulary, so its ids cannot be shown as characters",
-            args.checkpoint.display()
-        )
-    })?;
-    let prompt = match (&args.prompt, extras.metadata.get("sample_prompt")) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => p.clone(),
-        (None, None) => return Err("no --prompt given and none stored in the checkpoint".into()),
-    };
-    let ids = encode(&vocab, &prompt)?;
+    let (model, extras, vocab) = prompt::load(&args.checkpoint)?;
+    let (prompt, ids) = prompt::encode(args.prompt.as_deref(), &extras, &vocab)?;
     let context = model.config().context;
     let shown = &ids[ids.len().saturating_sub(context)..];
     if shown.len() < ids.len() {
@@ -141,22 +125,6 @@ fn run(args: &Args) -> AnyResult<()> {
     )?;
     println!("{text}");
     Ok(())
-}
-
-/// The prompt as ids, with a clear error for a character the model never saw.
-fn encode(vocab: &CharVocab, prompt: &str) -> AnyResult<Vec<usize>> {
-    if prompt.is_empty() {
-        return Err("the prompt is empty: give at least one character with --prompt".into());
-    }
-    vocab.encode(prompt).map_err(|e| match e {
-        Error::UnknownChar { ch, position } => format!(
-            "the prompt has {ch:?} at position {position}, which the model never saw; its \
-             vocabulary is {:?}",
-            vocab.to_string()
-        )
-        .into(),
-        other => other.into(),
-    })
 }
 
 /// Writes the heat-maps of the chosen layer over `ids`.
