@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use baregpt::data::AdditionTask;
-use baregpt::generate::{SampleOptions, generate};
+use baregpt::generate::generate;
 use baregpt::prelude::*;
 use clap::Parser;
 use rand::SeedableRng;
@@ -43,15 +43,8 @@ struct Args {
     /// How many characters to generate (default: one answer for the addition task, else 400).
     #[arg(long)]
     tokens: Option<usize>,
-    /// Sampling temperature (> 0); lower is more conservative.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f64,
-    /// Sample only among the k most likely characters (0: all of them).
-    #[arg(long, default_value_t = 20)]
-    top_k: usize,
-    /// Seed of the sampler; the same seed gives the same text.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: prompt::Sampling,
 }
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -76,11 +69,7 @@ fn run(args: &Args) -> AnyResult<()> {
         .and_then(|d| d.parse().ok())
         .and_then(|d| AdditionTask::new(d).ok());
     let (prompt, ids) = prompt::encode(args.prompt.as_deref(), &extras, &vocab)?;
-    let options = SampleOptions {
-        temperature: args.temperature,
-        top_k: (args.top_k > 0).then_some(args.top_k),
-    };
-    options.validate()?;
+    let options = args.sampling.options()?;
     let tokens = args
         .tokens
         .unwrap_or(addition.as_ref().map_or(400, AdditionTask::answer_len));
@@ -91,11 +80,11 @@ fn run(args: &Args) -> AnyResult<()> {
         model.num_params(),
         model.config().context,
         vocab.len(),
-        args.temperature,
+        args.sampling.temperature,
         options.top_k.map_or("off".into(), |k| k.to_string()),
-        args.seed
+        args.sampling.seed
     );
-    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut rng = StdRng::seed_from_u64(args.sampling.seed);
     let mut out = std::io::stdout().lock();
     write!(out, "{prompt}")?;
     out.flush()?;

@@ -1,11 +1,38 @@
-//! What `sample` and `inspect` both do first: load a checkpoint with its vocabulary, and turn
-//! a prompt into ids, with messages that say what to do.
+//! What `sample` and `inspect` share: their sampling options, loading a checkpoint with its
+//! vocabulary, and turning a prompt into ids, with messages that say what to do.
 
 use std::path::Path;
 
 use baregpt::checkpoint::{self, Extras};
 use baregpt::data::CharVocab;
+use baregpt::generate::SampleOptions;
 use baregpt::{Error, Gpt};
+
+/// How generation draws: the options `sample` and `inspect` share.
+#[derive(clap::Args, Debug)]
+pub struct Sampling {
+    /// Sampling temperature (> 0); lower is more conservative.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Sample only among the k most likely characters (0: all of them).
+    #[arg(long, default_value_t = 20)]
+    pub top_k: usize,
+    /// Seed of the sampler; the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// The options, checked.
+    pub fn options(&self) -> Result<SampleOptions, String> {
+        let options = SampleOptions {
+            temperature: self.temperature,
+            top_k: (self.top_k > 0).then_some(self.top_k),
+        };
+        options.validate().map_err(|e| e.to_string())?;
+        Ok(options)
+    }
+}
 
 /// A model, its checkpoint's extras and its vocabulary, loaded from `path`.
 pub fn load(path: &Path) -> Result<(Gpt<f32>, Extras<f32>, CharVocab), String> {

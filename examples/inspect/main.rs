@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use baregpt::Gpt;
 use baregpt::data::CharVocab;
-use baregpt::generate::{SampleOptions, generate_with};
+use baregpt::generate::generate_with;
 use clap::Parser;
 use heatmap::Heatmaps;
 use ndarray::{Array2, s};
@@ -54,15 +54,8 @@ struct Args {
     /// How many candidates to print per character.
     #[arg(long, default_value_t = 5)]
     top: usize,
-    /// Sampling temperature (> 0).
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f64,
-    /// Sample only among the k most likely characters (0: all of them).
-    #[arg(long, default_value_t = 20)]
-    top_k: usize,
-    /// Seed of the sampler.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: prompt::Sampling,
     /// The folder the PNG and SVG are written to.
     #[arg(long, value_name = "DIR", default_value = "runs/inspect")]
     out: PathBuf,
@@ -83,6 +76,7 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> AnyResult<()> {
     let (model, extras, vocab) = prompt::load(&args.checkpoint)?;
     let (prompt, ids) = prompt::encode(args.prompt.as_deref(), &extras, &vocab)?;
+    let options = args.sampling.options()?;
     let context = model.config().context;
     let shown = &ids[ids.len().saturating_sub(context)..];
     if shown.len() < ids.len() {
@@ -93,12 +87,8 @@ fn run(args: &Args) -> AnyResult<()> {
         );
     }
     draw(args, &model, &vocab, shown)?;
-    let options = SampleOptions {
-        temperature: args.temperature,
-        top_k: (args.top_k > 0).then_some(args.top_k),
-    };
     let mut text = prompt.clone();
-    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut rng = StdRng::seed_from_u64(args.sampling.seed);
     generate_with(
         &model,
         &ids,
