@@ -531,10 +531,43 @@ fn fuzz_layers(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             drive_layer(f, r, "Mlp", &mut l, c);
         }
         if let Some(mut l) = f.call("RmsNorm::with_eps", || RmsNorm::<f64>::with_eps(c, eps)) {
+            f.rule(l.width() == c && l.gamma().value.len() == c, || {
+                format!("RmsNorm::with_eps({c}, {eps}) has width {}", l.width())
+            });
             drive_layer(f, r, "RmsNorm", &mut l, c);
         }
         if let Some(mut l) = f.call("SwiGlu::new", || SwiGlu::<f64>::new(c, h, r)) {
+            let shapes = [
+                l.w_gate().value.dim(),
+                l.w_up().value.dim(),
+                l.w_down().value.dim(),
+            ];
+            f.rule(
+                l.width() == c && l.hidden() == h && shapes == [(c, h), (c, h), (h, c)],
+                || format!("SwiGlu::new({c}, {h}) has weights {shapes:?}"),
+            );
             drive_layer(f, r, "SwiGlu", &mut l, c);
+        }
+        // The part enums build what they count (or refuse, as the layer's constructor does).
+        let norm = if r.random() {
+            NormKind::LayerNorm { eps }
+        } else {
+            NormKind::RmsNorm { eps }
+        };
+        if let Some(l) = f.call("NormKind::build", || norm.build::<f64>(c)) {
+            f.rule(Some(l.num_params()) == norm.param_count(c), || {
+                format!("{norm:?} at width {c} has {} parameters", l.num_params())
+            });
+        }
+        let mlp = if r.random() {
+            MlpKind::Gelu
+        } else {
+            MlpKind::SwiGlu
+        };
+        if let Some(l) = f.call("MlpKind::build", || mlp.build::<f64, _>(c, h, r)) {
+            f.rule(Some(l.num_params()) == mlp.param_count(c, h), || {
+                format!("{mlp:?} at ({c}, {h}) has {} parameters", l.num_params())
+            });
         }
         if let Some(mut l) = f.call("Block::new", || Block::<f64>::new(c, h, k, r)) {
             drive_layer(f, r, "Block", &mut l, c);
