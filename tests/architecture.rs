@@ -8,7 +8,9 @@ mod common;
 use baregpt::checkpoint;
 use baregpt::gradcheck::{self, GradCheckOptions};
 use baregpt::layer::KvCache;
-use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
+use baregpt::layers::{
+    Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu,
+};
 use baregpt::optim::{clip_grad_norm, grad_norm};
 use baregpt::param::ParamMap;
 use baregpt::prelude::*;
@@ -25,6 +27,18 @@ fn input(shape: (usize, usize, usize), seed: u64) -> Array3<f64> {
 fn small_gpt(seed: u64) -> Gpt<f64> {
     let config = GptConfig {
         mlp_hidden: 12,
+        ..GptConfig::with_sizes(9, 6, 2, 2, 7)
+    };
+    Gpt::new(config, &mut rng(seed)).unwrap()
+}
+
+/// [`small_gpt`]'s sizes with RMSNorm and the SwiGLU MLP.
+fn llama_gpt(seed: u64) -> Gpt<f64> {
+    use baregpt::gpt::parts::{MlpKind, NormKind};
+    let config = GptConfig {
+        mlp_hidden: 12,
+        norm: NormKind::RmsNorm { eps: 1e-6 },
+        mlp: MlpKind::SwiGlu,
         ..GptConfig::with_sizes(9, 6, 2, 2, 7)
     };
     Gpt::new(config, &mut rng(seed)).unwrap()
@@ -169,6 +183,8 @@ fn inference_is_the_training_forward_bit_for_bit() {
         Box::new(Mlp::new(8, 13, &mut r).unwrap()),
         Box::new(Attention::new(8, 4, &mut r).unwrap()),
         Box::new(Block::new(8, 2, 16, &mut r).unwrap()),
+        Box::new(RmsNorm::new(8).unwrap()),
+        Box::new(SwiGlu::new(8, 13, &mut r).unwrap()),
         boxed_net(12),
     ];
     for mut layer in floats {
@@ -185,6 +201,7 @@ fn inference_is_the_training_forward_bit_for_bit() {
     let ids = array![[1, 2, 3], [4, 5, 6]];
     infer_equals_forward(&mut Embedding::new(9, 4, 5, &mut r).unwrap(), &ids);
     infer_equals_forward(&mut small_gpt(14), &ids);
+    infer_equals_forward(&mut llama_gpt(14), &ids);
     // A bigger model whose passes run on the pool and whose products are parallel.
     let mut big = Gpt::<f64>::new(GptConfig::tiny(20), &mut rng(15)).unwrap();
     let ids = Array2::from_shape_fn((4, 32), |(b, t)| (b * 7 + t * 3) % 20);
@@ -220,6 +237,33 @@ fn incremental_decoding_through_any_composite_equals_the_full_pass() {
         .unwrap_err();
     assert!(matches!(err, Error::SequenceLength { .. }), "{err}");
     assert_eq!(cache.len(), 6);
+}
+
+#[test]
+fn decoding_a_gpt_of_rms_norm_and_swiglu_token_by_token_equals_the_full_pass() {
+    let gpt = llama_gpt(25);
+    let ids = array![[3, 1, 4, 1, 5, 8, 2], [2, 7, 1, 8, 2, 8, 0]];
+    let full = gpt.infer(&ids).unwrap();
+    let mut cache = gpt.kv_cache(2).unwrap();
+    let head = cache
+        .infer(&gpt, &ids.slice(s![.., ..3]).to_owned())
+        .unwrap();
+    assert!(
+        head.iter()
+            .zip(full.slice(s![.., ..3, ..]))
+            .all(|(a, b)| (a - b).abs() < 1e-12)
+    );
+    for t in 3..7 {
+        let step = cache
+            .infer(&gpt, &ids.slice(s![.., t..t + 1]).to_owned())
+            .unwrap();
+        assert!(
+            step.iter()
+                .zip(full.slice(s![.., t..t + 1, ..]))
+                .all(|(a, b)| (a - b).abs() < 1e-12),
+            "position {t}"
+        );
+    }
 }
 
 #[test]
@@ -307,10 +351,42 @@ fn a_model_is_assembled_from_the_configured_parts() {
     let gpt = Gpt::<f64>::new(config.clone(), &mut rng(24)).unwrap();
     assert!(gpt.param("head.b").is_none());
     assert_eq!(gpt.num_params(), config.param_count());
+    // Llama's parts: one gain per norm, three bias-free (C, H) / (H, C) matrices per MLP.
+    let llama = llama_gpt(24);
+    assert_eq!(llama.num_params(), llama.config().param_count());
+    let names = llama.param_names();
+    for name in [
+        "blocks.0.ln1.gamma",
+        "blocks.0.mlp.w_gate",
+        "blocks.0.mlp.w_up",
+        "blocks.1.mlp.w_down",
+        "ln_f.gamma",
+    ] {
+        assert!(names.contains(&name.to_owned()), "{name}");
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with(".beta") || n.contains(".mlp.fc"))
+    );
+    assert_eq!(
+        llama.param("blocks.1.mlp.w_down").unwrap().value.shape(),
+        &[12, 6]
+    );
     assert!(
         Gpt::<f64>::new(
             GptConfig {
                 norm: NormKind::LayerNorm { eps: -1.0 },
+                ..config
+            },
+            &mut rng(24)
+        )
+        .is_err()
+    );
+    assert!(
+        Gpt::<f64>::new(
+            GptConfig {
+                norm: NormKind::RmsNorm { eps: f64::NAN },
                 ..config
             },
             &mut rng(24)

@@ -12,9 +12,12 @@ mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use baregpt::gpt::parts::{MlpKind, NormKind};
 use baregpt::kernels::attention_forward;
 use baregpt::layer::KvCache;
-use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
+use baregpt::layers::{
+    Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu,
+};
 use baregpt::prelude::*;
 use baregpt::{CrossEntropy, Error, Gpt, GptConfig};
 use common::{config, rng, snapshot};
@@ -108,6 +111,20 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
         "LayerNorm: dy has shape [1, 3, 4], expected [2, 3, 4]",
     );
 
+    let mut rms = RmsNorm::new(4).unwrap();
+    fails_without_side_effects(
+        &mut rms,
+        &good,
+        |l| l.forward(&wide),
+        "RmsNorm: input has shape [2, 3, 5], expected [*, *, 4]",
+    );
+    fails_without_side_effects(
+        &mut rms,
+        &good,
+        |l| l.backward(&x(2, 3, 3)),
+        "RmsNorm: dy has shape [2, 3, 3], expected [2, 3, 4]",
+    );
+
     let mut gelu = Gelu::new();
     fails_without_side_effects(
         &mut gelu,
@@ -145,6 +162,19 @@ fn shape_mismatch_names_each_layer_and_both_shapes() {
         &good,
         |l| l.backward(&wide),
         "Mlp: dy has shape [2, 3, 5], expected [2, 3, 4]",
+    );
+    let mut swiglu = SwiGlu::new(4, 7, &mut r).unwrap();
+    fails_without_side_effects(
+        &mut swiglu,
+        &good,
+        |l| l.forward(&wide),
+        "SwiGlu: input has shape [2, 3, 5], expected [*, *, 4]",
+    );
+    fails_without_side_effects(
+        &mut swiglu,
+        &good,
+        |l| l.backward(&x(2, 1, 4)),
+        "SwiGlu: dy has shape [2, 1, 4], expected [2, 3, 4]",
     );
     let mut block = Block::new(4, 2, 8, &mut r).unwrap();
     fails_without_side_effects(
@@ -351,10 +381,12 @@ fn backward_before_forward_is_refused_by_every_layer() {
     let cases: Vec<(Box<dyn Layer<f64>>, &str)> = vec![
         (Box::new(Linear::new(4, 4, true, &mut r).unwrap()), "Linear"),
         (Box::new(LayerNorm::new(4).unwrap()), "LayerNorm"),
+        (Box::new(RmsNorm::new(4).unwrap()), "RmsNorm"),
         (Box::new(Gelu::new()), "Gelu"),
         (Box::new(Attention::new(4, 2, &mut r).unwrap()), "Attention"),
         // Composite layers refuse a backward themselves, before any part runs.
         (Box::new(Mlp::new(4, 8, &mut r).unwrap()), "Mlp"),
+        (Box::new(SwiGlu::new(4, 8, &mut r).unwrap()), "SwiGlu"),
         (Box::new(Block::new(4, 2, 8, &mut r).unwrap()), "Block"),
         (
             Box::new(Sequential::new().push(LayerNorm::new(4).unwrap())),
@@ -477,6 +509,43 @@ fn invalid_configurations_are_refused() {
         head.forward(&x(1, 2, 3)),
         "CrossEntropy: invalid configuration: no targets set: call set_targets before forward",
     );
+    expect_err(
+        RmsNorm::<f64>::new(0),
+        "RmsNorm: invalid configuration: the width must be positive",
+    );
+    expect_err(
+        RmsNorm::<f64>::with_eps(4, -1e-5),
+        "RmsNorm: invalid configuration: eps -0.00001 is not a finite non-negative f64",
+    );
+    expect_err(
+        RmsNorm::<f32>::with_eps(4, 1e39),
+        "RmsNorm: invalid configuration: eps 1000000000000000000000000000000000000000 is not a \
+         finite non-negative f32",
+    );
+    expect_err(
+        SwiGlu::<f64>::new(0, 4, &mut r),
+        "SwiGlu: invalid configuration: the width must be positive",
+    );
+    expect_err(
+        SwiGlu::<f64>::new(4, 0, &mut r),
+        "SwiGlu: invalid configuration: the hidden width must be positive",
+    );
+    let bad_eps = GptConfig {
+        norm: NormKind::RmsNorm { eps: f64::INFINITY },
+        ..small_config()
+    };
+    let message = "GptConfig: invalid configuration: norm eps inf is not finite and non-negative";
+    expect_err(bad_eps.validate(), message);
+    expect_err(Gpt::<f64>::new(bad_eps, &mut r), message);
+    let zero_hidden = GptConfig {
+        mlp: MlpKind::SwiGlu,
+        mlp_hidden: 0,
+        ..small_config()
+    };
+    expect_err(
+        Gpt::<f64>::new(zero_hidden, &mut r),
+        "GptConfig: invalid configuration: mlp_hidden must be positive",
+    );
 }
 
 /// One random case for the no-panic property: a layer kind, six sizes in `0..=4`, a seed, and
@@ -508,7 +577,7 @@ fn random_ids(dims: (usize, usize), end: usize) -> impl Strategy<Value = Array2<
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        0..10usize,
+        0..12usize,
         prop::array::uniform6(0..=4usize),
         any::<u64>(),
         any::<bool>(),
@@ -660,10 +729,25 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
             }
             exercise(&mut embed, &case.ids, dy)
         }),
+        9 => built(RmsNorm::with_eps(s0, s1 as f64 * 1e-3), |mut l| {
+            exercise(&mut l, x, dy)
+        }),
+        10 => built(SwiGlu::new(s0, s1, &mut r), |mut l| exercise(&mut l, x, dy)),
         _ => {
+            // Every combination of the norms and MLPs, by two bits of the seed.
             let cfg = GptConfig {
                 mlp_hidden: s5,
                 final_norm: bias,
+                norm: if case.seed & 2 == 0 {
+                    NormKind::default()
+                } else {
+                    NormKind::RmsNorm { eps: 1e-6 }
+                },
+                mlp: if case.seed & 4 == 0 {
+                    MlpKind::Gelu
+                } else {
+                    MlpKind::SwiGlu
+                },
                 ..GptConfig::with_sizes(
                     s0,
                     if case.well_formed { s1 * s2 } else { s1 },
@@ -751,6 +835,59 @@ fn layer_norm_backward_checks_rstd_before_adding_anything() {
 }
 
 #[test]
+fn rms_norm_backward_checks_its_cache_before_adding_anything() {
+    use baregpt::kernels::{RmsNormCache, rms_norm_backward, rms_norm_forward};
+    let cache = RmsNormCache {
+        x_hat: Array2::<f64>::ones((3, 2)),
+        rstd: Array1::ones(2),
+    };
+    let mut dg = Array1::from_elem(2, 0.5);
+    let dy = Array2::ones((3, 2));
+    let result = rms_norm_backward(&cache, dy.view(), Array1::ones(2).view(), dg.view_mut());
+    expect_err(result, "rms_norm: rstd has shape [2], expected [3]");
+    let cache = RmsNormCache {
+        rstd: Array1::ones(3),
+        ..cache
+    };
+    let result = rms_norm_backward(&cache, dy.view(), Array1::ones(3).view(), dg.view_mut());
+    expect_err(result, "rms_norm: gamma has shape [3], expected [2]");
+    let result = rms_norm_backward(
+        &cache,
+        dy.view(),
+        Array1::ones(2).view(),
+        Array1::zeros(4).view_mut(),
+    );
+    expect_err(result, "rms_norm: d_gamma has shape [4], expected [2]");
+    assert_eq!(dg, Array1::from_elem(2, 0.5));
+    expect_err(
+        rms_norm_forward(dy.view(), Array1::ones(3).view(), 1e-5),
+        "rms_norm: gamma has shape [3], expected [2]",
+    );
+}
+
+#[test]
+fn silu_and_swiglu_kernels_check_shapes() {
+    use baregpt::kernels::{silu_backward, swiglu_backward, swiglu_forward};
+    let (a, b) = (Array2::<f64>::ones((2, 3)), Array2::<f64>::ones((3, 2)));
+    expect_err(
+        silu_backward(a.view(), b.view()),
+        "silu: dy has shape [3, 2], expected [2, 3]",
+    );
+    expect_err(
+        swiglu_forward(a.view(), b.view()),
+        "swiglu: up has shape [3, 2], expected [2, 3]",
+    );
+    expect_err(
+        swiglu_backward(a.view(), b.view(), a.view()),
+        "swiglu: up has shape [3, 2], expected [2, 3]",
+    );
+    expect_err(
+        swiglu_backward(a.view(), a.view(), b.view()),
+        "swiglu: da has shape [3, 2], expected [2, 3]",
+    );
+}
+
+#[test]
 fn absurd_sizes_are_refused_before_allocating() {
     let mut r = rng(12);
     expect_err(
@@ -786,6 +923,19 @@ fn absurd_sizes_are_refused_before_allocating() {
     assert!(matches!(
         LayerNorm::<f32>::new(1 << 40),
         Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(
+        RmsNorm::<f32>::new(1 << 40),
+        Err(Error::TooLarge { .. })
+    ));
+    expect_err(
+        SwiGlu::<f32>::new(8, 1 << 60, &mut r),
+        "SwiGlu: a parameter matrix of shape [8, 1152921504606846976] needs more than \
+         usize::MAX bytes, over the per-allocation limit of 68719476736 bytes",
+    );
+    assert!(matches!(
+        SwiGlu::<f32>::new(1 << 20, 1 << 15, &mut r),
+        Err(Error::TooLarge { bytes: Some(b), .. }) if b == 1 << 37
     ));
     let gpt = Gpt::<f32>::new(GptConfig::tiny(10), &mut r).unwrap();
     let opts = baregpt::generate::SampleOptions::default();
@@ -828,6 +978,8 @@ fn a_failed_forward_leaves_every_layer_refusing_backward() {
         Box::new(LayerNorm::new(4).unwrap()),
         Box::new(Attention::new(4, 2, &mut r).unwrap()),
         Box::new(Mlp::new(4, 8, &mut r).unwrap()),
+        Box::new(RmsNorm::new(4).unwrap()),
+        Box::new(SwiGlu::new(4, 8, &mut r).unwrap()),
         Box::new(Block::new(4, 2, 8, &mut r).unwrap()),
         Box::new(Sequential::new().push(Linear::new(4, 4, true, &mut r).unwrap())),
     ];

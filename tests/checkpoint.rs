@@ -686,3 +686,58 @@ fn f16_and_bf16_storage_round_trip_the_rounded_values() {
     assert!(err.to_string().contains("ln_f.gamma"), "{err}");
     assert!(checkpoint::to_bytes_with(&big, &Extras::default(), Storage::Bf16).is_ok());
 }
+
+/// [`small_config`] with Llama's parts: RMSNorm (`eps = 1e-6`) and the SwiGLU MLP.
+fn llama_config(vocab_size: usize) -> GptConfig {
+    use baregpt::gpt::parts::{MlpKind, NormKind};
+    GptConfig {
+        norm: NormKind::RmsNorm { eps: 1e-6 },
+        mlp: MlpKind::SwiGlu,
+        ..small_config(vocab_size)
+    }
+}
+
+#[test]
+fn a_gpt_of_rms_norm_and_swiglu_round_trips_bit_identically() {
+    let dir = scratch_dir("llama-parts");
+    let path = dir.join("model.safetensors");
+    let mut saved = model::<f64>(10, llama_config(5));
+    let extras = Extras {
+        optimizer: Some(optimizer_state(&saved, 11)),
+        ..Extras::default()
+    };
+    checkpoint::save(&path, &saved, &extras).unwrap();
+    assert_eq!(checkpoint::read_config(&path).unwrap(), llama_config(5));
+    let (mut built, loaded) = checkpoint::load::<f64>(&path).unwrap();
+    assert_eq!(built.config(), saved.config());
+    assert_eq!(bits(&built), bits(&saved));
+    assert_eq!(loaded, extras);
+    assert!(built.param("blocks.0.mlp.w_gate").is_some());
+    let mut into = model::<f64>(12, llama_config(5));
+    assert_ne!(bits(&into), bits(&saved));
+    checkpoint::load_into(&path, &mut into).unwrap();
+    assert_eq!(bits(&into), bits(&saved));
+    // The loaded model computes the same loss and gradients.
+    let (ids, targets) = (array![[1, 2, 3, 4]], array![[2, 3, 4, 0]]);
+    let a = saved.loss(&ids, &targets).unwrap();
+    assert_eq!(a.to_bits(), built.loss(&ids, &targets).unwrap().to_bits());
+    saved.backward_loss().unwrap();
+    built.backward_loss().unwrap();
+    let grads = |g: &Gpt<f64>| {
+        let mut out = Vec::new();
+        g.for_each_param(&mut |_, p| out.extend(p.grad.iter().map(|v| v.to_bits())));
+        out
+    };
+    assert_eq!(grads(&saved), grads(&built));
+    // Into a model of the original parts: a config error naming the norm, nothing changed.
+    let mut original = model::<f64>(13, small_config(5));
+    let before = bits(&original);
+    let err = checkpoint::load_into(&path, &mut original).unwrap_err();
+    assert!(
+        matches!(&err, Error::ConfigMismatch { field: "norm", model, checkpoint }
+            if model == "layer_norm" && checkpoint == "rms_norm"),
+        "{err}"
+    );
+    assert_eq!(bits(&original), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -24,10 +24,13 @@ use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
 use baregpt::generate::{
     Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits,
 };
+use baregpt::gpt::parts::{MlpKind, NormKind};
 use baregpt::gradcheck::{GradCheckOptions, check_layer};
-use baregpt::kernels::{self, LayerNormCache};
+use baregpt::kernels::{self, LayerNormCache, RmsNormCache};
 use baregpt::layer::KvCache;
-use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
+use baregpt::layers::{
+    Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu,
+};
 use baregpt::optim::{clip_grad_norm, clip_grad_norm_slices, grad_norm};
 use baregpt::param::ParamMap;
 use baregpt::prelude::*;
@@ -282,6 +285,29 @@ fn fuzz_kernels(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             },
         );
 
+        // RMS norm, with caches that may not match (an `rstd` of the wrong length).
+        let cache = f
+            .call("rms_norm_forward", || {
+                kernels::rms_norm_forward(x.view(), gamma.view(), eps)
+            })
+            .map(|(_, cache)| cache)
+            .unwrap_or_else(|| RmsNormCache {
+                x_hat: array2((n, c), r),
+                rstd: Array1::ones(n),
+            });
+        let cache = if r.random_range(0..3u32) == 0 {
+            RmsNormCache {
+                rstd: Array1::ones(size(r)),
+                ..cache
+            }
+        } else {
+            cache
+        };
+        let mut rms_grad = Array1::<f64>::from_elem(if r.random() { c } else { size(r) }, 0.5);
+        f.run("rms_norm_backward", &mut rms_grad, bits1, |g| {
+            kernels::rms_norm_backward(&cache, dy_ln.view(), gamma.view(), g.view_mut())
+        });
+
         // Element-wise, softmax.
         let x3 = array3((size(r), size(r), size(r)), r);
         let d3 = array3(
@@ -295,6 +321,24 @@ fn fuzz_kernels(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
         f.infallible("gelu_forward", || kernels::gelu_forward(x3.view()));
         f.call("gelu_backward", || {
             kernels::gelu_backward(x3.view(), d3.view())
+        });
+        f.infallible("silu_forward", || kernels::silu_forward(x3.view()));
+        f.call("silu_backward", || {
+            kernels::silu_backward(x3.view(), d3.view())
+        });
+        let up = array3(
+            if r.random() {
+                x3.dim()
+            } else {
+                (size(r), size(r), size(r))
+            },
+            r,
+        );
+        f.call("swiglu_forward", || {
+            kernels::swiglu_forward(x3.view(), up.view())
+        });
+        f.call("swiglu_backward", || {
+            kernels::swiglu_backward(x3.view(), up.view(), d3.view())
         });
         let mut scores = array2((size(r), size(r)), r);
         let offset = match r.random_range(0..4u32) {
@@ -486,6 +530,45 @@ fn fuzz_layers(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
         if let Some(mut l) = f.call("Mlp::new", || Mlp::<f64>::new(c, h, r)) {
             drive_layer(f, r, "Mlp", &mut l, c);
         }
+        if let Some(mut l) = f.call("RmsNorm::with_eps", || RmsNorm::<f64>::with_eps(c, eps)) {
+            f.rule(l.width() == c && l.gamma().value.len() == c, || {
+                format!("RmsNorm::with_eps({c}, {eps}) has width {}", l.width())
+            });
+            drive_layer(f, r, "RmsNorm", &mut l, c);
+        }
+        if let Some(mut l) = f.call("SwiGlu::new", || SwiGlu::<f64>::new(c, h, r)) {
+            let shapes = [
+                l.w_gate().value.dim(),
+                l.w_up().value.dim(),
+                l.w_down().value.dim(),
+            ];
+            f.rule(
+                l.width() == c && l.hidden() == h && shapes == [(c, h), (c, h), (h, c)],
+                || format!("SwiGlu::new({c}, {h}) has weights {shapes:?}"),
+            );
+            drive_layer(f, r, "SwiGlu", &mut l, c);
+        }
+        // The part enums build what they count (or refuse, as the layer's constructor does).
+        let norm = if r.random() {
+            NormKind::LayerNorm { eps }
+        } else {
+            NormKind::RmsNorm { eps }
+        };
+        if let Some(l) = f.call("NormKind::build", || norm.build::<f64>(c)) {
+            f.rule(Some(l.num_params()) == norm.param_count(c), || {
+                format!("{norm:?} at width {c} has {} parameters", l.num_params())
+            });
+        }
+        let mlp = if r.random() {
+            MlpKind::Gelu
+        } else {
+            MlpKind::SwiGlu
+        };
+        if let Some(l) = f.call("MlpKind::build", || mlp.build::<f64, _>(c, h, r)) {
+            f.rule(Some(l.num_params()) == mlp.param_count(c, h), || {
+                format!("{mlp:?} at ({c}, {h}) has {} parameters", l.num_params())
+            });
+        }
         if let Some(mut l) = f.call("Block::new", || Block::<f64>::new(c, h, k, r)) {
             drive_layer(f, r, "Block", &mut l, c);
         }
@@ -549,6 +632,16 @@ fn small_config(r: &mut StdRng) -> GptConfig {
     GptConfig {
         mlp_hidden: 1 + size(r),
         final_norm: r.random(),
+        norm: if r.random() {
+            NormKind::default()
+        } else {
+            NormKind::RmsNorm { eps: 1e-6 }
+        },
+        mlp: if r.random() {
+            MlpKind::Gelu
+        } else {
+            MlpKind::SwiGlu
+        },
         ..GptConfig::with_sizes(
             1 + size(r),
             heads * (1 + size(r) % 3),
@@ -1193,6 +1286,25 @@ fn nan_policy(f: &mut Fuzz) {
         f.rule(agree, || {
             format!("LayerNorm of {bad}: {ln64:?} vs {ln32:?}")
         });
+        let rms64 = RmsNorm::<f64>::new(4).unwrap().infer(&x).unwrap();
+        let rms32 = RmsNorm::<f32>::new(4)
+            .unwrap()
+            .infer(&x.mapv(|v| v as f32))
+            .unwrap();
+        let agree = rms64
+            .iter()
+            .zip(&rms32)
+            .all(|(a, b)| a.is_nan() == b.is_nan() && a.is_infinite() == b.is_infinite());
+        f.rule(agree, || {
+            format!("RmsNorm of {bad}: {rms64:?} vs {rms32:?}")
+        });
+        let s64 = kernels::silu_forward(x.view());
+        let s32 = kernels::silu_forward(x.mapv(|v| v as f32).view());
+        let agree = s64
+            .iter()
+            .zip(&s32)
+            .all(|(a, b)| a.is_nan() == b.is_nan() && a.is_infinite() == b.is_infinite());
+        f.rule(agree, || format!("silu of {bad}: {s64:?} vs {s32:?}"));
         let g64 = kernels::gelu_forward(x.view());
         let g32 = kernels::gelu_forward(x.mapv(|v| v as f32).view());
         let agree = g64.iter().zip(&g32).all(|(a, b)| a.is_nan() == b.is_nan());
@@ -1222,6 +1334,9 @@ fn huge_sizes(f: &mut Fuzz, group: &str) {
                 f.call("Mlp::new", || Mlp::<f32>::new(8, n, r));
                 f.call("Block::new", || Block::<f32>::new(8, 2, n, r));
                 f.call("LayerNorm::new", || LayerNorm::<f32>::new(n));
+                f.call("RmsNorm::new", || RmsNorm::<f32>::new(n));
+                f.call("SwiGlu::new", || SwiGlu::<f32>::new(8, n, r));
+                f.call("SwiGlu::new", || SwiGlu::<f32>::new(n, 8, r));
             }
             // Just over the limit: (2^17 + 1)² f32s.
             let n = (1 << 17) + 1;
@@ -1240,7 +1355,10 @@ fn huge_sizes(f: &mut Fuzz, group: &str) {
                         3 => c.n_layers = n,
                         _ => c.mlp_hidden = n,
                     }
-                    f.call("Gpt::new", || Gpt::<f32>::new(c, r));
+                    f.call("Gpt::new", || Gpt::<f32>::new(c.clone(), r));
+                    c.norm = NormKind::RmsNorm { eps: 1e-6 };
+                    c.mlp = MlpKind::SwiGlu;
+                    f.call("Gpt::new (RMSNorm, SwiGLU)", || Gpt::<f32>::new(c, r));
                 }
             }
             let mut c = GptConfig::tiny(10);

@@ -1,7 +1,7 @@
 //! Every public kernel of `baregpt::kernels`, checked as a function of its float inputs with
 //! `gradcheck::check_fn` in f64, at random (often odd) shapes: the report is per
 //! (output, input) pair, and the accumulation contract is checked wherever the kernel adds
-//! into caller-provided gradient buffers (`linear`, `layer_norm`, `embedding`).
+//! into caller-provided gradient buffers (`linear`, `layer_norm`, `rms_norm`, `embedding`).
 
 mod common;
 
@@ -9,8 +9,9 @@ use baregpt::gradcheck::{self, GradCheckReport, as_dim, as_dim_mut};
 use baregpt::kernels::{
     attention_backward, attention_forward, causal_softmax_forward, cross_entropy_backward,
     cross_entropy_forward, embedding_backward, embedding_forward, gelu_backward, gelu_forward,
-    layer_norm_backward, layer_norm_forward, linear_backward, linear_forward,
-    softmax_backward_in_place,
+    layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, rms_norm_backward,
+    rms_norm_forward, silu_backward, silu_forward, softmax_backward_in_place, swiglu_backward,
+    swiglu_forward,
 };
 use baregpt::strategies;
 use common::config;
@@ -99,6 +100,65 @@ proptest! {
             &Default::default(),
         ).unwrap();
         passes(&report, &[("y", "x"), ("y", "gamma"), ("y", "beta")])?;
+    }
+
+    /// Odd widths from 1 (a one-feature RMSNorm is `gamma·x/√(x² + eps)`, steep near 0).
+    #[test]
+    fn rms_norm(
+        (x, gamma) in (1..=5usize, 1..=7usize)
+            .prop_flat_map(|(n, c)| (array(vec![n, c]), array(vec![c])))
+    ) {
+        let report = gradcheck::check_fn(
+            &[("x", x), ("gamma", gamma)],
+            &["y"],
+            |i| Ok(vec![rms_norm_forward(as_dim(&i[0])?, as_dim(&i[1])?, 1e-5)?.0.into_dyn()]),
+            |i, dy, grads| {
+                let gamma = as_dim::<_, Ix1>(&i[1])?;
+                let (_, cache) = rms_norm_forward(as_dim(&i[0])?, gamma, 1e-5)?;
+                let [dx, d_gamma] = grads else { unreachable!("two inputs") };
+                let dx_new = rms_norm_backward(&cache, as_dim(&dy[0])?, gamma, as_dim_mut(d_gamma)?)?;
+                *dx += &dx_new.into_dyn();
+                Ok(())
+            },
+            &Default::default(),
+        ).unwrap();
+        passes(&report, &[("y", "x"), ("y", "gamma")])?;
+    }
+
+    #[test]
+    fn silu(x in proptest::collection::vec(1..=4usize, 1..=3).prop_flat_map(array)) {
+        let x = x * 3.0;
+        let report = gradcheck::check_fn(
+            &[("x", x)],
+            &["y"],
+            |i| Ok(vec![silu_forward(i[0].view())]),
+            |i, dy, grads| {
+                grads[0] += &silu_backward(i[0].view(), dy[0].view())?;
+                Ok(())
+            },
+            &Default::default(),
+        ).unwrap();
+        passes(&report, &[("y", "x")])?;
+    }
+
+    #[test]
+    fn swiglu(
+        (gate, up) in proptest::collection::vec(1..=5usize, 1..=3)
+            .prop_flat_map(|shape| (array(shape.clone()), array(shape)))
+    ) {
+        let report = gradcheck::check_fn(
+            &[("gate", gate * 3.0), ("up", up)],
+            &["a"],
+            |i| Ok(vec![swiglu_forward(i[0].view(), i[1].view())?]),
+            |i, d, grads| {
+                let (d_gate, d_up) = swiglu_backward(i[0].view(), i[1].view(), d[0].view())?;
+                grads[0] += &d_gate;
+                grads[1] += &d_up;
+                Ok(())
+            },
+            &Default::default(),
+        ).unwrap();
+        passes(&report, &[("a", "gate"), ("a", "up")])?;
     }
 
     #[test]

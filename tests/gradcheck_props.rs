@@ -7,9 +7,12 @@
 
 mod common;
 
+use baregpt::gpt::parts::{MlpKind, NormKind};
 use baregpt::gradcheck::GradCheckReport;
 use baregpt::layer::InferState;
-use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential};
+use baregpt::layers::{
+    Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu,
+};
 use baregpt::param::{ParamPath, ParamVisitor, ParamVisitorMut};
 use baregpt::prelude::*;
 use baregpt::{CrossEntropy, Gpt, GptConfig, strategies};
@@ -150,6 +153,14 @@ proptest! {
     }
 
     #[test]
+    fn rms_norm((x, seed) in activations_and_seed(7), eps in prop_oneof![Just(1e-5), Just(1e-6), Just(0.1)]) {
+        let mut norm = RmsNorm::with_eps(x.dim().2, eps).unwrap();
+        jitter_params(&mut norm, seed, 0.5);
+        prop_assert_eq!(norm.param_names(), ["gamma"]);
+        gradcheck_passes(&mut norm, &x, true)?;
+    }
+
+    #[test]
     fn gelu((x, _seed) in activations_and_seed(6)) {
         let mut gelu = Gelu::new();
         gradcheck_passes(&mut gelu, &x, true)?;
@@ -188,6 +199,14 @@ proptest! {
         let mut mlp = Mlp::new(x.dim().2, hidden, &mut rng(seed)).unwrap();
         jitter_params(&mut mlp, seed, 0.3);
         gradcheck_passes(&mut mlp, &x, true)?;
+    }
+
+    #[test]
+    fn swiglu((x, seed) in activations_and_seed(5), hidden in 1..=9usize) {
+        let mut mlp = SwiGlu::new(x.dim().2, hidden, &mut rng(seed)).unwrap();
+        jitter_params(&mut mlp, seed, 0.3);
+        prop_assert_eq!(mlp.param_names(), ["w_gate", "w_up", "w_down"]);
+        gradcheck_passes(&mut mlp, &(x * 2.0), true)?;
     }
 
     #[test]
@@ -242,6 +261,8 @@ proptest! {
             Box::new(Gelu::new()),
             Box::new(Mlp::new(width, hidden, &mut r).unwrap()),
             Box::new(Block::new(width, heads, hidden, &mut r).unwrap()),
+            Box::new(RmsNorm::new(width).unwrap()),
+            Box::new(SwiGlu::new(width, hidden, &mut r).unwrap()),
             Box::new(Linear::new(width, c_out, false, &mut r).unwrap()),
         ];
         let mut net = Sequential::from_layers(layers);
@@ -264,6 +285,26 @@ proptest! {
     fn whole_gpt_without_final_norm((cfg, ids, targets, seed) in gpt_case(false)) {
         let (report, _) = check_gpt(&cfg, &ids, &targets, seed)?;
         prop_assert!(report.tensor("ln_f.gamma").is_none());
+    }
+
+    /// Llama's norm and MLP in every block (and `ln_f` when drawn).
+    #[test]
+    fn whole_gpt_with_rms_norm_and_swiglu(
+        (cfg, ids, targets, seed) in (strategies::gpt_batch(), strategies::seed())
+            .prop_map(|((cfg, ids, targets), seed)| (llama_parts(cfg), ids, targets, seed))
+    ) {
+        let (report, _) = check_gpt(&cfg, &ids, &targets, seed)?;
+        prop_assert!(report.tensor("blocks.0.mlp.w_gate").is_some());
+        prop_assert!(report.tensor("blocks.0.ln1.beta").is_none());
+    }
+}
+
+/// `cfg` with RMSNorm (`eps = 1e-6`) and the SwiGLU MLP.
+fn llama_parts(cfg: GptConfig) -> GptConfig {
+    GptConfig {
+        norm: NormKind::RmsNorm { eps: 1e-6 },
+        mlp: MlpKind::SwiGlu,
+        ..cfg
     }
 }
 
@@ -349,6 +390,28 @@ fn worst_relative_error_over_a_small_gpt() {
     let (logits, loss) = unwrap_check(check_gpt(&cfg, &ids, &targets, 2024));
     summarize("whole small Gpt (f64), logits projected", &logits);
     summarize("whole small Gpt (f64), mean cross-entropy", &loss);
+    for report in [&logits, &loss] {
+        assert!(report.max_rel_error() < 1e-4, "{report}");
+        assert!(report.max_abs_error() < report.atol, "{report}");
+    }
+}
+
+/// The same small GPT assembled from RMSNorm and SwiGLU, under the same bounds.
+#[test]
+fn worst_relative_error_over_a_small_gpt_with_rms_norm_and_swiglu() {
+    let cfg = llama_parts(small_config());
+    let (ids, targets) = (ids_for(2, 6, 11, 3), ids_for(2, 6, 11, 4));
+    let (logits, loss) = unwrap_check(check_gpt(&cfg, &ids, &targets, 2025));
+    summarize(
+        "small Gpt, RMSNorm + SwiGLU (f64), logits projected",
+        &logits,
+    );
+    summarize(
+        "small Gpt, RMSNorm + SwiGLU (f64), mean cross-entropy",
+        &loss,
+    );
+    assert!(logits.tensor("ln_f.gamma").is_some());
+    assert!(logits.tensor("blocks.1.mlp.w_down").is_some());
     for report in [&logits, &loss] {
         assert!(report.max_rel_error() < 1e-4, "{report}");
         assert!(report.max_abs_error() < report.atol, "{report}");

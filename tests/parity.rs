@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use baregpt::kernels::{attention_backward, attention_forward, gelu_backward, gelu_forward};
-use baregpt::layers::{Attention, Block, Embedding, LayerNorm, Linear, Mlp};
+use baregpt::layers::{Attention, Block, Embedding, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu};
 use baregpt::param::ParamMap;
 use baregpt::prelude::*;
 use baregpt::{Adam, AdamConfig, CrossEntropy, Gpt, GptConfig};
@@ -589,6 +589,14 @@ fn run<F: Float>(fx: &Fixture) -> f64 {
             float_layer(fx, "Linear", &mut layer)
         }
         "layer_norm" => float_layer(fx, "LayerNorm", &mut LayerNorm::<F>::new(c()).unwrap()),
+        "rms_norm" => {
+            let mut layer = RmsNorm::<F>::with_eps(c(), fx.f64_config("eps")).unwrap();
+            float_layer(fx, "RmsNorm", &mut layer)
+        }
+        "swiglu" => {
+            let mut layer = SwiGlu::<F>::new(c(), fx.usize("mlp_hidden"), &mut rng).unwrap();
+            float_layer(fx, "SwiGlu", &mut layer)
+        }
         "attention" => {
             let mut layer = Attention::<F>::new(c(), h(), &mut rng).unwrap();
             float_layer(fx, "Attention", &mut layer)
@@ -663,6 +671,10 @@ parity_cases! {
     adam_10_steps,
     adamw_10_steps,
     adam_l2_amsgrad_clip_10_steps,
+    rms_norm,
+    rms_norm_large,
+    swiglu,
+    swiglu_b1_t1,
 }
 
 #[test]

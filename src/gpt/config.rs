@@ -275,8 +275,36 @@ mod tests {
             GptConfig::baregpt(65)
         );
         let mut unknown = old.clone();
-        unknown.insert("config.norm".into(), "rms_norm".into());
+        unknown.insert("config.norm".into(), "batch_norm".into());
         assert!(GptConfig::from_metadata(&unknown).is_err());
+    }
+
+    #[test]
+    fn rms_norm_and_swiglu_round_trip_through_metadata() {
+        let config = GptConfig {
+            norm: NormKind::RmsNorm { eps: 1e-6 },
+            mlp: MlpKind::SwiGlu,
+            ..GptConfig::tiny(11)
+        };
+        let meta: HashMap<String, String> = config
+            .to_metadata()
+            .into_iter()
+            .map(|(k, v)| (format!("config.{k}"), v))
+            .collect();
+        assert_eq!(meta["config.norm"], "rms_norm");
+        assert_eq!(meta["config.mlp"], "swiglu");
+        assert_eq!(GptConfig::from_metadata(&meta).unwrap(), config);
+        // Without an eps, the RMSNorm default.
+        let mut no_eps = meta.clone();
+        no_eps.remove("config.norm_eps");
+        assert_eq!(
+            GptConfig::from_metadata(&no_eps).unwrap().norm,
+            NormKind::RmsNorm { eps: 1e-5 }
+        );
+        let mut unknown = meta;
+        unknown.insert("config.mlp".into(), "geglu".into());
+        let err = GptConfig::from_metadata(&unknown).unwrap_err().to_string();
+        assert!(err.contains("(gelu, swiglu)"), "{err}");
     }
 
     #[test]

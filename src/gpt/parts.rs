@@ -8,7 +8,7 @@
 use rand::Rng;
 
 use super::meta::Meta;
-use crate::layers::{Attention, LayerNorm, Linear, Mlp};
+use crate::layers::{Attention, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu};
 use crate::{Error, Float, Layer, Result};
 
 const CONFIG: &str = "GptConfig";
@@ -33,6 +33,11 @@ pub enum NormKind {
         /// Added to the variance.
         eps: f64,
     },
+    /// [`RmsNorm`]: `gamma ⊙ x/√(mean(x²) + eps)` (Llama's), one parameter `gamma`.
+    RmsNorm {
+        /// Added to the mean square.
+        eps: f64,
+    },
 }
 
 impl Default for NormKind {
@@ -52,6 +57,7 @@ impl NormKind {
     pub fn build<F: Float>(&self, c: usize) -> Result<Box<dyn Layer<F>>> {
         match *self {
             Self::LayerNorm { eps } => Ok(Box::new(LayerNorm::with_eps(c, eps)?)),
+            Self::RmsNorm { eps } => Ok(Box::new(RmsNorm::with_eps(c, eps)?)),
         }
     }
 
@@ -59,18 +65,19 @@ impl NormKind {
     pub fn param_count(&self, c: usize) -> Option<usize> {
         match self {
             Self::LayerNorm { .. } => c.checked_mul(2),
+            Self::RmsNorm { .. } => Some(c),
         }
     }
 
     pub(super) fn validate(&self) -> Result<()> {
         match *self {
-            Self::LayerNorm { eps } if !(eps.is_finite() && eps >= 0.0) => {
+            Self::LayerNorm { eps } | Self::RmsNorm { eps } if !(eps.is_finite() && eps >= 0.0) => {
                 Err(Error::InvalidConfig {
                     layer: CONFIG,
                     reason: format!("norm eps {eps} is not finite and non-negative"),
                 })
             }
-            Self::LayerNorm { .. } => Ok(()),
+            Self::LayerNorm { .. } | Self::RmsNorm { .. } => Ok(()),
         }
     }
 
@@ -78,6 +85,10 @@ impl NormKind {
         match self {
             Self::LayerNorm { eps } => {
                 meta.push(("norm", "layer_norm".into()));
+                meta.push(("norm_eps", eps.to_string()));
+            }
+            Self::RmsNorm { eps } => {
+                meta.push(("norm", "rms_norm".into()));
                 meta.push(("norm_eps", eps.to_string()));
             }
         }
@@ -90,7 +101,12 @@ impl NormKind {
                     .parse("norm_eps")?
                     .unwrap_or(LayerNorm::<f64>::DEFAULT_EPS),
             }),
-            Some(other) => Err(unknown("norm", other, "layer_norm")),
+            Some("rms_norm") => Ok(Self::RmsNorm {
+                eps: meta
+                    .parse("norm_eps")?
+                    .unwrap_or(RmsNorm::<f64>::DEFAULT_EPS),
+            }),
+            Some(other) => Err(unknown("norm", other, "layer_norm, rms_norm")),
         }
     }
 }
@@ -150,6 +166,8 @@ pub enum MlpKind {
     /// [`Mlp`]: `proj(gelu(fc(x)))`, both linears with bias.
     #[default]
     Gelu,
+    /// [`SwiGlu`]: `(silu(x·w_gate) ⊙ (x·w_up))·w_down` (Llama's), no biases.
+    SwiGlu,
 }
 
 impl MlpKind {
@@ -165,6 +183,7 @@ impl MlpKind {
     ) -> Result<Box<dyn Layer<F>>> {
         match self {
             Self::Gelu => Ok(Box::new(Mlp::new(c, hidden, rng)?)),
+            Self::SwiGlu => Ok(Box::new(SwiGlu::new(c, hidden, rng)?)),
         }
     }
 
@@ -173,19 +192,23 @@ impl MlpKind {
         match self {
             // fc: C·H + H, proj: H·C + C
             Self::Gelu => mul_add(c, hidden, hidden)?.checked_add(mul_add(hidden, c, c)?),
+            // w_gate, w_up: C·H each, w_down: H·C
+            Self::SwiGlu => c.checked_mul(hidden)?.checked_mul(3),
         }
     }
 
     pub(super) fn encode(&self, meta: &mut Vec<(&'static str, String)>) {
         match self {
             Self::Gelu => meta.push(("mlp", "gelu".into())),
+            Self::SwiGlu => meta.push(("mlp", "swiglu".into())),
         }
     }
 
     pub(super) fn decode(meta: &Meta<'_>) -> Result<Self> {
         match meta.text("mlp")? {
             None | Some("gelu") => Ok(Self::Gelu),
-            Some(other) => Err(unknown("mlp", other, "gelu")),
+            Some("swiglu") => Ok(Self::SwiGlu),
+            Some(other) => Err(unknown("mlp", other, "gelu, swiglu")),
         }
     }
 }

@@ -4,10 +4,10 @@
 //! backward, and the backward's doc comment carries its derivation, with the terms tagged
 //! in the code. The [`layers`](crate::layers) own parameters and caches and call into these.
 //!
-//! `linear` and `layer_norm` treat every position alike, so they take rows `(N, C)` with
-//! `N = B·T` (and `gelu`, element-wise, any shape), while `embedding` (ids `(B, T)` →
-//! `(B, T, C)`), `attention` (`(B, T, C)`) and `cross_entropy` (logits `(B, T, V)`, targets
-//! `(B, T)`) keep the batch and time axes apart because they use them — for the position-table
+//! `linear`, `layer_norm` and `rms_norm` treat every position alike, so they take rows
+//! `(N, C)` with `N = B·T` (and `gelu`, `silu` and `swiglu`, element-wise, any shape), while
+//! `embedding` (ids `(B, T)` → `(B, T, C)`), `attention` (`(B, T, C)`) and `cross_entropy`
+//! (logits `(B, T, V)`, targets `(B, T)`) keep the batch and time axes apart because they use them — for the position-table
 //! row of `t`, for the causal mask within each sequence, and for the `(b, t)` at which an
 //! out-of-range target is reported — and the softmax works on one sequence's and head's
 //! `(T_q, T_k)` scores.
@@ -23,7 +23,9 @@ pub mod layer_norm;
 pub mod linear;
 pub(crate) mod matmul;
 pub(crate) mod reduce;
+pub mod rms_norm;
 pub mod softmax;
+pub mod swiglu;
 
 pub use attention::{attention_backward, attention_forward};
 pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
@@ -32,4 +34,6 @@ pub use embedding::{embedding_backward, embedding_forward};
 pub use gelu::{gelu_backward, gelu_forward};
 pub use layer_norm::{LayerNormCache, layer_norm_backward, layer_norm_forward};
 pub use linear::{linear_backward, linear_forward};
+pub use rms_norm::{RmsNormCache, rms_norm_backward, rms_norm_forward};
 pub use softmax::{causal_softmax_forward, softmax_backward_in_place};
+pub use swiglu::{silu_backward, silu_forward, swiglu_backward, swiglu_forward};

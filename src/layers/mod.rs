@@ -13,7 +13,9 @@ pub(crate) mod init;
 mod layer_norm;
 mod linear;
 mod mlp;
+mod rms_norm;
 mod sequential;
+mod swiglu;
 
 pub use attention::Attention;
 pub use block::Block;
@@ -23,4 +25,6 @@ pub use init::{glorot_uniform, normal};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
+pub use rms_norm::RmsNorm;
 pub use sequential::Sequential;
+pub use swiglu::SwiGlu;

@@ -9,7 +9,7 @@ hand below). Run from anywhere:
 
 What it does: for every case in CASES it builds the layer as an independent PyTorch module in
 float64 (standard torch ops: nn.Linear, nn.Embedding, nn.LayerNorm, F.gelu(approximate="tanh"),
-F.scaled_dot_product_attention(is_causal=True), F.cross_entropy), draws inputs, parameters and
+F.scaled_dot_product_attention(is_causal=True), F.cross_entropy, torch.rsqrt, F.silu), draws inputs, parameters and
 an upstream gradient from a seeded generator, runs forward and autograd backward, and stores
 everything in one safetensors file per case:
 
@@ -158,6 +158,32 @@ class RefMlp(nn.Module):
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
 
 
+class RefRmsNorm(nn.Module):
+    """Hugging Face Llama's RMSNorm, written out: x * rsqrt(mean(x^2) + eps) * weight."""
+
+    def __init__(self, d_model, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x):
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * (x * rstd)
+
+
+class RefSwiGlu(nn.Module):
+    """Hugging Face Llama's MLP: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases."""
+
+    def __init__(self, d_model, hidden):
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
+        self.up_proj = nn.Linear(d_model, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
 class RefBlock(nn.Module):
     """Pre-LN: h = x + attn(ln_1(x)); y = h + mlp(ln_2(h))."""
 
@@ -209,7 +235,7 @@ def randn(gen, *shape, scale=1.0):
 
 def init_params(module, gen):
     """Overwrites every parameter (sorted by name) with seeded, non-trivial values:
-    LayerNorm gains near 1 and shifts near 0 (not exactly, so their gradients matter),
+    LayerNorm and RMSNorm gains near 1 and shifts near 0 (not exactly, so their gradients matter),
     weights scaled by 1/sqrt(fan_in), biases small, embeddings of unit scale."""
     kinds = {}
     for prefix, m in module.named_modules():
@@ -218,7 +244,7 @@ def init_params(module, gen):
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
             kind, local = kinds[name]
-            if kind is nn.LayerNorm:
+            if kind is nn.LayerNorm or kind is RefRmsNorm:
                 value = randn(gen, *p.shape, scale=0.2) + (1.0 if local == "weight" else 0.0)
             elif kind is nn.Embedding:
                 value = randn(gen, *p.shape)
@@ -269,6 +295,26 @@ def case_layer_norm(mapping, gen, cfg):
     x = randn(gen, b, t, c, scale=cfg["x_scale"]) + cfg["x_shift"]
     module = nn.LayerNorm(c, eps=LN_EPS)
     return float_layer_case(mapping, "LayerNorm", cfg, module, x, gen)
+
+
+def case_rms_norm(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    x = randn(gen, b, t, c, scale=cfg["x_scale"]) + cfg["x_shift"]
+    module = RefRmsNorm(c, cfg["eps"])
+    out = float_layer_case(mapping, "RmsNorm", cfg, module, x, gen)
+    # torch's own nn.RMSNorm agrees with the written-out module (a check of the reference).
+    builtin = nn.RMSNorm(c, eps=cfg["eps"])
+    with torch.no_grad():
+        builtin.weight.copy_(module.weight)
+        assert torch.allclose(builtin(out["input/x"]), out["output/y"], rtol=0, atol=1e-13)
+    return out
+
+
+def case_swiglu(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    module = RefSwiGlu(c, cfg["mlp_hidden"])
+    x = randn(gen, b, t, c, scale=cfg["x_scale"])
+    return float_layer_case(mapping, "SwiGlu", cfg, module, x, gen)
 
 
 def case_attention(mapping, gen, cfg):
@@ -453,13 +499,22 @@ CASES = [
      dict(GPT_SMALL, final_norm=True, batch=3, time=4, steps=10, lr=3e-2, beta1=0.8,
           beta2=0.99, eps=1e-6, weight_decay=0.05, decoupled_weight_decay=False,
           amsgrad=True, max_grad_norm=0.5)),
+    ("rms_norm", "rms_norm", 124,
+     {"batch": 2, "time": 3, "d_model": 7, "x_scale": 2.0, "x_shift": 0.0, "eps": 1e-5}),
+    ("rms_norm_large", "rms_norm", 125,
+     {"batch": 1, "time": 4, "d_model": 9, "x_scale": 50.0, "x_shift": 1000.0, "eps": 1e-6}),
+    ("swiglu", "swiglu", 126,
+     {"batch": 2, "time": 3, "d_model": 6, "mlp_hidden": 11, "x_scale": 2.0}),
+    ("swiglu_b1_t1", "swiglu", 127,
+     {"batch": 1, "time": 1, "d_model": 5, "mlp_hidden": 7, "x_scale": 4.0}),
 ]
 
 RUNNERS = {
     "linear": case_linear, "embedding": case_embedding, "layer_norm": case_layer_norm,
     "gelu": case_gelu, "attention_core": case_attention_core, "attention": case_attention,
     "mlp": case_mlp, "block": case_block, "cross_entropy": case_cross_entropy,
-    "gpt": case_gpt, "optimizer": case_optimizer,
+    "gpt": case_gpt, "optimizer": case_optimizer, "rms_norm": case_rms_norm,
+    "swiglu": case_swiglu,
 }
 
 # --------------------------------------------------------------------------------------

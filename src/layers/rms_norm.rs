@@ -1,0 +1,134 @@
+//! [`RmsNorm`]: root-mean-square normalisation of each position's features (Llama's norm).
+
+use ndarray::{Array1, Array3};
+
+use super::init::check_positive;
+use crate::kernels::{RmsNormCache, rms_norm_backward, rms_norm_forward};
+use crate::layer::{Cache, InferState, check_width, from_rows, rows};
+use crate::param::{Param1, Params};
+use crate::{Error, Float, Layer, Result, params};
+
+const LAYER: &str = "RmsNorm";
+
+/// RMS normalisation over the last axis, `(B, T, C)` → `(B, T, C)`.
+///
+/// `y = gamma ⊙ x/√(mean(x²) + eps)` per position, `eps = 1e-5` by default: Hugging Face
+/// Llama's `LlamaRMSNorm` (`x * rsqrt(mean(x²) + eps) * weight`), in that order. No mean is
+/// subtracted and there is no shift. Parameter: `gamma (C)` (ones), used and trained.
+///
+/// # Example
+///
+/// ```
+/// use baregpt::{layers::RmsNorm, prelude::*};
+/// use ndarray::Array3;
+///
+/// let mut norm = RmsNorm::<f64>::new(3)?;
+/// // Row [1, 2, 2]: mean(x²) = 3, so y = x/√3 (up to eps).
+/// let y = norm.forward(&Array3::from_shape_vec((1, 1, 3), vec![1.0, 2.0, 2.0]).unwrap())?;
+/// assert!((y[[0, 0, 1]] - 2.0 / 3.0f64.sqrt()).abs() < 1e-5);
+/// let dx = norm.backward(&Array3::ones((1, 1, 3)))?;
+/// assert_eq!(dx.shape(), &[1, 1, 3]);
+/// assert_eq!(norm.param_names(), ["gamma"]);
+/// assert!(RmsNorm::<f64>::with_eps(3, -1.0).is_err());
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RmsNorm<F: Float> {
+    gamma: Param1<F>,
+    eps: F,
+    cache: Cache<RmsNormCache<F>>,
+}
+
+impl<F: Float> Params<F> for RmsNorm<F> {
+    params!(F; gamma);
+}
+
+impl<F: Float> RmsNorm<F> {
+    /// The default `eps` added to the mean square (Llama's `rms_norm_eps` is 1e-5 or 1e-6).
+    pub const DEFAULT_EPS: f64 = 1e-5;
+
+    /// An RMSNorm over `c` features with `gamma = 1`, `eps = 1e-5`.
+    ///
+    /// # Errors
+    /// As [`RmsNorm::with_eps`].
+    pub fn new(c: usize) -> Result<Self> {
+        Self::with_eps(c, Self::DEFAULT_EPS)
+    }
+
+    /// As [`RmsNorm::new`] with a chosen `eps`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `c` is zero or `eps` is negative or not finite in `F`;
+    /// [`Error::TooLarge`] when `c` values would exceed
+    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
+    pub fn with_eps(c: usize, eps: f64) -> Result<Self> {
+        check_positive(LAYER, "the width", c)?;
+        crate::limits::check_alloc::<F>(LAYER, "gamma", &[c])?;
+        let eps_f = F::of(eps);
+        if !(eps >= 0.0 && eps_f.is_finite()) {
+            return Err(Error::InvalidConfig {
+                layer: LAYER,
+                reason: format!("eps {eps} is not a finite non-negative {}", F::NAME),
+            });
+        }
+        Ok(Self {
+            gamma: Param1::new(Array1::from_elem(c, F::one())),
+            eps: eps_f,
+            cache: Cache::new(),
+        })
+    }
+
+    /// The number of features `C`.
+    pub fn width(&self) -> usize {
+        self.gamma.value.len()
+    }
+
+    /// The `eps` added to the mean square, in `F`.
+    pub fn eps(&self) -> F {
+        self.eps
+    }
+
+    /// The gain parameter `(C)`.
+    pub fn gamma(&self) -> &Param1<F> {
+        &self.gamma
+    }
+
+    /// The computation: the output and what the backward needs.
+    fn apply(&self, x: &Array3<F>) -> Result<(Array3<F>, RmsNormCache<F>)> {
+        let (b, t) = check_width(LAYER, "input", x.view(), self.width())?;
+        let (y, cache) =
+            rms_norm_forward(rows(x.view()).view(), self.gamma.value.view(), self.eps)?;
+        Ok((from_rows(LAYER, y, (b, t))?, cache))
+    }
+}
+
+impl<F: Float> Layer<F> for RmsNorm<F> {
+    fn kind(&self) -> &'static str {
+        LAYER
+    }
+
+    fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
+        // A forward forgets the previous one first, so a failed forward leaves nothing to
+        // backpropagate (architecture.md, §6).
+        self.cache.clear();
+        let (y, cache) = self.apply(x)?;
+        self.cache.store(cache, y.dim());
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
+        Ok(self.apply(x)?.0)
+    }
+
+    fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
+        let cache = self.cache.get(LAYER, dy)?;
+        let (b, t, _) = dy.dim();
+        let dx = rms_norm_backward(
+            cache,
+            rows(dy.view()).view(),
+            self.gamma.value.view(),
+            self.gamma.grad.view_mut(),
+        )?;
+        from_rows(LAYER, dx, (b, t))
+    }
+}
