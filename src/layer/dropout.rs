@@ -87,21 +87,47 @@ impl DropoutSite {
         self.mode = mode;
     }
 
+    /// Sets the seed the masks are derived from, keeping the pass count (with
+    /// [`set_passes`](DropoutSite::set_passes), to reproduce or resume a run's masks).
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
+    /// Sets how many masks have been drawn: the next training forward uses pass `passes`.
+    pub fn set_passes(&mut self, passes: u64) {
+        self.passes = passes;
+    }
+
     /// The mask of this training forward, or `None` when nothing is dropped (`p = 0` or
     /// [`DropoutMode::Off`]). [`DropoutMode::Train`] advances to a new pass;
     /// [`DropoutMode::Hold`] repeats the last.
     pub fn next_mask(&mut self) -> Option<DropoutMask> {
+        let (mask, pass) = self.upcoming()?;
+        // Train: `pass` is `passes`, which advances (saturating: a site that has drawn 2⁶⁴
+        // masks repeats its last); Hold: `pass` was already drawn.
+        self.passes = self.passes.max(pass.saturating_add(1));
+        Some(mask)
+    }
+
+    /// The mask the next [`next_mask`](DropoutSite::next_mask) will return, without drawing
+    /// it: a layer that may still fail looks at it first and draws it once it has succeeded,
+    /// so a failed forward leaves the site as it was.
+    pub fn peek_mask(&self) -> Option<DropoutMask> {
+        self.upcoming().map(|(mask, _)| mask)
+    }
+
+    /// The next mask and its pass number, or `None` when nothing is dropped.
+    fn upcoming(&self) -> Option<(DropoutMask, u64)> {
         if self.mode == DropoutMode::Off || self.p() == 0.0 {
             return None;
         }
         let pass = match self.mode {
             DropoutMode::Hold if self.passes > 0 => self.passes - 1,
-            _ => {
-                self.passes = self.passes.wrapping_add(1);
-                self.passes - 1
-            }
+            _ => self.passes,
         };
-        // The probability was checked when the site was made.
-        DropoutMask::new(self.p(), self.seed, pass).ok()
+        // The probability was checked when the site was made, so `new` succeeds.
+        DropoutMask::new(self.p(), self.seed, pass)
+            .ok()
+            .map(|mask| (mask, pass))
     }
 }

@@ -7,6 +7,7 @@
 
 mod attention;
 mod block;
+mod dropout;
 mod embedding;
 mod gelu;
 pub(crate) mod init;
@@ -17,6 +18,7 @@ mod sequential;
 
 pub use attention::Attention;
 pub use block::Block;
+pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use gelu::Gelu;
 pub use init::{glorot_uniform, normal};
