@@ -131,3 +131,42 @@ impl DropoutSite {
             .map(|mask| (mask, pass))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peek_is_the_next_mask_and_hold_repeats_the_last() {
+        let mut site = DropoutSite::new(0.3, 5).unwrap();
+        site.set_mode(DropoutMode::Hold);
+        let first = site.peek_mask();
+        assert_eq!(site.passes(), 0);
+        assert_eq!(site.next_mask(), first); // Hold with no pass yet draws pass 0
+        assert_eq!(site.passes(), 1);
+        assert_eq!(site.next_mask(), first);
+        site.set_mode(DropoutMode::Train);
+        let second = site.peek_mask();
+        assert_ne!(second, first);
+        assert_eq!(site.next_mask(), second);
+        assert_eq!(site.passes(), 2);
+        site.set_mode(DropoutMode::Hold);
+        assert_eq!(site.next_mask(), second);
+        assert_eq!(site.passes(), 2);
+    }
+
+    #[test]
+    fn zero_p_never_draws_and_the_last_pass_does_not_overflow() {
+        let mut none = DropoutSite::new(0.0, 5).unwrap();
+        assert_eq!(none.next_mask(), None);
+        assert_eq!(none.passes(), 0);
+        let mut last = DropoutSite::new(0.5, 5).unwrap();
+        last.set_passes(u64::MAX);
+        let mask = last.next_mask();
+        assert_eq!(mask, DropoutMask::new(0.5, 5, u64::MAX).ok());
+        assert_eq!(last.next_mask(), mask);
+        last.set_seed(6);
+        last.set_passes(0);
+        assert_eq!(last.next_mask(), DropoutMask::new(0.5, 6, 0).ok());
+    }
+}
