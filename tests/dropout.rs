@@ -150,7 +150,10 @@ fn a_failed_forward_draws_no_mask() {
     let before = passes(&gpt);
     assert!(gpt.forward(&array![[1, 11]]).is_err()); // id out of range
     assert!(gpt.forward(&Array2::zeros((1, 7))).is_err()); // longer than the context
+    assert!(gpt.loss(&array![[1, 2]], &array![[1, 11]]).is_err()); // target out of range
     assert_eq!(passes(&gpt), before);
+    gpt.loss(&array![[1, 2]], &array![[1, 2]]).unwrap();
+    assert_ne!(passes(&gpt), before);
     // A block whose MLP part fails after the attention branch ran draws neither mask.
     let mut r = rng(3);
     let block = Block::<f64>::new(4, 2, 8, &mut r).unwrap();

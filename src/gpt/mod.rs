@@ -66,7 +66,8 @@ const LAYER: &str = "Gpt";
 /// **Reproducibility.** Each dropout site's masks are a pure function of its seed and its
 /// pass count ([`DropoutSite`]). The seeds are drawn from the `rng` given to [`Gpt::new`], so
 /// the same rng and the same sequence of training forwards give the same masks, on any
-/// number of threads. A forward refused for its input (bad ids, too long) draws no mask.
+/// number of threads. A forward or loss that fails draws no mask (the pass counts are set
+/// back), so only successful training forwards count.
 /// **Checkpoints do not save the seeds or pass counts**: a loaded model gets the seeds of
 /// the rng it is built with and starts at pass 0, so a resumed run drops with other masks
 /// than an uninterrupted one would (same statistics, not the same bits). To resume exactly,
@@ -212,8 +213,14 @@ impl<F: Float> Gpt<F> {
             targets.shape(),
             &[Some(ids.nrows()), Some(ids.ncols())],
         )?;
+        let passes = self.dropout_passes();
         let logits = self.forward(ids)?;
-        self.loss_head.loss(&logits, targets)
+        let loss = self.loss_head.loss(&logits, targets);
+        if loss.is_err() {
+            // A refused loss draws no mask: the sites are set back to where they were.
+            self.restore_passes(&passes);
+        }
+        loss
     }
 
     /// The mean cross-entropy of `ids (B, T)` against `targets (B, T)` by inference: nothing
@@ -297,6 +304,18 @@ impl<F: Float> Gpt<F> {
         Ok((logits, state.take_attention()))
     }
 
+    /// The pass count of every dropout site, in [`Gpt::dropout_sites`] order.
+    fn dropout_passes(&self) -> Vec<u64> {
+        self.dropout_sites().iter().map(|s| s.passes()).collect()
+    }
+
+    /// Sets the pass counts back to `passes` (from [`Gpt::dropout_passes`]).
+    fn restore_passes(&mut self, passes: &[u64]) {
+        for (site, &n) in self.dropout_sites_mut().into_iter().zip(passes) {
+            site.set_passes(n);
+        }
+    }
+
     /// Forgets the last forward and loss: the next backward is refused until a forward runs.
     pub fn forget_passes(&mut self) {
         self.done.clear();
@@ -335,6 +354,7 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
 
     fn forward(&mut self, ids: &Array2<usize>) -> Result<Array3<F>> {
         self.forget_passes();
+        let passes = self.dropout_passes();
         let logits = in_pool_if_small(self.activations(ids.len()), || {
             let mut x = self.embed.forward(ids)?;
             if let Some(drop) = &mut self.embed_drop {
@@ -344,7 +364,8 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
                 x = layer.forward(&x)?;
             }
             Ok::<_, Error>(x)
-        })?;
+        })
+        .inspect_err(|_| self.restore_passes(&passes))?;
         self.done.store((), logits.dim());
         Ok(logits)
     }
