@@ -490,7 +490,8 @@ pub fn from_bytes<F: Float>(bytes: &[u8]) -> Result<(Gpt<F>, Extras<F>)> {
             needed.map_or("too many".to_owned(), |n| n.to_string())
         )));
     }
-    // The initial values are overwritten; any seed will do.
+    // The initial values are overwritten; any seed will do. Dropout seeds are not saved:
+    // a loaded model's come from this rng, and its sites start at pass 0.
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut model = Gpt::new(parsed.config.clone(), &mut rng)?;
     let extras = parsed.apply(&mut model)?;
