@@ -227,7 +227,10 @@ pub fn load<F: Float>(path: impl AsRef<Path>) -> Result<(Gpt<F>, Extras<F>)> {
 
 /// Loads a checkpoint into an existing model of the same config; all or nothing.
 ///
-/// Parameter gradients are reset to zero.
+/// Parameter gradients are reset to zero. The drop probabilities
+/// ([`GptConfig::dropout`](crate::GptConfig::dropout)) are training settings, not part of the
+/// model's shape: they need not match, and the model keeps its own (fine-tuning with dropout
+/// from a checkpoint trained without, or the reverse, works).
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be read; [`Error::Checkpoint`] when it is not a valid
@@ -516,7 +519,12 @@ struct Parsed<F> {
 impl<F: Float> Parsed<F> {
     /// Checks everything against `model`, then assigns; nothing is assigned on error.
     fn apply(self, model: &mut Gpt<F>) -> Result<Extras<F>> {
-        if let Some((field, model, checkpoint)) = model.config().first_difference(&self.config) {
+        // Dropout is a training setting, not the shape: the model keeps its own.
+        let theirs = crate::GptConfig {
+            dropout: model.config().dropout,
+            ..self.config.clone()
+        };
+        if let Some((field, model, checkpoint)) = model.config().first_difference(&theirs) {
             return Err(Error::ConfigMismatch {
                 field,
                 model,
