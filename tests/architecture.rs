@@ -353,8 +353,12 @@ fn with_dropout_off_inference_is_the_training_forward_and_decoding_never_drops()
     gpt.set_dropout(DropoutMode::Train);
     let full = gpt.infer(&ids).unwrap();
     let mut cache = gpt.kv_cache(2).unwrap();
-    let head = cache.infer(&gpt, &ids.slice(s![.., ..3]).to_owned()).unwrap();
-    let tail = cache.infer(&gpt, &ids.slice(s![.., 3..]).to_owned()).unwrap();
+    let head = cache
+        .infer(&gpt, &ids.slice(s![.., ..3]).to_owned())
+        .unwrap();
+    let tail = cache
+        .infer(&gpt, &ids.slice(s![.., 3..]).to_owned())
+        .unwrap();
     let close = |a: ndarray::ArrayView3<'_, f64>, b: ndarray::ArrayView3<'_, f64>| {
         a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12)
     };

@@ -1048,7 +1048,10 @@ fn drop_probabilities_outside_zero_to_one_are_refused() {
         .position(|w| w == key)
         .expect("the probability is recorded");
     for (bad, message) in [
-        ("0.x", "unreadable metadata `config.dropout_embed` = \"0.x\""),
+        (
+            "0.x",
+            "unreadable metadata `config.dropout_embed` = \"0.x\"",
+        ),
         ("1.0", "dropout.embed 1 is not a drop probability in [0, 1)"),
     ] {
         let mut patched = bytes.clone();

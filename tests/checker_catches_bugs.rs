@@ -1052,7 +1052,12 @@ impl Layer<f64> for HandDropout {
         let (mask, shape) = self.mask.ok_or(Error::BackwardBeforeForward {
             layer: "HandDropout",
         })?;
-        check_shape("HandDropout", "dy", dy.shape(), &[Some(shape.0), Some(shape.1), Some(shape.2)])?;
+        check_shape(
+            "HandDropout",
+            "dy",
+            dy.shape(),
+            &[Some(shape.0), Some(shape.1), Some(shape.2)],
+        )?;
         let Some(mask) = mask else {
             return Ok(dy.clone());
         };
@@ -1115,7 +1120,10 @@ fn catches_a_dropout_backward_that_uses_another_pass_mask() {
 fn catches_a_dropout_backward_that_forgets_the_scale() {
     let report = check(&mut dropout_net(DropBug::ForgetsScale), Mode::Full);
     assert_only_broken(&report, "input", "FAIL");
-    let fast = check(&mut dropout_net(DropBug::ForgetsScale), Mode::Fast { directions: 3 });
+    let fast = check(
+        &mut dropout_net(DropBug::ForgetsScale),
+        Mode::Fast { directions: 3 },
+    );
     assert!(!fast.passed(), "{fast}");
 }
 
@@ -1125,8 +1133,14 @@ fn without_hold_a_dropout_layer_is_a_different_function_each_forward() {
     // ignored set_dropout could not be checked. Two training forwards differ.
     let mut net = dropout_net(DropBug::None);
     net.set_dropout(DropoutMode::Train);
-    assert_ne!(net.forward(&input()).unwrap(), net.forward(&input()).unwrap());
+    assert_ne!(
+        net.forward(&input()).unwrap(),
+        net.forward(&input()).unwrap()
+    );
     // After a check the layer trains again (the documented mode it is left in).
     check(&mut net, Mode::Full);
-    assert_ne!(net.forward(&input()).unwrap(), net.forward(&input()).unwrap());
+    assert_ne!(
+        net.forward(&input()).unwrap(),
+        net.forward(&input()).unwrap()
+    );
 }

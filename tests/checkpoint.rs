@@ -673,10 +673,18 @@ fn a_config_with_dropout_round_trips_and_one_without_writes_no_dropout_keys() {
 
     // Without dropout the metadata is what it was before dropout existed.
     let plain = model::<f64>(5, small_config(7));
-    let keys: Vec<&str> = plain.config().to_metadata().iter().map(|(k, _)| *k).collect();
+    let keys: Vec<&str> = plain
+        .config()
+        .to_metadata()
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
     assert!(!keys.iter().any(|k| k.starts_with("dropout")), "{keys:?}");
     let with: Vec<(&str, String)> = config.to_metadata();
-    let dropout_keys: Vec<_> = with.iter().filter(|(k, _)| k.starts_with("dropout")).collect();
+    let dropout_keys: Vec<_> = with
+        .iter()
+        .filter(|(k, _)| k.starts_with("dropout"))
+        .collect();
     assert_eq!(dropout_keys.len(), 3);
     // Dropout is a training setting: a checkpoint loads into a model that differs only in
     // its drop probabilities, either way round, and the model keeps its own.

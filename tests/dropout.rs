@@ -99,7 +99,9 @@ fn same_seed_rng_and_same_forwards_give_the_same_masks() {
     let ids = array![[1, 2, 3], [4, 5, 6]];
     let run = |seed| {
         let mut gpt = Gpt::<f64>::new(config(with_dropout(0.2)), &mut rng(seed)).unwrap();
-        (0..3).map(|_| gpt.forward(&ids).unwrap()).collect::<Vec<_>>()
+        (0..3)
+            .map(|_| gpt.forward(&ids).unwrap())
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
@@ -145,7 +147,12 @@ fn resuming_the_sites_reproduces_the_masks() {
 #[test]
 fn a_failed_forward_draws_no_mask() {
     let mut gpt = Gpt::<f64>::new(config(with_dropout(0.3)), &mut rng(2)).unwrap();
-    let passes = |g: &Gpt<f64>| g.dropout_sites().iter().map(|s| s.passes()).collect::<Vec<_>>();
+    let passes = |g: &Gpt<f64>| {
+        g.dropout_sites()
+            .iter()
+            .map(|s| s.passes())
+            .collect::<Vec<_>>()
+    };
     gpt.forward(&array![[1, 2]]).unwrap();
     let before = passes(&gpt);
     assert!(gpt.forward(&array![[1, 11]]).is_err()); // id out of range

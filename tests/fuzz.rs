@@ -1377,11 +1377,19 @@ fn fuzz_dropout(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
     for _ in 0..rounds {
         let p = probability(r);
         let (seed, pass) = (r.random::<u64>(), r.random::<u64>());
-        f.call("check_probability", || kernels::dropout::check_probability(p));
-        if let Some(mask) = f.call("DropoutMask::new", || kernels::DropoutMask::new(p, seed, pass)) {
+        f.call("check_probability", || {
+            kernels::dropout::check_probability(p)
+        });
+        if let Some(mask) = f.call("DropoutMask::new", || {
+            kernels::DropoutMask::new(p, seed, pass)
+        }) {
             let x = array3((size(r), size(r), size(r)), r);
-            f.infallible("dropout_forward", || kernels::dropout_forward(x.view(), &mask));
-            f.infallible("dropout_backward", || kernels::dropout_backward(x.view(), &mask));
+            f.infallible("dropout_forward", || {
+                kernels::dropout_forward(x.view(), &mask)
+            });
+            f.infallible("dropout_backward", || {
+                kernels::dropout_backward(x.view(), &mask)
+            });
             f.infallible("DropoutMask::apply_in_place", || {
                 let mut y = x.clone();
                 mask.apply_in_place(y.view_mut(), r.random());

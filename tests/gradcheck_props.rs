@@ -8,8 +8,8 @@
 mod common;
 
 use baregpt::gradcheck::GradCheckReport;
-use baregpt::layer::InferState;
 use baregpt::layer::DropoutMode;
+use baregpt::layer::InferState;
 use baregpt::layers::{
     Attention, Block, Dropout, Embedding, Gelu, LayerNorm, Linear, Mlp, Sequential,
 };

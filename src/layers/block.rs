@@ -143,9 +143,11 @@ impl<F: Float> Block<F> {
     ///
     /// let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     /// let mut block = Block::<f64>::new(8, 2, 32, &mut rng)?.with_residual_dropout(0.1, [1, 2])?;
-    /// let x = Array3::from_elem((2, 5, 8), 0.1);
+    /// let x = Array3::from_shape_fn((2, 5, 8), |(b, t, c)| ((b * 40 + t * 8 + c) as f64).sin());
     /// let y = block.forward(&x)?;
     /// assert_ne!(y, block.infer(&x)?); // training drops, inference does not
+    /// let dx = block.backward(&Array3::ones(y.raw_dim()))?; // with the same masks
+    /// assert_eq!(dx.shape(), &[2, 5, 8]);
     /// # Ok::<(), baregpt::Error>(())
     /// ```
     pub fn with_residual_dropout(mut self, p: f64, seeds: [u64; 2]) -> Result<Self> {
