@@ -401,7 +401,7 @@ fn run(args: &Args) -> AnyResult<()> {
         }
         if done % setup.eval_every == 0 || done == setup.steps {
             let eval_start = Instant::now();
-            let eval = task.evaluate(&mut model)?;
+            let eval = task.evaluate(&model)?;
             eval_time += eval_start.elapsed().as_secs_f64();
             let train_loss = since_eval.iter().sum::<f64>() / since_eval.len().max(1) as f64;
             since_eval.clear();

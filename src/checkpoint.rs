@@ -271,7 +271,10 @@ pub fn load<F: Float>(path: impl AsRef<Path>) -> Result<(Gpt<F>, Extras<F>)> {
 
 /// Loads a checkpoint into an existing model of the same config; all or nothing.
 ///
-/// Parameter gradients are reset to zero.
+/// Parameter gradients are reset to zero. The drop probabilities
+/// ([`GptConfig::dropout`](crate::GptConfig::dropout)) are training settings, not part of the
+/// model's shape: they need not match, and the model keeps its own (fine-tuning with dropout
+/// from a checkpoint trained without, or the reverse, works).
 ///
 /// # Errors
 /// [`Error::Io`] when the file cannot be read; [`Error::Checkpoint`] when it is not a valid
@@ -584,7 +587,8 @@ pub fn from_bytes<F: Float>(bytes: &[u8]) -> Result<(Gpt<F>, Extras<F>)> {
             needed.map_or("too many".to_owned(), |n| n.to_string())
         )));
     }
-    // The initial values are overwritten; any seed will do.
+    // The initial values are overwritten; any seed will do. Dropout seeds are not saved:
+    // a loaded model's come from this rng, and its sites start at pass 0.
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut model = Gpt::new(parsed.config.clone(), &mut rng)?;
     let extras = parsed.apply(&mut model)?;
@@ -609,7 +613,12 @@ struct Parsed<F> {
 impl<F: Float> Parsed<F> {
     /// Checks everything against `model`, then assigns; nothing is assigned on error.
     fn apply(self, model: &mut Gpt<F>) -> Result<Extras<F>> {
-        if let Some((field, model, checkpoint)) = model.config().first_difference(&self.config) {
+        // Dropout is a training setting, not the shape: the model keeps its own.
+        let theirs = crate::GptConfig {
+            dropout: model.config().dropout,
+            ..self.config.clone()
+        };
+        if let Some((field, model, checkpoint)) = model.config().first_difference(&theirs) {
             return Err(Error::ConfigMismatch {
                 field,
                 model,

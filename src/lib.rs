@@ -82,7 +82,7 @@ pub mod strategies;
 
 pub use error::{Error, Result};
 pub use exec::{num_threads, set_num_threads};
-pub use gpt::{Gpt, GptConfig};
+pub use gpt::{DropoutConfig, Gpt, GptConfig};
 pub use layer::{Layer, LayerInput};
 pub use loss::CrossEntropy;
 pub use optim::{Adam, AdamConfig, AdamState, DecayFilter, LrSchedule};

@@ -394,3 +394,50 @@ fn a_model_is_assembled_from_the_configured_parts() {
         .is_err()
     );
 }
+
+/// With dropout switched off, every layer with dropout computes in `forward` what inference
+/// does, bit for bit; in training they differ, and incremental decoding never drops.
+#[test]
+fn with_dropout_off_inference_is_the_training_forward_and_decoding_never_drops() {
+    use baregpt::DropoutConfig;
+    use baregpt::layer::DropoutMode;
+    use baregpt::layers::Dropout;
+
+    let mut r = rng(30);
+    let x = input((3, 5, 8), 31);
+    let block = Block::new(8, 2, 16, &mut r).unwrap();
+    let layers: Vec<Box<dyn Layer<f64>>> = vec![
+        Box::new(Dropout::new(0.3, 1).unwrap()),
+        Box::new(block.with_residual_dropout(0.3, [2, 3]).unwrap()),
+    ];
+    let mut net = Sequential::from_layers(layers);
+    assert_ne!(net.forward(&x).unwrap(), net.infer(&x).unwrap());
+    net.set_dropout(DropoutMode::Off);
+    infer_equals_forward(&mut net, &x);
+
+    let config = GptConfig {
+        dropout: DropoutConfig::uniform(0.25),
+        mlp_hidden: 16,
+        ..GptConfig::with_sizes(9, 8, 2, 2, 6)
+    };
+    let mut gpt = Gpt::<f64>::new(config, &mut rng(32)).unwrap();
+    let ids = array![[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]];
+    assert_ne!(gpt.forward(&ids).unwrap(), gpt.infer(&ids).unwrap());
+    gpt.set_dropout(DropoutMode::Off);
+    infer_equals_forward(&mut gpt, &ids);
+    // The KV cache path in training mode: no mask either.
+    gpt.set_dropout(DropoutMode::Train);
+    let full = gpt.infer(&ids).unwrap();
+    let mut cache = gpt.kv_cache(2).unwrap();
+    let head = cache
+        .infer(&gpt, &ids.slice(s![.., ..3]).to_owned())
+        .unwrap();
+    let tail = cache
+        .infer(&gpt, &ids.slice(s![.., 3..]).to_owned())
+        .unwrap();
+    let close = |a: ndarray::ArrayView3<'_, f64>, b: ndarray::ArrayView3<'_, f64>| {
+        a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12)
+    };
+    assert!(close(head.view(), full.slice(s![.., ..3, ..])));
+    assert!(close(tail.view(), full.slice(s![.., 3.., ..])));
+}

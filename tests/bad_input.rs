@@ -1145,3 +1145,71 @@ fn a_model_without_blocks_decodes_like_any_other() {
     assert!(cache.infer(&gpt, &Array2::zeros((1, 3))).is_err());
     assert_eq!(cache.len(), 3);
 }
+
+#[test]
+fn drop_probabilities_outside_zero_to_one_are_refused() {
+    use baregpt::kernels::DropoutMask;
+    use baregpt::layer::DropoutSite;
+    use baregpt::layers::Dropout;
+    use baregpt::{DropoutConfig, checkpoint};
+
+    let mut r = rng(6);
+    for (p, shown) in [
+        (1.0, "1"),
+        (1.5, "1.5"),
+        (-0.1, "-0.1"),
+        (f64::NAN, "NaN"),
+        (f64::INFINITY, "inf"),
+    ] {
+        let message = format!(
+            "Dropout: invalid configuration: the drop probability {shown} is not in [0, 1)"
+        );
+        expect_err(Dropout::<f64>::new(p, 0), &message);
+        expect_err(DropoutSite::new(p, 0), &message);
+        expect_err(DropoutMask::new(p, 0, 0), &message);
+        let block = Block::<f64>::new(4, 2, 8, &mut r).unwrap();
+        expect_err(block.with_residual_dropout(p, [0, 1]), &message);
+        type Set = fn(&mut DropoutConfig, f64);
+        let fields: [(&str, Set); 3] = [
+            ("embed", |d, p| d.embed = p),
+            ("attention", |d, p| d.attention = p),
+            ("residual", |d, p| d.residual = p),
+        ];
+        for (field, set) in fields {
+            let mut cfg = small_config();
+            set(&mut cfg.dropout, p);
+            let message = format!(
+                "GptConfig: invalid configuration: dropout.{field} {shown} is not a drop \
+                 probability in [0, 1)"
+            );
+            expect_err(cfg.validate(), &message);
+            expect_err(Gpt::<f64>::new(cfg, &mut r), &message);
+        }
+    }
+
+    // A checkpoint whose drop probability is unreadable, or out of range, is refused.
+    let cfg = GptConfig {
+        dropout: DropoutConfig::uniform(0.1),
+        ..small_config()
+    };
+    let gpt = Gpt::<f64>::new(cfg, &mut r).unwrap();
+    let bytes = checkpoint::to_bytes(&gpt, &Default::default()).unwrap();
+    let key = b"\"config.dropout_embed\":\"0.1\"";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the probability is recorded");
+    for (bad, message) in [
+        (
+            "0.x",
+            "unreadable metadata `config.dropout_embed` = \"0.x\"",
+        ),
+        ("1.0", "dropout.embed 1 is not a drop probability in [0, 1)"),
+    ] {
+        let mut patched = bytes.clone();
+        let value = at + key.len() - 4; // the three characters between the quotes
+        patched[value..value + 3].copy_from_slice(bad.as_bytes());
+        let err = checkpoint::from_bytes::<f64>(&patched).unwrap_err();
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}

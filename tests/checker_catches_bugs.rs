@@ -10,7 +10,8 @@ mod common;
 
 use baregpt::error::check_shape;
 use baregpt::gradcheck::{self, ContractKind, GradCheckOptions, GradCheckReport, Mode};
-use baregpt::layer::InferState;
+use baregpt::kernels::{DropoutMask, dropout_backward, dropout_forward};
+use baregpt::layer::{DropoutMode, DropoutSite, InferState};
 use baregpt::layers::{Attention, Gelu, LayerNorm, Linear, Sequential};
 use baregpt::param::{Param1, Param2, ParamPath, ParamVisitor, ParamVisitorMut};
 use baregpt::prelude::*;
@@ -1006,4 +1007,140 @@ fn report_lines_of_every_bug_class() {
             eprintln!("        {c}");
         }
     }
+}
+
+/// Which mistake a hand-written dropout backward makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DropBug {
+    /// A correct backward (the control).
+    None,
+    /// The mask regenerated from the site's advanced counter: the next pass's, not this one's.
+    NextPassMask,
+    /// The kept elements passed through unscaled: `1/(1 − p)` forgotten.
+    ForgetsScale,
+}
+
+/// A user's dropout layer on [`DropoutSite`] and the mask kernels, whose backward may carry
+/// one [`DropBug`].
+struct HandDropout {
+    site: DropoutSite,
+    mask: Option<(Option<DropoutMask>, (usize, usize, usize))>,
+    bug: DropBug,
+}
+
+impl Params<f64> for HandDropout {
+    baregpt::params!(f64;);
+}
+
+impl Layer<f64> for HandDropout {
+    fn kind(&self) -> &'static str {
+        "HandDropout"
+    }
+
+    fn forward(&mut self, x: &Array3<f64>) -> Result<Array3<f64>> {
+        let mask = self.site.next_mask();
+        let y = mask.map_or_else(|| x.clone(), |m| dropout_forward(x.view(), &m));
+        self.mask = Some((mask, y.dim()));
+        Ok(y)
+    }
+
+    fn infer_with(&self, x: &Array3<f64>, _: &mut InferState<'_, f64>) -> Result<Array3<f64>> {
+        Ok(x.clone())
+    }
+
+    fn backward(&mut self, dy: &Array3<f64>) -> Result<Array3<f64>> {
+        let (mask, shape) = self.mask.ok_or(Error::BackwardBeforeForward {
+            layer: "HandDropout",
+        })?;
+        check_shape(
+            "HandDropout",
+            "dy",
+            dy.shape(),
+            &[Some(shape.0), Some(shape.1), Some(shape.2)],
+        )?;
+        let Some(mask) = mask else {
+            return Ok(dy.clone());
+        };
+        Ok(match self.bug {
+            DropBug::None => dropout_backward(dy.view(), &mask),
+            DropBug::NextPassMask => {
+                let next = DropoutMask::new(self.site.p(), self.site.seed(), self.site.passes())?;
+                dropout_backward(dy.view(), &next)
+            }
+            DropBug::ForgetsScale => {
+                let mut dx = dy.clone();
+                for (i, v) in dx.iter_mut().enumerate() {
+                    if !mask.keeps(i as u64) {
+                        *v = 0.0;
+                    }
+                }
+                dx
+            }
+        })
+    }
+
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        self.site.set_mode(mode);
+    }
+}
+
+/// `HandDropout(bug, p = 0.3) → LayerNorm → HandLinear → Gelu`: a dropout bug shows in the
+/// input gradient only, since every parameter comes after it.
+fn dropout_net(bug: DropBug) -> Sequential<f64> {
+    let mut net = Sequential::new()
+        .push(HandDropout {
+            site: DropoutSite::new(0.3, 17).unwrap(),
+            mask: None,
+            bug,
+        })
+        .push(LayerNorm::new(C).unwrap())
+        .push(HandLinear::new(C, C, Bug::None, 3))
+        .push(Gelu::new());
+    jitter_params(&mut net, 8, 0.4);
+    net.forward(&input()).unwrap(); // a training pass: the check holds its mask
+    net
+}
+
+#[test]
+fn a_correct_dropout_backward_passes_with_its_mask_held() {
+    let mut net = dropout_net(DropBug::None);
+    let report = check(&mut net, Mode::Full);
+    assert!(report.passed(), "{report}");
+    // The same layer and the kernel's dropout agree: the mask really was on.
+    assert_ne!(net.forward(&input()).unwrap(), net.infer(&input()).unwrap());
+}
+
+#[test]
+fn catches_a_dropout_backward_that_uses_another_pass_mask() {
+    let report = check(&mut dropout_net(DropBug::NextPassMask), Mode::Full);
+    assert_only_broken(&report, "input", "FAIL");
+}
+
+#[test]
+fn catches_a_dropout_backward_that_forgets_the_scale() {
+    let report = check(&mut dropout_net(DropBug::ForgetsScale), Mode::Full);
+    assert_only_broken(&report, "input", "FAIL");
+    let fast = check(
+        &mut dropout_net(DropBug::ForgetsScale),
+        Mode::Fast { directions: 3 },
+    );
+    assert!(!fast.passed(), "{fast}");
+}
+
+#[test]
+fn without_hold_a_dropout_layer_is_a_different_function_each_forward() {
+    // What the checker's Hold prevents: a training-mode forward is random, so a layer that
+    // ignored set_dropout could not be checked. Two training forwards differ.
+    let mut net = dropout_net(DropBug::None);
+    net.set_dropout(DropoutMode::Train);
+    assert_ne!(
+        net.forward(&input()).unwrap(),
+        net.forward(&input()).unwrap()
+    );
+    // After a check the layer trains again (the documented mode it is left in).
+    check(&mut net, Mode::Full);
+    assert_ne!(
+        net.forward(&input()).unwrap(),
+        net.forward(&input()).unwrap()
+    );
 }

@@ -741,3 +741,60 @@ fn a_gpt_of_rms_norm_and_swiglu_round_trips_bit_identically() {
     assert_eq!(bits(&original), before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_config_with_dropout_round_trips_and_one_without_writes_no_dropout_keys() {
+    use baregpt::DropoutConfig;
+    use baregpt::layer::DropoutMode;
+
+    let dropout = DropoutConfig {
+        embed: 0.1,
+        attention: 0.05,
+        residual: 0.2,
+    };
+    let config = GptConfig {
+        dropout,
+        ..small_config(7)
+    };
+    let mut saved = model::<f64>(5, config.clone());
+    let bytes = checkpoint::to_bytes(&saved, &Extras::default()).unwrap();
+    let (mut loaded, _) = checkpoint::from_bytes::<f64>(&bytes).unwrap();
+    assert_eq!(loaded.config(), &config);
+    assert_eq!(bits(&loaded), bits(&saved));
+    // The seeds are not saved: a loaded model drops, with its own masks, and its
+    // evaluation (dropout off) is the saved model's bit for bit.
+    assert_eq!(loaded.dropout_sites().len(), 1 + 2 * config.n_layers);
+    let (ids, targets) = (ndarray::array![[1, 2, 3, 4]], ndarray::array![[2, 3, 4, 5]]);
+    saved.set_dropout(DropoutMode::Off);
+    loaded.set_dropout(DropoutMode::Off);
+    let (a, b) = (
+        saved.loss(&ids, &targets).unwrap(),
+        loaded.loss(&ids, &targets).unwrap(),
+    );
+    assert_eq!(a.to_bits(), b.to_bits());
+
+    // Without dropout the metadata is what it was before dropout existed.
+    let plain = model::<f64>(5, small_config(7));
+    let keys: Vec<&str> = plain
+        .config()
+        .to_metadata()
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    assert!(!keys.iter().any(|k| k.starts_with("dropout")), "{keys:?}");
+    let with: Vec<(&str, String)> = config.to_metadata();
+    let dropout_keys: Vec<_> = with
+        .iter()
+        .filter(|(k, _)| k.starts_with("dropout"))
+        .collect();
+    assert_eq!(dropout_keys.len(), 3);
+    // Dropout is a training setting: a checkpoint loads into a model that differs only in
+    // its drop probabilities, either way round, and the model keeps its own.
+    let mut plain = model::<f64>(6, small_config(7));
+    checkpoint::load_bytes_into(&bytes, &mut plain).unwrap();
+    assert_eq!(bits(&plain), bits(&saved));
+    assert!(plain.dropout_sites().is_empty());
+    let plain_bytes = checkpoint::to_bytes(&plain, &Extras::default()).unwrap();
+    checkpoint::load_bytes_into(&plain_bytes, &mut loaded).unwrap();
+    assert_eq!(loaded.config().dropout, dropout);
+}

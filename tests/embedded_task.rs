@@ -42,13 +42,13 @@ fn a_short_run_learns_held_out_addition() {
     let steps = 700;
     let mut model = model_for(&task, 0);
     let mut opt = adam(steps);
-    let before = task.evaluate(&mut model).unwrap();
+    let before = task.evaluate(&model).unwrap();
     assert_eq!(before.accuracy, Some(0.0));
     for step in 0..steps {
         let batch = task.batch(64, 0, step).unwrap();
         train_step(&mut model, &mut opt, &batch).unwrap();
     }
-    let after = task.evaluate(&mut model).unwrap();
+    let after = task.evaluate(&model).unwrap();
     let accuracy = after.accuracy.unwrap();
     eprintln!("held-out accuracy after {steps} steps: {accuracy}, loss {after:?}");
     assert!(accuracy >= 0.97, "held-out accuracy {accuracy}");

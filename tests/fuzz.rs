@@ -1485,6 +1485,101 @@ fn huge_sizes_are_refused_in_child_processes() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Dropout: the mask kernels, sites, the layer, residual dropout and a Gpt with dropout
+
+/// A drop probability, valid or not (out of range, NaN, infinite, at the edges).
+fn probability(r: &mut StdRng) -> f64 {
+    match r.random_range(0..8u32) {
+        0 => 1.0,
+        1 => -r.random::<f64>(),
+        2 => f64::NAN,
+        3 => f64::INFINITY,
+        4 => 1.0 - f64::EPSILON / 2.0,
+        5 => 0.0,
+        _ => r.random::<f64>() * 0.9,
+    }
+}
+
+fn fuzz_dropout(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
+    use baregpt::layer::{DropoutMode, DropoutSite};
+    use baregpt::layers::Dropout;
+    for _ in 0..rounds {
+        let p = probability(r);
+        let (seed, pass) = (r.random::<u64>(), r.random::<u64>());
+        f.call("check_probability", || {
+            kernels::dropout::check_probability(p)
+        });
+        if let Some(mask) = f.call("DropoutMask::new", || {
+            kernels::DropoutMask::new(p, seed, pass)
+        }) {
+            let x = array3((size(r), size(r), size(r)), r);
+            f.infallible("dropout_forward", || {
+                kernels::dropout_forward(x.view(), &mask)
+            });
+            f.infallible("dropout_backward", || {
+                kernels::dropout_backward(x.view(), &mask)
+            });
+            f.infallible("DropoutMask::apply_in_place", || {
+                let mut y = x.clone();
+                mask.apply_in_place(y.view_mut(), r.random());
+            });
+        }
+        if let Some(mut site) = f.call("DropoutSite::new", || DropoutSite::new(p, seed)) {
+            site.set_passes(if r.random() { u64::MAX } else { pass });
+            f.infallible("DropoutSite::next_mask", || site.next_mask());
+            site.set_mode(DropoutMode::Hold);
+            f.infallible("DropoutSite::peek_mask", || site.peek_mask());
+        }
+        let c = size(r);
+        if let Some(mut l) = f.call("Dropout::new", || Dropout::<f64>::new(p, seed)) {
+            drive_layer(f, r, "Dropout", &mut l, c);
+            l.set_dropout(DropoutMode::Hold);
+            drive_layer(f, r, "Dropout (Hold)", &mut l, c);
+        }
+        let block = f.call("Block::with_residual_dropout", || {
+            Block::<f64>::new(c, 1 + size(r) % 2, size(r), r)?
+                .with_residual_dropout(p, [seed, pass])
+        });
+        if let Some(mut l) = block {
+            drive_layer(f, r, "Block (residual dropout)", &mut l, c);
+        }
+        let mut config = small_config(r);
+        config.dropout = baregpt::DropoutConfig {
+            embed: probability(r),
+            attention: if r.random() { 0.0 } else { probability(r) },
+            residual: probability(r),
+        };
+        f.call("GptConfig::validate (dropout)", || config.validate());
+        let Some(mut gpt) = f.call("Gpt::new (dropout)", || Gpt::<f64>::new(config.clone(), r))
+        else {
+            continue;
+        };
+        let cfg = gpt.config().clone();
+        for mode in [DropoutMode::Train, DropoutMode::Hold, DropoutMode::Off] {
+            gpt.set_dropout(mode);
+            let shape = (size(r), size(r) + r.random_range(0..2usize) * cfg.context);
+            let id = ids(shape, cfg.vocab_size + r.random_range(0..2usize), r);
+            let tg = ids(shape, cfg.vocab_size + r.random_range(0..2usize), r);
+            // A failed call draws no mask either: the sites' pass counts are part of the look.
+            let look = |g: &Gpt<f64>| {
+                let passes: Vec<u64> = g.dropout_sites().iter().map(|s| s.passes()).collect();
+                (snapshot(g), passes)
+            };
+            f.run("Gpt::loss (dropout)", &mut gpt, look, |g| g.loss(&id, &tg));
+            f.run("Gpt::backward_loss (dropout)", &mut gpt, look, |g| {
+                g.backward_loss()
+            });
+            f.run("Gpt::eval_loss", &mut gpt, look, |g| g.eval_loss(&id, &tg));
+        }
+        for site in gpt.dropout_sites_mut() {
+            site.set_passes(u64::MAX);
+        }
+        let id = ids((1, 1), cfg.vocab_size, r);
+        f.call("Gpt::forward at the last pass", || gpt.forward(&id));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn ten_thousand_bad_inputs_no_panic_no_half_update() {
@@ -1501,6 +1596,7 @@ fn ten_thousand_bad_inputs_no_panic_no_half_update() {
     fuzz_data(&mut f, &mut r, 800);
     fuzz_layer_helpers(&mut f, &mut r, 500);
     fuzz_checker(&mut f, &mut r, 150);
+    fuzz_dropout(&mut f, &mut r, 200);
     nan_policy(&mut f);
     let _ = std::panic::take_hook();
     f.assert_clean("public API", 10_000);

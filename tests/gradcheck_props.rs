@@ -9,13 +9,15 @@ mod common;
 
 use baregpt::gpt::parts::{MlpKind, NormKind};
 use baregpt::gradcheck::GradCheckReport;
+use baregpt::layer::DropoutMode;
 use baregpt::layer::InferState;
 use baregpt::layers::{
-    Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu,
+    Attention, Block, Dropout, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential,
+    SwiGlu,
 };
 use baregpt::param::{ParamPath, ParamVisitor, ParamVisitorMut};
 use baregpt::prelude::*;
-use baregpt::{CrossEntropy, Gpt, GptConfig, strategies};
+use baregpt::{CrossEntropy, DropoutConfig, Gpt, GptConfig, strategies};
 use common::{config, gradcheck_passes, jitter_params, rng};
 use ndarray::{Array2, Array3};
 use proptest::prelude::*;
@@ -107,6 +109,10 @@ impl Layer<f64, Array2<usize>> for GptWithLoss {
     fn backward(&mut self, dy: &Array3<f64>) -> baregpt::Result<()> {
         let d_logits = self.head.backward(dy)?;
         Layer::backward(&mut self.gpt, &d_logits)
+    }
+
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        self.gpt.set_dropout(mode);
     }
 }
 
@@ -416,4 +422,74 @@ fn worst_relative_error_over_a_small_gpt_with_rms_norm_and_swiglu() {
         assert!(report.max_rel_error() < 1e-4, "{report}");
         assert!(report.max_abs_error() < report.atol, "{report}");
     }
+}
+
+// Dropout: the checker holds each site's mask (DropoutMode::Hold), so a layer with dropout on
+// is one fixed function whose backward must multiply by that mask.
+
+/// A drop probability in `[0.1, 0.3]`.
+fn drop_p() -> impl Strategy<Value = f64> {
+    0.1..=0.3f64
+}
+
+proptest! {
+    #![proptest_config(config(64, REGRESSIONS))]
+
+    #[test]
+    fn dropout_layer((x, seed) in activations_and_seed(6), p in drop_p(), warm in 0..3u64) {
+        let mut drop = Dropout::new(p, seed).unwrap();
+        for _ in 0..warm {
+            drop.forward(&x).unwrap(); // the check holds whichever pass came last
+        }
+        gradcheck_passes(&mut drop, &x, true)?;
+        prop_assert_eq!(drop.site().passes(), warm.max(1));
+        prop_assert_eq!(drop.site().mode(), DropoutMode::Train);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(32, REGRESSIONS))]
+
+    #[test]
+    fn block_with_residual_dropout(
+        (x, heads, seed) in attention_case(1..=2),
+        hidden in 1..=8usize,
+        p in drop_p(),
+    ) {
+        let block = Block::new(x.dim().2, heads, hidden, &mut rng(seed)).unwrap();
+        let mut block = block.with_residual_dropout(p, [seed, seed ^ 1]).unwrap();
+        jitter_params(&mut block, seed, 0.3);
+        gradcheck_passes(&mut block, &x, true)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(16, REGRESSIONS))]
+
+    #[test]
+    fn whole_gpt_with_embedding_and_residual_dropout(
+        (mut cfg, ids, targets, seed) in gpt_case(true),
+        p in drop_p(),
+    ) {
+        cfg.dropout = DropoutConfig { embed: p, residual: p, ..DropoutConfig::default() };
+        let (report, loss_report) = check_gpt(&cfg, &ids, &targets, seed)?;
+        prop_assert!(report.tensor("embed.tok").is_some());
+        prop_assert!(loss_report.passed());
+    }
+}
+
+#[test]
+fn gpt_with_dropout_is_checked_with_its_masks_on() {
+    let cfg = GptConfig {
+        dropout: DropoutConfig::uniform(0.3),
+        ..small_config()
+    };
+    let (ids, targets) = (ids_for(2, 5, 11, 3), ids_for(2, 5, 11, 4));
+    let mut gpt = Gpt::<f64>::new(cfg.clone(), &mut rng(21)).unwrap();
+    gpt.set_dropout(DropoutMode::Hold);
+    let held = gpt.forward(&ids).unwrap();
+    // The held function is not the clean one: the check below differentiates a dropped model.
+    assert_ne!(held, gpt.infer(&ids).unwrap());
+    let (report, _) = unwrap_check(check_gpt(&cfg, &ids, &targets, 21));
+    summarize("gpt with dropout 0.3", &report);
 }

@@ -23,10 +23,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use baregpt::kernels::{attention_backward, attention_forward, gelu_backward, gelu_forward};
-use baregpt::layers::{Attention, Block, Embedding, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu};
+use baregpt::layer::DropoutMode;
+use baregpt::layers::{
+    Attention, Block, Dropout, Embedding, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu,
+};
 use baregpt::param::ParamMap;
 use baregpt::prelude::*;
-use baregpt::{Adam, AdamConfig, CrossEntropy, Gpt, GptConfig};
+use baregpt::{Adam, AdamConfig, CrossEntropy, DropoutConfig, Gpt, GptConfig};
 use ndarray::{Array1, Array2, Array3, ArrayD, Axis, Ix2, Ix3, Ix4};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -520,6 +523,50 @@ fn gpt<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
     cmp.finish()
 }
 
+/// A `Gpt` with embedding and residual dropout whose sites get the fixture's seeds, held at
+/// pass 0 (the masks the torch reference multiplies by) for the forward and the loss.
+fn gpt_dropout<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
+    let config = GptConfig {
+        dropout: DropoutConfig {
+            embed: fx.f64_config("embd_pdrop"),
+            residual: fx.f64_config("resid_pdrop"),
+            ..DropoutConfig::default()
+        },
+        ..gpt_config(fx)
+    };
+    let mut model = Gpt::<F>::new(config, rng).unwrap();
+    let seeds = seeds(fx);
+    let sites = model.dropout_sites_mut();
+    assert_eq!(sites.len(), seeds.len(), "{}: one seed per site", fx.case);
+    for (site, seed) in sites.into_iter().zip(seeds) {
+        site.set_seed(seed);
+    }
+    model.set_dropout(DropoutMode::Hold);
+    let map = mapping_for(fx, "Gpt", &model);
+    load_params(fx, &map, &mut model);
+    let mut cmp = Comparer::new::<F>(fx);
+    let (ids, targets) = (fx.ids("input/ids"), fx.ids("input/targets"));
+    let logits = Layer::forward(&mut model, &ids).unwrap();
+    cmp.check_key("output/logits", logits.into_dyn());
+    let loss = model.loss(&ids, &targets).unwrap();
+    cmp.check_key("output/loss", ArrayD::from_elem(vec![], loss));
+    model.backward_loss().unwrap();
+    cmp.check_param_grads(&map, &model);
+    // Pass 0 was used throughout.
+    assert!(model.dropout_sites().iter().all(|s| s.passes() == 1));
+    cmp.finish()
+}
+
+/// The fixture's dropout seeds.
+fn seeds(fx: &Fixture) -> Vec<u64> {
+    fx.config["seeds"]
+        .as_array()
+        .expect("seeds")
+        .iter()
+        .map(|s| s.as_u64().expect("a seed"))
+        .collect()
+}
+
 /// Ten steps of our `Adam` on a whole `Gpt`, one batch per step, as the fixture's torch
 /// optimizer took them: every step's loss, the loss after the last step and every final
 /// parameter must match.
@@ -609,6 +656,22 @@ fn run<F: Float>(fx: &Fixture) -> f64 {
             let mut layer = Block::<F>::new(c(), h(), fx.usize("mlp_hidden"), &mut rng).unwrap();
             float_layer(fx, "Block", &mut layer)
         }
+        "dropout" => {
+            let seed = fx.config["seed"].as_u64().expect("seed");
+            let mut layer = Dropout::<F>::new(fx.f64_config("p"), seed).unwrap();
+            float_layer(fx, "Dropout", &mut layer)
+        }
+        "block_dropout" => {
+            let [a, m] = seeds(fx)[..] else {
+                panic!("{}: two seeds", fx.case)
+            };
+            let mut layer = Block::<F>::new(c(), h(), fx.usize("mlp_hidden"), &mut rng)
+                .unwrap()
+                .with_residual_dropout(fx.f64_config("p"), [a, m])
+                .unwrap();
+            float_layer(fx, "Block", &mut layer)
+        }
+        "gpt_dropout" => gpt_dropout::<F>(fx, &mut rng),
         "embedding" => embedding::<F>(fx, &mut rng),
         "gelu" => gelu::<F>(fx),
         "attention_core" => attention_core::<F>(fx),
@@ -668,6 +731,9 @@ parity_cases! {
     gpt_ln_f,
     gpt_no_ln_f,
     gpt_b1_t1,
+    dropout,
+    block_dropout,
+    gpt_dropout,
     adam_10_steps,
     adamw_10_steps,
     adam_l2_amsgrad_clip_10_steps,

@@ -172,14 +172,15 @@ impl Task {
         }
     }
 
-    /// Held-out loss (and accuracy for the addition task) on the fixed evaluation set.
-    pub fn evaluate<F: Float>(&self, model: &mut Gpt<F>) -> Result<Eval> {
+    /// Held-out loss (and accuracy for the addition task) on the fixed evaluation set, by
+    /// inference: nothing is dropped, whatever the model's dropout mode.
+    pub fn evaluate<F: Float>(&self, model: &Gpt<F>) -> Result<Eval> {
         match self {
             Self::Addition { task, held_out } => addition_eval(model, task, held_out),
             Self::Text { val_batches, .. } => {
                 let mut total = 0.0;
                 for batch in val_batches {
-                    total += model.loss(&batch.ids, &batch.targets)?.to_f64_exact();
+                    total += model.eval_loss(&batch.ids, &batch.targets)?.to_f64_exact();
                 }
                 Ok(Eval {
                     val_loss: total / val_batches.len().max(1) as f64,
@@ -190,9 +191,10 @@ impl Task {
     }
 }
 
-/// Masked loss and exact-match accuracy of `model` on addition `pairs`.
+/// Masked loss and exact-match accuracy of `model` on addition `pairs`, by inference (no
+/// dropout).
 pub fn addition_eval<F: Float>(
-    model: &mut Gpt<F>,
+    model: &Gpt<F>,
     task: &AdditionTask,
     pairs: &[(u64, u64)],
 ) -> Result<Eval> {
@@ -200,7 +202,7 @@ pub fn addition_eval<F: Float>(
     let (mut loss, mut correct) = (0.0, 0);
     for chunk in pairs.chunks(500) {
         let (ids, targets) = task.batch(chunk);
-        let logits = model.forward(&ids)?;
+        let logits = model.infer(&ids)?;
         loss += masked_cross_entropy(&logits, &targets, &mask)
             .0
             .to_f64_exact()

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::dropout::DropoutConfig;
 use super::meta::Meta;
 use super::parts::{AttentionKind, HeadKind, MlpKind, NormKind, PositionKind};
 use crate::{Error, Result};
@@ -46,6 +47,8 @@ pub struct GptConfig {
     pub positions: PositionKind,
     /// The output head.
     pub head: HeadKind,
+    /// Where training forwards drop activations, and how much (none by default).
+    pub dropout: DropoutConfig,
 }
 
 impl GptConfig {
@@ -71,6 +74,7 @@ impl GptConfig {
             mlp: MlpKind::default(),
             positions: PositionKind::default(),
             head: HeadKind::default(),
+            dropout: DropoutConfig::default(),
         }
     }
 
@@ -103,7 +107,7 @@ impl GptConfig {
     }
 
     /// Checks that every size is positive, the heads divide `d_model`, the parts' settings
-    /// are valid and the parameter count fits in `usize`.
+    /// and drop probabilities are valid and the parameter count fits in `usize`.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the offending field.
@@ -125,6 +129,7 @@ impl GptConfig {
             )));
         }
         self.norm.validate()?;
+        self.dropout.validate()?;
         if self.checked_param_count().is_none() {
             return Err(invalid("the parameter count overflows usize".into()));
         }
@@ -176,11 +181,13 @@ impl GptConfig {
         self.mlp.encode(&mut meta);
         self.positions.encode(&mut meta);
         self.head.encode(&mut meta);
+        self.dropout.encode(&mut meta);
         meta
     }
 
     /// Reads a config from checkpoint metadata (`config.<field>` keys). A part missing from
-    /// the metadata is the original's (checkpoints written before parts were recorded).
+    /// the metadata is the original's (checkpoints written before parts were recorded), and
+    /// a missing drop probability is 0 (they are written only when non-zero).
     ///
     /// # Errors
     /// [`Error::Checkpoint`] when a size is missing or unreadable, or a part is one this
@@ -200,6 +207,7 @@ impl GptConfig {
             mlp: MlpKind::decode(&meta)?,
             positions: PositionKind::decode(&meta)?,
             head: HeadKind::decode(&meta)?,
+            dropout: DropoutConfig::decode(&meta)?,
         })
     }
 

@@ -2,18 +2,21 @@
 //! head → cross-entropy, each part chosen in the configuration ([`parts`]).
 
 mod config;
+mod dropout;
 pub(crate) mod meta;
 pub mod parts;
 
 use ndarray::{Array2, Array3, Array4};
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 pub use config::GptConfig;
+pub use dropout::DropoutConfig;
 
 use crate::error::check_shape;
 use crate::exec::in_pool_if_small;
-use crate::layer::{Cache, DropoutMode, InferState, KvCache};
-use crate::layers::{Block, Embedding};
+use crate::kernels::cross_entropy_forward;
+use crate::layer::{Cache, DropoutMode, DropoutSite, InferState, KvCache};
+use crate::layers::{Block, Dropout, Embedding};
 use crate::param::{ParamMap, Params};
 use crate::{CrossEntropy, Error, Float, Layer, Result, params};
 
@@ -34,6 +37,42 @@ const LAYER: &str = "Gpt";
 /// computed before it, and loading parameters ([`Params::import_params`], a checkpoint)
 /// forgets both, so [`Gpt::backward_loss`] then returns
 /// [`Error::BackwardBeforeForward`] instead of mixing two passes.
+///
+/// # Dropout: training and evaluation
+///
+/// With dropout in the config ([`GptConfig::dropout`]), every training [`forward`](Layer::forward)
+/// (and so [`Gpt::loss`]) drops: after the embeddings, and on each block's two branches
+/// before their residual adds. Inference ([`Layer::infer`], [`KvCache::infer`],
+/// [`Gpt::eval_loss`], generation) never drops. For an evaluation loss use
+/// [`Gpt::eval_loss`], or switch dropout off around your own forwards:
+///
+/// ```
+/// use baregpt::{DropoutConfig, Gpt, GptConfig, layer::DropoutMode, prelude::*};
+/// use ndarray::array;
+/// use rand::SeedableRng;
+///
+/// let config = GptConfig { dropout: DropoutConfig::uniform(0.2), ..GptConfig::with_sizes(11, 8, 2, 1, 6) };
+/// let mut gpt = Gpt::<f64>::new(config, &mut rand::rngs::StdRng::seed_from_u64(0))?;
+/// let (ids, targets) = (array![[1, 2, 3]], array![[2, 3, 4]]);
+/// let train = gpt.loss(&ids, &targets)?;          // drops
+/// gpt.set_dropout(DropoutMode::Off);               // evaluation: nothing is dropped
+/// let eval = gpt.loss(&ids, &targets)?;
+/// assert_eq!(eval, gpt.eval_loss(&ids, &targets)?); // the same as inference
+/// assert_ne!(train, eval);
+/// gpt.set_dropout(DropoutMode::Train);             // back to training
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+///
+/// **Reproducibility.** Each dropout site's masks are a pure function of its seed and its
+/// pass count ([`DropoutSite`]). The seeds are drawn from the `rng` given to [`Gpt::new`], so
+/// the same rng and the same sequence of training forwards give the same masks, on any
+/// number of threads. A forward or loss that fails draws no mask (the pass counts are set
+/// back), so only successful training forwards count.
+/// **Checkpoints do not save the seeds or pass counts**: a loaded model gets the seeds of
+/// the rng it is built with and starts at pass 0, so a resumed run drops with other masks
+/// than an uninterrupted one would (same statistics, not the same bits). To resume exactly,
+/// save [`Gpt::dropout_sites`]' seeds and passes yourself and set them back through
+/// [`Gpt::dropout_sites_mut`].
 ///
 /// # Example
 ///
@@ -57,6 +96,8 @@ pub struct Gpt<F: Float> {
     blocks: Vec<Block<F>>,
     ln_f: Option<Box<dyn Layer<F>>>,
     head: Box<dyn Layer<F>>,
+    /// Dropout after the embeddings, when its `p` is not 0.
+    embed_drop: Option<Dropout<F>>,
     loss_head: CrossEntropy<F>,
     /// The logits' shape of the last forward that completed.
     done: Cache<()>,
@@ -87,6 +128,12 @@ impl<F: Float> Gpt<F> {
     /// matrices, `N(0, 0.01²)` embeddings, zero biases, unit norm gains), drawn from `rng`
     /// in a fixed order: the embedding tables, each block's weights, the head.
     ///
+    /// Then the dropout seeds, each only when its probability is non-zero, so a model
+    /// without dropout draws exactly what it drew before dropout existed: the embedding
+    /// dropout's seed, then each block's two residual seeds (attention branch, MLP branch).
+    /// [`DropoutConfig::attention`] is validated but not yet applied: the attention layer
+    /// will take it, with its seeds drawn after these.
+    ///
     /// # Errors
     /// [`Error::InvalidConfig`] when the config does not [validate](GptConfig::validate) or
     /// a part cannot be built; [`Error::TooLarge`] when one table, or all parameters
@@ -113,12 +160,26 @@ impl<F: Float> Gpt<F> {
             false => None,
         };
         let head = config.head.build(c, config.vocab_size, rng)?;
+        // Dropout seeds come after every weight, and only for the placements that drop.
+        let p = config.dropout;
+        let embed_drop = match p.embed > 0.0 {
+            true => Some(Dropout::new(p.embed, rng.random())?),
+            false => None,
+        };
+        let blocks = match p.residual > 0.0 {
+            true => blocks
+                .into_iter()
+                .map(|block| block.with_residual_dropout(p.residual, [rng.random(), rng.random()]))
+                .collect::<Result<Vec<_>>>()?,
+            false => blocks,
+        };
         Ok(Self {
             config,
             embed,
             blocks,
             ln_f,
             head,
+            embed_drop,
             loss_head: CrossEntropy::new(),
             done: Cache::new(),
         })
@@ -152,8 +213,59 @@ impl<F: Float> Gpt<F> {
             targets.shape(),
             &[Some(ids.nrows()), Some(ids.ncols())],
         )?;
+        let passes = self.dropout_passes();
         let logits = self.forward(ids)?;
-        self.loss_head.loss(&logits, targets)
+        let loss = self.loss_head.loss(&logits, targets);
+        if loss.is_err() {
+            // A refused loss draws no mask: the sites are set back to where they were.
+            self.restore_passes(&passes);
+        }
+        loss
+    }
+
+    /// The mean cross-entropy of `ids (B, T)` against `targets (B, T)` by inference: nothing
+    /// is dropped, whatever the [`DropoutMode`], and nothing is cached (a pending
+    /// [`Gpt::backward_loss`] is not disturbed). The evaluation loss.
+    ///
+    /// # Errors
+    /// As [`Layer::infer`]; [`Error::ShapeMismatch`] when `targets` is not `(B, T)`;
+    /// [`Error::TargetOutOfRange`] for a target `≥ V`.
+    pub fn eval_loss(&self, ids: &Array2<usize>, targets: &Array2<usize>) -> Result<F> {
+        check_shape(
+            LAYER,
+            "targets",
+            targets.shape(),
+            &[Some(ids.nrows()), Some(ids.ncols())],
+        )?;
+        let logits = self.infer(ids)?;
+        cross_entropy_forward(logits.view(), targets.view()).map(|(loss, _)| loss)
+    }
+
+    /// Every dropout site that drops (`p > 0`), in forward order: the embedding dropout's,
+    /// then each block's attention-branch and MLP-branch sites. Empty without dropout.
+    pub fn dropout_sites(&self) -> Vec<&DropoutSite> {
+        let blocks = self.blocks.iter().flat_map(|b| b.residual_dropout());
+        let embed = self.embed_drop.as_ref().map(Dropout::site);
+        embed
+            .into_iter()
+            .chain(blocks)
+            .filter(|site| site.p() > 0.0)
+            .collect()
+    }
+
+    /// [`Gpt::dropout_sites`], mutably: to set seeds and pass counts (for example to resume
+    /// a run's masks), not their probabilities, which the config fixes.
+    pub fn dropout_sites_mut(&mut self) -> Vec<&mut DropoutSite> {
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .flat_map(|b| b.residual_dropout_mut());
+        let embed = self.embed_drop.as_mut().map(Dropout::site_mut);
+        embed
+            .into_iter()
+            .chain(blocks)
+            .filter(|site| site.p() > 0.0)
+            .collect()
     }
 
     /// Backpropagates the last [`Gpt::loss`], adding into every parameter gradient.
@@ -190,6 +302,18 @@ impl<F: Float> Gpt<F> {
         let mut state = InferState::new().recording_attention();
         let logits = self.infer_with(ids, &mut state)?;
         Ok((logits, state.take_attention()))
+    }
+
+    /// The pass count of every dropout site, in [`Gpt::dropout_sites`] order.
+    fn dropout_passes(&self) -> Vec<u64> {
+        self.dropout_sites().iter().map(|s| s.passes()).collect()
+    }
+
+    /// Sets the pass counts back to `passes` (from [`Gpt::dropout_passes`]).
+    fn restore_passes(&mut self, passes: &[u64]) {
+        for (site, &n) in self.dropout_sites_mut().into_iter().zip(passes) {
+            site.set_passes(n);
+        }
     }
 
     /// Forgets the last forward and loss: the next backward is refused until a forward runs.
@@ -230,13 +354,18 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
 
     fn forward(&mut self, ids: &Array2<usize>) -> Result<Array3<F>> {
         self.forget_passes();
+        let passes = self.dropout_passes();
         let logits = in_pool_if_small(self.activations(ids.len()), || {
             let mut x = self.embed.forward(ids)?;
+            if let Some(drop) = &mut self.embed_drop {
+                x = drop.forward(&x)?;
+            }
             for layer in self.trunk_mut() {
                 x = layer.forward(&x)?;
             }
             Ok::<_, Error>(x)
-        })?;
+        })
+        .inspect_err(|_| self.restore_passes(&passes))?;
         self.done.store((), logits.dim());
         Ok(logits)
     }
@@ -244,6 +373,7 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
     fn infer_with(&self, ids: &Array2<usize>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
         in_pool_if_small(self.activations(ids.len()), || {
             let mut x = self.embed.infer_with(ids, state)?;
+            // The embedding dropout is the identity in inference (nothing to copy).
             for layer in self.trunk() {
                 x = layer.infer_with(&x, state)?;
             }
@@ -264,12 +394,21 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             for layer in layers {
                 d = layer.backward(&d)?;
             }
+            if let Some(drop) = &mut self.embed_drop {
+                d = drop.backward(&d)?;
+            }
             self.embed.backward(&d)
         })
     }
 
+    /// Sets every dropout site of the model: [`DropoutMode::Off`] for evaluation forwards,
+    /// [`DropoutMode::Train`] (the default) for training, [`DropoutMode::Hold`] for a
+    /// gradient check.
     fn set_dropout(&mut self, mode: DropoutMode) {
         self.embed.set_dropout(mode);
+        if let Some(drop) = &mut self.embed_drop {
+            drop.set_dropout(mode);
+        }
         for layer in self.trunk_mut() {
             layer.set_dropout(mode);
         }

@@ -23,7 +23,7 @@ use ndarray::{Array2, Array3};
 use super::layer::{analytic_phase, collect_grads, numeric_phase, restore_grads};
 use super::options::{GradCheckOptions, f32_defaults, unit_roundoff};
 use super::report::GradCheckReport;
-use crate::layer::LayerInput;
+use crate::layer::{DropoutMode, LayerInput};
 use crate::{Error, Layer, Result};
 use rand::{SeedableRng, rngs::StdRng};
 
@@ -59,6 +59,10 @@ impl WidenInput for Array2<usize> {
 ///
 /// `reference`'s parameters are overwritten with `layer`'s (widened exactly) for the check
 /// and restored afterwards; `layer`'s values and gradients are restored too.
+///
+/// Both layers are checked in [`DropoutMode::Hold`] and left in [`DropoutMode::Train`], as
+/// in [`check_layer`](super::check_layer). With dropout the twin must draw the same masks:
+/// the same seeds and pass counts (two layers built alike and not yet run do).
 ///
 /// ```
 /// use baregpt::{gradcheck, layers::LayerNorm};
@@ -104,6 +108,8 @@ where
     }
     let saved = collect_grads(layer);
     let saved_reference = collect_grads(reference);
+    layer.set_dropout(DropoutMode::Hold);
+    reference.set_dropout(DropoutMode::Hold);
     let result = (|| {
         set_values(reference, &values);
         let wide = x.widen();
@@ -141,6 +147,8 @@ where
     set_values(reference, &reference_values);
     restore_grads(reference, &saved_reference);
     restore_grads(layer, &saved);
+    layer.set_dropout(DropoutMode::Train);
+    reference.set_dropout(DropoutMode::Train);
     result
 }
 

@@ -9,7 +9,7 @@ use super::numeric::{Objective, Perturb};
 use super::options::{GradCheckOptions, Resolved, unit_roundoff};
 use super::report::{ContractViolation, GradCheckReport};
 use super::sampling::{self, Target};
-use crate::layer::LayerInput;
+use crate::layer::{DropoutMode, LayerInput};
 use crate::param::Params;
 use crate::{Float, Layer, Result};
 
@@ -18,6 +18,14 @@ use crate::{Float, Layer, Result};
 ///
 /// The layer's parameter values and gradients are restored when the check returns, even
 /// when it fails or errors; its cache holds the last perturbed forward.
+///
+/// **Dropout.** A layer with dropout is checked as one fixed function: the check first sets
+/// [`DropoutMode::Hold`] (through [`Layer::set_dropout`]), so every forward it runs reuses
+/// the mask of the layer's last training pass (or draws pass 0's if it has none), and sets
+/// [`DropoutMode::Train`] when it returns. A layer that was [`Off`](DropoutMode::Off) is
+/// therefore checked with its dropout on, and left training: set `Off` again afterwards if
+/// you were evaluating. A layer of your own that holds dropout layers must pass
+/// `set_dropout` on to them.
 ///
 /// # Errors
 /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for options that cannot check
@@ -35,6 +43,7 @@ where
 {
     let tol = options.resolve_for::<F>()?;
     let saved = collect_grads(layer);
+    layer.set_dropout(DropoutMode::Hold);
     let result = (|| {
         let mut rng = StdRng::seed_from_u64(tol.seed);
         let mut report = GradCheckReport::new(&tol, F::NAME);
@@ -44,6 +53,7 @@ where
         Ok(report)
     })();
     restore_grads(layer, &saved);
+    layer.set_dropout(DropoutMode::Train);
     result
 }
 

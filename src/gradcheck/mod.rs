@@ -28,6 +28,11 @@
 //! time (the same gradients, bit for bit unless
 //! [`nondeterminism_tol`](GradCheckOptions::nondeterminism_tol) allows a difference).
 //!
+//! **Dropout.** A random forward has no derivative to check, so the layer checkers set
+//! [`DropoutMode::Hold`](crate::layer::DropoutMode::Hold) first: every forward of the check
+//! uses one mask, and the layer is one fixed function whose backward must multiply by that
+//! same mask. They leave the layer in `DropoutMode::Train`.
+//!
 //! **Fast mode** ([`Mode::Fast`]) compares random directional derivatives per tensor, and when
 //! one fails, locates the failing elements with a full check of that tensor alone.
 //!

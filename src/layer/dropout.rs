@@ -87,21 +87,86 @@ impl DropoutSite {
         self.mode = mode;
     }
 
+    /// Sets the seed the masks are derived from, keeping the pass count (with
+    /// [`set_passes`](DropoutSite::set_passes), to reproduce or resume a run's masks).
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
+    /// Sets how many masks have been drawn: the next training forward uses pass `passes`.
+    pub fn set_passes(&mut self, passes: u64) {
+        self.passes = passes;
+    }
+
     /// The mask of this training forward, or `None` when nothing is dropped (`p = 0` or
     /// [`DropoutMode::Off`]). [`DropoutMode::Train`] advances to a new pass;
     /// [`DropoutMode::Hold`] repeats the last.
     pub fn next_mask(&mut self) -> Option<DropoutMask> {
+        let (mask, pass) = self.upcoming()?;
+        // Train: `pass` is `passes`, which advances (saturating: a site that has drawn 2⁶⁴
+        // masks repeats its last); Hold: `pass` was already drawn.
+        self.passes = self.passes.max(pass.saturating_add(1));
+        Some(mask)
+    }
+
+    /// The mask the next [`next_mask`](DropoutSite::next_mask) will return, without drawing
+    /// it: a layer that may still fail looks at it first and draws it once it has succeeded,
+    /// so a failed forward leaves the site as it was.
+    pub fn peek_mask(&self) -> Option<DropoutMask> {
+        self.upcoming().map(|(mask, _)| mask)
+    }
+
+    /// The next mask and its pass number, or `None` when nothing is dropped.
+    fn upcoming(&self) -> Option<(DropoutMask, u64)> {
         if self.mode == DropoutMode::Off || self.p() == 0.0 {
             return None;
         }
         let pass = match self.mode {
             DropoutMode::Hold if self.passes > 0 => self.passes - 1,
-            _ => {
-                self.passes = self.passes.wrapping_add(1);
-                self.passes - 1
-            }
+            _ => self.passes,
         };
-        // The probability was checked when the site was made.
-        DropoutMask::new(self.p(), self.seed, pass).ok()
+        // The probability was checked when the site was made, so `new` succeeds.
+        DropoutMask::new(self.p(), self.seed, pass)
+            .ok()
+            .map(|mask| (mask, pass))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peek_is_the_next_mask_and_hold_repeats_the_last() {
+        let mut site = DropoutSite::new(0.3, 5).unwrap();
+        site.set_mode(DropoutMode::Hold);
+        let first = site.peek_mask();
+        assert_eq!(site.passes(), 0);
+        assert_eq!(site.next_mask(), first); // Hold with no pass yet draws pass 0
+        assert_eq!(site.passes(), 1);
+        assert_eq!(site.next_mask(), first);
+        site.set_mode(DropoutMode::Train);
+        let second = site.peek_mask();
+        assert_ne!(second, first);
+        assert_eq!(site.next_mask(), second);
+        assert_eq!(site.passes(), 2);
+        site.set_mode(DropoutMode::Hold);
+        assert_eq!(site.next_mask(), second);
+        assert_eq!(site.passes(), 2);
+    }
+
+    #[test]
+    fn zero_p_never_draws_and_the_last_pass_does_not_overflow() {
+        let mut none = DropoutSite::new(0.0, 5).unwrap();
+        assert_eq!(none.next_mask(), None);
+        assert_eq!(none.passes(), 0);
+        let mut last = DropoutSite::new(0.5, 5).unwrap();
+        last.set_passes(u64::MAX);
+        let mask = last.next_mask();
+        assert_eq!(mask, DropoutMask::new(0.5, 5, u64::MAX).ok());
+        assert_eq!(last.next_mask(), mask);
+        last.set_seed(6);
+        last.set_passes(0);
+        assert_eq!(last.next_mask(), DropoutMask::new(0.5, 6, 0).ok());
     }
 }

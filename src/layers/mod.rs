@@ -7,6 +7,7 @@
 
 mod attention;
 mod block;
+mod dropout;
 mod embedding;
 mod gelu;
 pub(crate) mod init;
@@ -19,6 +20,7 @@ mod swiglu;
 
 pub use attention::Attention;
 pub use block::Block;
+pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use gelu::Gelu;
 pub use init::{glorot_uniform, normal};

@@ -220,6 +220,88 @@ class RefGpt(nn.Module):
         return self.lm_head(x)
 
 
+# --------------------------------------------------------------------------------------
+# Dropout with baregpt's masks: the rule of src/kernels/dropout.rs, reimplemented. Element i
+# (row-major) of pass n of the site seeded s is kept when bits >> 11 >= floor(p * 2^53), with
+# bits = mix(key + (i + 1) * GAMMA), key = mix(s + mix(n)), mix the SplitMix64 finaliser;
+# kept elements are scaled by 1 / (1 - p). The torch modules below multiply by these masks.
+# --------------------------------------------------------------------------------------
+
+U64 = (1 << 64) - 1
+GAMMA = 0x9E3779B97F4A7C15
+
+
+def mix(z):
+    """SplitMix64's finaliser on a Python int or a numpy uint64 array."""
+    if isinstance(z, int):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & U64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & U64
+        return z ^ (z >> 31)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def keeps(p, seed, pass_, n):
+    """Which of elements 0..n a pass keeps (bool array)."""
+    key = np.uint64(mix((seed + mix(pass_)) & U64))
+    threshold = np.uint64(int(p * 9007199254740992.0))  # exact product, truncated
+    with np.errstate(over="ignore"):
+        bits = mix(key + np.arange(1, n + 1, dtype=np.uint64) * np.uint64(GAMMA))
+    return (bits >> np.uint64(11)) >= threshold
+
+
+def dropout_mask(p, seed, pass_, shape):
+    """The mask of one pass as a float64 tensor of `shape`: 1/(1 - p) kept, 0 dropped."""
+    keep = keeps(p, seed, pass_, math.prod(shape))
+    return torch.from_numpy(keep.astype(np.float64) * (1.0 / (1.0 - p))).reshape(shape)
+
+
+# The bits src/kernels/dropout.rs's `known_values_pin_the_rule` pins: the same rule.
+assert "".join("1" if k else "0" for k in keeps(0.5, 0, 0, 32)) == \
+    "10010001010111110101111011001110"
+assert mix(1) == 0x5692161D100B05E5
+
+
+class RefBlockDropout(RefBlock):
+    """RefBlock with residual dropout: h = x + m1 * attn(ln_1(x)); y = h + m2 * mlp(ln_2(h)),
+    the masks of pass 0 of the sites seeded seeds[0] and seeds[1]."""
+
+    def __init__(self, d_model, n_heads, hidden, p, seeds):
+        super().__init__(d_model, n_heads, hidden)
+        self.p, self.seeds = p, seeds
+
+    def forward(self, x):
+        m1, m2 = (dropout_mask(self.p, s, 0, tuple(x.shape)) for s in self.seeds)
+        h = x + m1 * self.attn(self.ln_1(x))
+        return h + m2 * self.mlp(self.ln_2(h))
+
+
+class RefGptDropout(RefGpt):
+    """RefGpt with embedding dropout after wte + wpe and residual dropout in every block;
+    seeds = [embedding, block 0 attention, block 0 MLP, block 1 attention, ...]."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        seeds, p = cfg["seeds"], cfg["resid_pdrop"]
+        self.embd_pdrop, self.embd_seed = cfg["embd_pdrop"], seeds[0]
+        self.blocks = nn.ModuleList(
+            RefBlockDropout(cfg["d_model"], cfg["n_heads"], cfg["mlp_hidden"], p,
+                            seeds[1 + 2 * i: 3 + 2 * i])
+            for i in range(cfg["n_layers"])
+        )
+
+    def forward(self, ids):
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        x = x * dropout_mask(self.embd_pdrop, self.embd_seed, 0, tuple(x.shape))
+        for block in self.blocks:
+            x = block(x)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
+        return self.lm_head(x)
+
+
 def mean_cross_entropy(logits, targets):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -396,8 +478,33 @@ def case_cross_entropy(mapping, gen, cfg):
             "input_grad/logits": logits.grad.detach()}
 
 
-def case_gpt(mapping, gen, cfg):
-    module = RefGpt(cfg)
+def case_dropout(mapping, gen, cfg):
+    """Dropout alone: y = m * x with pass 0's mask of the site seeded cfg["seed"]."""
+    check_mapping(mapping, "Dropout", cfg, nn.Identity())  # no parameters
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    x = randn(gen, b, t, c).requires_grad_(True)
+    mask = dropout_mask(cfg["p"], cfg["seed"], 0, (b, t, c))
+    y = x * mask
+    dy = randn(gen, *y.shape)
+    y.backward(dy)
+    kept = float((mask != 0).double().mean())
+    assert abs(kept - (1 - cfg["p"])) < 0.15, kept  # the mask really drops
+    return {"input/x": x.detach(), "upstream/dy": dy, "output/y": y.detach(),
+            "input_grad/x": x.grad.detach()}
+
+
+def case_block_dropout(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    module = RefBlockDropout(c, cfg["n_heads"], cfg["mlp_hidden"], cfg["p"], cfg["seeds"])
+    return float_layer_case(mapping, "Block", cfg, module, randn(gen, b, t, c), gen)
+
+
+def case_gpt_dropout(mapping, gen, cfg):
+    return case_gpt(mapping, gen, cfg, RefGptDropout(cfg))
+
+
+def case_gpt(mapping, gen, cfg, module=None):
+    module = RefGpt(cfg) if module is None else module
     check_mapping(mapping, "Gpt", cfg, module)
     init_params(module, gen)
     ids = random_ids(gen, cfg["vocab_size"], cfg["batch"], cfg["time"])
@@ -487,6 +594,13 @@ CASES = [
     ("gpt_b1_t1", "gpt", 120,
      {"vocab_size": 7, "d_model": 10, "n_heads": 2, "n_layers": 1, "context": 4,
       "mlp_hidden": 16, "final_norm": True, "batch": 1, "time": 1}),
+    ("dropout", "dropout", 124, {"batch": 2, "time": 3, "d_model": 7, "p": 0.3, "seed": 91}),
+    ("block_dropout", "block_dropout", 125,
+     {"batch": 2, "time": 4, "d_model": 15, "n_heads": 3, "mlp_hidden": 24, "p": 0.25,
+      "seeds": [17, 18]}),
+    ("gpt_dropout", "gpt_dropout", 126,
+     dict(GPT_SMALL, final_norm=True, batch=2, time=5, embd_pdrop=0.2, resid_pdrop=0.15,
+          seeds=[1001, 1002, 1003, 1004, 1005])),
     ("adam_10_steps", "optimizer", 121,
      dict(GPT_SMALL, final_norm=True, batch=2, time=6, steps=10, lr=1e-2, beta1=0.9,
           beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
@@ -514,7 +628,8 @@ RUNNERS = {
     "gelu": case_gelu, "attention_core": case_attention_core, "attention": case_attention,
     "mlp": case_mlp, "block": case_block, "cross_entropy": case_cross_entropy,
     "gpt": case_gpt, "optimizer": case_optimizer, "rms_norm": case_rms_norm,
-    "swiglu": case_swiglu,
+    "swiglu": case_swiglu, "dropout": case_dropout,
+    "block_dropout": case_block_dropout, "gpt_dropout": case_gpt_dropout,
 }
 
 # --------------------------------------------------------------------------------------
