@@ -23,8 +23,8 @@ const LAYER: &str = "Gpt";
 ///
 /// `forward(ids (B, T)) → logits (B, T, V)`; [`Gpt::loss`] adds the mean cross-entropy and
 /// [`Gpt::backward_loss`] accumulates every parameter's gradient from it. Parameters are
-/// named `embed.tok`, `embed.pos`, `blocks.{i}.{ln1,attn,ln2,mlp}.*`, `ln_f.*` and
-/// `head.*`.
+/// named `embed.tok`, `embed.pos` (learned positions only), `blocks.{i}.{ln1,attn,ln2,mlp}.*`,
+/// `ln_f.*` and `head.*`.
 ///
 /// `Gpt` is also a `Layer<F, Array2<usize>>`: [`Layer::backward`] takes `dL/dlogits` from a
 /// loss of your own, and [`Layer::infer`] (or [`KvCache::infer`], for incremental decoding)
@@ -98,11 +98,13 @@ impl<F: Float> Gpt<F> {
         // total is held to the per-allocation limit too (before any table is drawn).
         crate::limits::check_alloc::<F>(LAYER, "all parameters", &[config.param_count()])?;
         let c = config.d_model;
-        let embed = Embedding::new(config.vocab_size, c, config.context, rng)?;
+        let embed =
+            config.positions.build_embedding(config.vocab_size, c, config.context, rng)?;
+        let rope_theta = config.positions.rope_theta();
         let blocks = (0..config.n_layers)
             .map(|_| {
                 let ln1 = config.norm.build(c)?;
-                let attn = config.attention.build(c, config.n_heads, rng)?;
+                let attn = config.attention.build(c, config.n_heads, rope_theta, rng)?;
                 let ln2 = config.norm.build(c)?;
                 let mlp = config.mlp.build(c, config.mlp_hidden, rng)?;
                 Ok(Block::from_parts(ln1, attn, ln2, mlp))

@@ -22,12 +22,18 @@ pub mod layer_norm;
 pub mod linear;
 pub(crate) mod matmul;
 pub(crate) mod reduce;
+pub mod rope;
 pub mod softmax;
 
-pub use attention::{attention_backward, attention_forward};
+pub use attention::{
+    attention_backward, attention_forward, grouped_attention_backward, grouped_attention_forward,
+};
 pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
-pub use embedding::{embedding_backward, embedding_forward};
+pub use embedding::{
+    embedding_backward, embedding_forward, token_embedding_backward, token_embedding_forward,
+};
 pub use gelu::{gelu_backward, gelu_forward};
 pub use layer_norm::{LayerNormCache, layer_norm_backward, layer_norm_forward};
 pub use linear::{linear_backward, linear_forward};
+pub use rope::{rope_backward, rope_forward};
 pub use softmax::{causal_softmax_forward, softmax_backward_in_place};

@@ -15,7 +15,7 @@ mod linear;
 mod mlp;
 mod sequential;
 
-pub use attention::Attention;
+pub use attention::{Attention, AttentionConfig};
 pub use block::Block;
 pub use embedding::Embedding;
 pub use gelu::Gelu;
