@@ -431,10 +431,10 @@ fn worst_relative_error_over_a_rotary_gqa_gpt() {
             bias: true,
         },
         positions: PositionKind::Rotary { theta: 100.0 },
+        n_heads: 4,
         ..small_config()
     };
     let (ids, targets) = (ids_for(2, 5, 11, 3), ids_for(2, 5, 11, 4));
-    let cfg = GptConfig { n_heads: 4, ..cfg };
     let (logits, loss) = unwrap_check(check_gpt(&cfg, &ids, &targets, 2025));
     summarize("rotary GQA Gpt (f64), logits projected", &logits);
     summarize("rotary GQA Gpt (f64), mean cross-entropy", &loss);
