@@ -292,7 +292,10 @@ mod tests {
                 .collect()
         };
         for (attention, positions) in [
-            (AttentionKind::MultiHead { bias: true }, PositionKind::Learned),
+            (
+                AttentionKind::MultiHead { bias: true },
+                PositionKind::Learned,
+            ),
             (
                 AttentionKind::GroupedQuery {
                     n_kv_heads: 2,

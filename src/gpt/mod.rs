@@ -98,8 +98,9 @@ impl<F: Float> Gpt<F> {
         // total is held to the per-allocation limit too (before any table is drawn).
         crate::limits::check_alloc::<F>(LAYER, "all parameters", &[config.param_count()])?;
         let c = config.d_model;
-        let embed =
-            config.positions.build_embedding(config.vocab_size, c, config.context, rng)?;
+        let embed = config
+            .positions
+            .build_embedding(config.vocab_size, c, config.context, rng)?;
         let rope_theta = config.positions.rope_theta();
         let blocks = (0..config.n_layers)
             .map(|_| {
