@@ -51,7 +51,7 @@ fn check_dims<F>(
             reason: format!("{n_heads} heads do not divide the width {c}"),
         });
     }
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+    if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(Error::InvalidConfig {
             layer: KERNEL,
             reason: format!("{n_kv_heads} key/value heads do not divide the {n_heads} heads"),
