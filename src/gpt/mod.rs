@@ -12,7 +12,7 @@ pub use config::GptConfig;
 
 use crate::error::check_shape;
 use crate::exec::in_pool_if_small;
-use crate::layer::{Cache, InferState, KvCache};
+use crate::layer::{Cache, DropoutMode, InferState, KvCache};
 use crate::layers::{Block, Embedding};
 use crate::param::{ParamMap, Params};
 use crate::{CrossEntropy, Error, Float, Layer, Result, params};
@@ -269,5 +269,12 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             }
             self.embed.backward(&d)
         })
+    }
+
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        self.embed.set_dropout(mode);
+        for layer in self.trunk_mut() {
+            layer.set_dropout(mode);
+        }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod dropout;
 pub(crate) mod elementwise;
 pub mod embedding;
 pub(crate) mod fast_math;
@@ -29,6 +30,7 @@ pub use attention::{
     attention_backward, attention_forward, grouped_attention_backward, grouped_attention_forward,
 };
 pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
+pub use dropout::{DropoutMask, dropout_backward, dropout_forward};
 pub use embedding::{
     embedding_backward, embedding_forward, token_embedding_backward, token_embedding_forward,
 };
