@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use ndarray::{Array2, Array3, Array4, ArrayView3, Axis, Zip, s};
 
+use super::dropout::DropoutMask;
 use super::matmul::{matmul_into, matmul_uninit};
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
@@ -100,7 +101,7 @@ pub fn attention_forward<F: Float>(
     v: ArrayView3<'_, F>,
     n_heads: usize,
 ) -> Result<(Array3<F>, Array4<F>)> {
-    forward_blocked(q, k, v, n_heads, n_heads, QUERY_BLOCK)
+    forward_blocked(q, k, v, n_heads, n_heads, None, QUERY_BLOCK)
 }
 
 /// Causal grouped-query attention: `q (B, T_q, H·D)` over `k, v (B, T_k, H_kv·D)`; returns
@@ -121,7 +122,40 @@ pub fn grouped_attention_forward<F: Float>(
     n_heads: usize,
     n_kv_heads: usize,
 ) -> Result<(Array3<F>, Array4<F>)> {
-    forward_blocked(q, k, v, n_heads, n_kv_heads, QUERY_BLOCK)
+    forward_blocked(q, k, v, n_heads, n_kv_heads, None, QUERY_BLOCK)
+}
+
+/// [`grouped_attention_forward`] with dropout on the probabilities (GPT-2's `attn_pdrop`):
+/// `ctx_h = (P_h ⊙ M_h)·V_g`, where `M` is `mask` over the `(B, H, T_q, T_k)` probabilities
+/// (element `((b·H + h)·T_q + i)·T_k + j` in row-major order; `0` where dropped, `1/(1 − p)`
+/// where kept). Returns `(ctx, probs)` with the probabilities **before** dropout, which is
+/// what [`attention_dropout_backward`] needs (with the same mask, regenerated, not stored).
+///
+/// # Errors
+/// As [`grouped_attention_forward`].
+pub fn attention_dropout_forward<F: Float>(
+    q: ArrayView3<'_, F>,
+    k: ArrayView3<'_, F>,
+    v: ArrayView3<'_, F>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    mask: &DropoutMask,
+) -> Result<(Array3<F>, Array4<F>)> {
+    forward_blocked(q, k, v, n_heads, n_kv_heads, Some(mask), QUERY_BLOCK)
+}
+
+/// Multiplies the block `rows × keys` of head `h` of sequence `bi` of the probabilities
+/// (shape `(B, H, T_q, T_k)`) by the mask, row by row at each element's row-major index.
+fn apply_mask<F: Float>(
+    mask: &DropoutMask,
+    mut block: ndarray::ArrayViewMut2<'_, F>,
+    (bi, h, first_row): (usize, usize, usize),
+    (n_heads, t_q, t_k): (usize, usize, usize),
+) {
+    for (i, row) in block.outer_iter_mut().enumerate() {
+        let index = ((bi * n_heads + h) * t_q + first_row + i) * t_k;
+        mask.apply_in_place(row, index as u64);
+    }
 }
 
 /// The query blocks of `T_q` rows, `block` at a time, each with the number of keys it sees:
@@ -146,6 +180,7 @@ fn forward_blocked<F: Float>(
     v: ArrayView3<'_, F>,
     n_heads: usize,
     n_kv_heads: usize,
+    mask: Option<&DropoutMask>,
     block: usize,
 ) -> Result<(Array3<F>, Array4<F>)> {
     let Dims {
@@ -168,12 +203,12 @@ fn forward_blocked<F: Float>(
     // Sequences are independent: one task per batch element, heads in turn within it.
     for_each_split!(
         b * t_q * t_k * c,
-        Zip::from(probs.outer_iter_mut())
+        Zip::indexed(probs.outer_iter_mut())
             .and(ctx.outer_iter_mut())
             .and(q.outer_iter())
             .and(k.outer_iter())
             .and(v.outer_iter()),
-        |mut probs, mut ctx, q, k, v| on_one_thread(|| {
+        |bi, mut probs, mut ctx, q, k, v| on_one_thread(|| {
             for h in 0..n_heads {
                 let cols = s![.., h * d..(h + 1) * d];
                 // The key/value head this query head shares (itself when ungrouped).
@@ -190,9 +225,20 @@ fn forward_blocked<F: Float>(
                     let mut p =
                         matmul_uninit(scale, query_rows, k.slice(s![..keys, ..]).t(), visible);
                     causal_softmax_forward(p.view_mut(), offset + rows.start);
+                    // With dropout, the context uses P ⊙ M; probs keeps P.
+                    let dropped = mask.map(|mask| {
+                        let mut pm = p.to_owned();
+                        apply_mask(
+                            mask,
+                            pm.view_mut(),
+                            (bi, h, rows.start),
+                            (n_heads, t_q, t_k),
+                        );
+                        pm
+                    });
                     matmul_uninit(
                         F::one(),
-                        p.view(),
+                        dropped.as_ref().map_or(p.view(), |pm| pm.view()),
                         v.slice(s![..keys, ..]),
                         ctx.slice_mut(s![rows, ..]),
                     );
@@ -229,7 +275,7 @@ pub fn attention_backward<F: Float>(
     d_ctx: ArrayView3<'_, F>,
 ) -> Result<(Array3<F>, Array3<F>, Array3<F>)> {
     let n_heads = probs.len_of(Axis(1));
-    backward_blocked(q, k, v, probs, d_ctx, n_heads, QUERY_BLOCK)
+    backward_blocked(q, k, v, probs, d_ctx, n_heads, None, QUERY_BLOCK)
 }
 
 /// Backward of [`grouped_attention_forward`]; returns `(dq, dk, dv)` shaped like `q`, `k`,
@@ -256,7 +302,31 @@ pub fn grouped_attention_backward<F: Float>(
     d_ctx: ArrayView3<'_, F>,
     n_kv_heads: usize,
 ) -> Result<(Array3<F>, Array3<F>, Array3<F>)> {
-    backward_blocked(q, k, v, probs, d_ctx, n_kv_heads, QUERY_BLOCK)
+    backward_blocked(q, k, v, probs, d_ctx, n_kv_heads, None, QUERY_BLOCK)
+}
+
+/// Backward of [`attention_dropout_forward`], given its `probs` (before dropout) and the same
+/// `mask`; returns `(dq, dk, dv)` shaped like `q`, `k`, `v`.
+///
+/// With `P̃ = P ⊙ M` and `ctx_h = P̃_h·V_g`, per head (`G = d_ctx_h`):
+///
+/// * `dV_g += P̃_hᵀ·G` — *(dv)*
+/// * `dP̃ = G·V_gᵀ`, and since `P̃ = M ⊙ P` element-wise, `dP = dP̃ ⊙ M` — *(dP)*
+/// * then the softmax backward with the undropped `P`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`,
+///   and `dQ`, `dK` as in [`grouped_attention_backward`] — *(dS, dq, dk)*
+///
+/// # Errors
+/// As [`grouped_attention_backward`].
+pub fn attention_dropout_backward<F: Float>(
+    q: ArrayView3<'_, F>,
+    k: ArrayView3<'_, F>,
+    v: ArrayView3<'_, F>,
+    probs: ndarray::ArrayView4<'_, F>,
+    d_ctx: ArrayView3<'_, F>,
+    n_kv_heads: usize,
+    mask: &DropoutMask,
+) -> Result<(Array3<F>, Array3<F>, Array3<F>)> {
+    backward_blocked(q, k, v, probs, d_ctx, n_kv_heads, Some(mask), QUERY_BLOCK)
 }
 
 /// [`attention_backward`] with query blocks of `block` rows: each block of queries and its
@@ -268,6 +338,7 @@ fn backward_blocked<F: Float>(
     probs: ndarray::ArrayView4<'_, F>,
     d_ctx: ArrayView3<'_, F>,
     n_kv_heads: usize,
+    mask: Option<&DropoutMask>,
     block: usize,
 ) -> Result<(Array3<F>, Array3<F>, Array3<F>)> {
     let n_heads = probs.len_of(Axis(1));
@@ -333,10 +404,16 @@ fn backward_blocked<F: Float>(
                 for (rows, keys) in query_blocks(t_q, offset, block) {
                     let p = probs.slice(s![rows.clone(), ..keys]);
                     let g = g.slice(s![rows.clone(), ..]);
-                    // (dv)
+                    let here = (bi, h, rows.start);
+                    let dropped = mask.map(|mask| {
+                        let mut pm = p.to_owned();
+                        apply_mask(mask, pm.view_mut(), here, (n_heads, t_q, t_k));
+                        pm
+                    });
+                    // (dv), with P ⊙ M under dropout
                     matmul_into(
                         F::one(),
-                        p.t(),
+                        dropped.as_ref().map_or(p, |pm| pm.view()).t(),
                         g,
                         F::one(),
                         &mut dv.slice_mut(s![..keys, ..]),
@@ -348,6 +425,10 @@ fn backward_blocked<F: Float>(
                         v.slice(s![..keys, ..]).t(),
                         d_scores_buffer.slice_mut(s![..rows.len(), ..keys]),
                     );
+                    if let Some(mask) = mask {
+                        // (dP) under dropout: dP̃ ⊙ M.
+                        apply_mask(mask, d_scores.view_mut(), here, (n_heads, t_q, t_k));
+                    }
                     // The shapes agree by construction (both are this block's rows and keys).
                     let _ = softmax_backward_in_place(p, d_scores.view_mut());
                     // (dq, dk)
@@ -461,9 +542,10 @@ mod tests {
             let d_ctx = Array3::from_shape_fn((b, t_q, c), |(i, j, l)| {
                 ((i * 5 + j * 3 + l) as f64 * 0.29).cos()
             });
-            let (ctx, probs) = forward_blocked(q.view(), k.view(), v.view(), h, h, 16).unwrap();
+            let (ctx, probs) =
+                forward_blocked(q.view(), k.view(), v.view(), h, h, None, 16).unwrap();
             let (ctx_1, probs_1) =
-                forward_blocked(q.view(), k.view(), v.view(), h, h, usize::MAX).unwrap();
+                forward_blocked(q.view(), k.view(), v.view(), h, h, None, usize::MAX).unwrap();
             assert_abs_diff_eq!(ctx, ctx_1, epsilon = 1e-12);
             assert_abs_diff_eq!(probs, probs_1, epsilon = 1e-12);
             let grads = backward_blocked(
@@ -473,6 +555,7 @@ mod tests {
                 probs.view(),
                 d_ctx.view(),
                 h,
+                None,
                 16,
             )
             .unwrap();
@@ -483,6 +566,7 @@ mod tests {
                 probs_1.view(),
                 d_ctx.view(),
                 h,
+                None,
                 usize::MAX,
             )
             .unwrap();
@@ -557,6 +641,67 @@ mod tests {
             };
             assert_abs_diff_eq!(dk, sum_groups(&dk_rep), epsilon = 1e-12);
             assert_abs_diff_eq!(dv, sum_groups(&dv_rep), epsilon = 1e-12);
+        }
+    }
+
+    #[test]
+    fn dropout_uses_the_masked_probabilities_in_every_block() {
+        use crate::kernels::dropout::dropout_forward;
+        let mask = DropoutMask::new(0.3, 11, 2).unwrap();
+        for &(b, t_q, t_k, h, h_kv, d) in &[(2, 5, 5, 4, 2, 3), (1, 37, 70, 2, 1, 2)] {
+            let (q, _, _) = qkv(b, t_q, t_k, h * d);
+            let (_, k, v) = qkv(b, t_q, t_k, h_kv * d);
+            let d_ctx = Array3::from_shape_fn((b, t_q, h * d), |(i, j, l)| {
+                ((i * 5 + j * 3 + l) as f64 * 0.29).cos()
+            });
+            let (ctx, probs) =
+                attention_dropout_forward(q.view(), k.view(), v.view(), h, h_kv, &mask).unwrap();
+            // probs are the undropped ones; the context is (P ⊙ M)·V, M indexed over probs.
+            let (_, plain) =
+                grouped_attention_forward(q.view(), k.view(), v.view(), h, h_kv).unwrap();
+            assert_eq!(probs, plain);
+            let dropped = dropout_forward(probs.view(), &mask);
+            assert!(
+                dropped
+                    .iter()
+                    .zip(&probs)
+                    .any(|(m, p)| *m == 0.0 && *p > 0.0)
+            );
+            for bi in 0..b {
+                for hh in 0..h {
+                    let g = hh / (h / h_kv);
+                    let expected = dropped.slice(s![bi, hh, .., ..]).dot(&v.slice(s![
+                        bi,
+                        ..,
+                        g * d..(g + 1) * d
+                    ]));
+                    let got = ctx.slice(s![bi, .., hh * d..(hh + 1) * d]);
+                    assert_abs_diff_eq!(got, expected.view(), epsilon = 1e-12);
+                }
+            }
+            // Blocks of 16 queries agree with one block, forward and backward.
+            let one = forward_blocked(q.view(), k.view(), v.view(), h, h_kv, Some(&mask), 1 << 20)
+                .unwrap();
+            let small =
+                forward_blocked(q.view(), k.view(), v.view(), h, h_kv, Some(&mask), 16).unwrap();
+            assert_abs_diff_eq!(one.0, small.0, epsilon = 1e-12);
+            let grads = |block| {
+                backward_blocked(
+                    q.view(),
+                    k.view(),
+                    v.view(),
+                    probs.view(),
+                    d_ctx.view(),
+                    h_kv,
+                    Some(&mask),
+                    block,
+                )
+                .unwrap()
+            };
+            let (g1, g16) = (grads(1 << 20), grads(16));
+            assert_abs_diff_eq!(g1.0, g16.0, epsilon = 1e-12);
+            assert_abs_diff_eq!(g1.1, g16.1, epsilon = 1e-12);
+            assert_abs_diff_eq!(g1.2, g16.2, epsilon = 1e-12);
         }
     }
 

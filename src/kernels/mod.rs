@@ -27,7 +27,8 @@ pub mod rope;
 pub mod softmax;
 
 pub use attention::{
-    attention_backward, attention_forward, grouped_attention_backward, grouped_attention_forward,
+    attention_backward, attention_dropout_backward, attention_dropout_forward, attention_forward,
+    grouped_attention_backward, grouped_attention_forward,
 };
 pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
 pub use dropout::{DropoutMask, dropout_backward, dropout_forward};

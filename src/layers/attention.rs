@@ -5,13 +5,17 @@ use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, Axis};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
+use crate::kernels::dropout::{DropoutMask, check_probability};
 use crate::kernels::linear::linear_backward_add;
+use crate::kernels::{attention_dropout_backward, attention_dropout_forward};
 use crate::kernels::{
     grouped_attention_backward, grouped_attention_forward, linear_backward, linear_forward,
     rope_backward, rope_forward,
 };
 use crate::layer::rows::rows_reusing;
-use crate::layer::{Cache, InferState, LayerKv, check_width, from_rows, into_rows, rows};
+use crate::layer::{
+    Cache, DropoutMode, DropoutSite, InferState, LayerKv, check_width, from_rows, into_rows, rows,
+};
 use crate::param::{Param1, Param2, Params};
 use crate::{Error, Float, Layer, Result, params};
 
@@ -22,6 +26,8 @@ const LAYER: &str = "Attention";
 struct AttentionCache<F> {
     x_rows: Array2<F>,
     heads: Heads<F>,
+    /// The dropout mask of this forward, if it dropped (regenerated in the backward).
+    mask: Option<DropoutMask>,
 }
 
 /// The intermediate results of one pass: `q (B, T, H·D)` and `k, v (B, T, H_kv·D)` (`q` and
@@ -59,6 +65,10 @@ pub struct AttentionConfig {
     /// Rotary position embeddings on queries and keys with this base `θ`, or none. The head
     /// size must then be even.
     pub rope_theta: Option<f64>,
+    /// Dropout on the attention probabilities (GPT-2's `attn_pdrop`) in training forwards:
+    /// the drop probability `p` (`0 ≤ p < 1`; 0, the default, is none) and the seed of its
+    /// masks. Inference never drops.
+    pub dropout: (f64, u64),
 }
 
 impl AttentionConfig {
@@ -69,6 +79,17 @@ impl AttentionConfig {
             n_kv_heads: n_heads,
             bias: false,
             rope_theta: None,
+            dropout: (0.0, 0),
+        }
+    }
+
+    /// With dropout of probability `p` on the attention probabilities, masks seeded by
+    /// `seed`.
+    #[must_use]
+    pub fn with_dropout(self, p: f64, seed: u64) -> Self {
+        Self {
+            dropout: (p, seed),
+            ..self
         }
     }
 
@@ -110,6 +131,12 @@ impl AttentionConfig {
                 "{h_kv} key/value heads do not divide the {h} heads"
             )));
         }
+        check_probability(self.dropout.0).map_err(|_| {
+            invalid(format!(
+                "the attention dropout probability {} is not in [0, 1)",
+                self.dropout.0
+            ))
+        })?;
         let d = c / h;
         if let Some(theta) = self.rope_theta {
             if !d.is_multiple_of(2) {
@@ -138,7 +165,9 @@ impl AttentionConfig {
 ///
 /// Parameters, in visit order: `w_q (C, H·D)`, `w_k (C, H_kv·D)`, `w_v (C, H_kv·D)`,
 /// `w_o (H·D, C)`, Glorot-uniform; and with biases `b_q (H·D)`, `b_k (H_kv·D)`,
-/// `b_v (H_kv·D)`, `b_o (C)`, zero. [`Attention::new`] is the original's layer: `H_kv = H`,
+/// `b_v (H_kv·D)`, `b_o (C)`, zero. With dropout (`AttentionConfig::with_dropout`), a training
+/// forward uses `(P ⊙ M)·V_g` with a fresh counter-based mask `M` per pass (see
+/// [`Layer::set_dropout`] for holding it or turning it off); inference never drops. [`Attention::new`] is the original's layer: `H_kv = H`,
 /// no biases, no rotation; [`Attention::with_config`] builds any combination.
 ///
 /// With a [`KvCache`](crate::layer::KvCache) in the inference state, the new positions'
@@ -183,6 +212,8 @@ pub struct Attention<F: Float> {
     b_v: Option<Param1<F>>,
     b_o: Option<Param1<F>>,
     config: AttentionConfig,
+    /// The dropout on the probabilities, when `p > 0`.
+    attn_drop: Option<DropoutSite>,
     cache: Cache<AttentionCache<F>>,
 }
 
@@ -233,6 +264,10 @@ impl<F: Float> Attention<F> {
             b_k: bias(c_kv),
             b_v: bias(c_kv),
             b_o: bias(c),
+            attn_drop: match config.dropout {
+                (p, _) if p == 0.0 => None,
+                (p, seed) => Some(DropoutSite::new(p, seed)?),
+            },
             config,
             cache: Cache::new(),
         })
@@ -277,6 +312,7 @@ impl<F: Float> Attention<F> {
         bt: (usize, usize),
         start: usize,
         kv: Option<&mut LayerKv<F>>,
+        mask: Option<&DropoutMask>,
     ) -> Result<(Array2<F>, Heads<F>)> {
         let project = |w: &Param2<F>, b: &Option<Param1<F>>| {
             let b = b.as_ref().map(|b| b.value.view());
@@ -292,9 +328,13 @@ impl<F: Float> Attention<F> {
             k = rope_forward(k.view(), self.head_dim(), start, theta)?;
         }
         let (h, h_kv) = (self.config.n_heads, self.config.n_kv_heads);
-        let (ctx, probs) = match kv {
-            None => grouped_attention_forward(q.view(), k.view(), v.view(), h, h_kv)?,
-            Some(kv) => {
+        let (ctx, probs) = match (kv, mask) {
+            (None, None) => grouped_attention_forward(q.view(), k.view(), v.view(), h, h_kv)?,
+            (None, Some(mask)) => {
+                attention_dropout_forward(q.view(), k.view(), v.view(), h, h_kv, mask)?
+            }
+            // Inference passes no mask.
+            (Some(kv), _) => {
                 let (keys, values) = kv.append(k.view(), v.view())?;
                 grouped_attention_forward(q.view(), keys, values, h, h_kv)?
             }
@@ -323,17 +363,32 @@ impl<F: Float> Layer<F> for Attention<F> {
         let buffer = self.cache.take().map(|old| old.x_rows);
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         let x_rows = rows_reusing(buffer, x.view());
-        let (y, heads) = self.apply(x_rows.view(), bt, 0, None)?;
+        let mask = self.attn_drop.as_mut().and_then(DropoutSite::next_mask);
+        let (y, heads) = self.apply(x_rows.view(), bt, 0, None, mask.as_ref())?;
         let y = from_rows(LAYER, y, bt)?;
-        self.cache.store(AttentionCache { x_rows, heads }, y.dim());
+        self.cache.store(
+            AttentionCache {
+                x_rows,
+                heads,
+                mask,
+            },
+            y.dim(),
+        );
         Ok(y)
+    }
+
+    /// Sets the mode of the dropout on the probabilities (nothing without dropout).
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        if let Some(site) = &mut self.attn_drop {
+            site.set_mode(mode);
+        }
     }
 
     fn infer_with(&self, x: &Array3<F>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         let positions = state.positions(LAYER, bt.1)?;
         let kv = state.next_kv(LAYER, bt.0, self.kv_width())?;
-        let (y, heads) = self.apply(rows(x.view()).view(), bt, positions.start, kv)?;
+        let (y, heads) = self.apply(rows(x.view()).view(), bt, positions.start, kv, None)?;
         state.record_attention(heads.probs);
         from_rows(LAYER, y, bt)
     }
@@ -344,7 +399,11 @@ impl<F: Float> Layer<F> for Attention<F> {
     /// because `x` feeds all three, and each bias gradient is its projection's output
     /// gradient summed over the rows.
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
-        let AttentionCache { x_rows, heads } = self.cache.get(LAYER, dy)?;
+        let AttentionCache {
+            x_rows,
+            heads,
+            mask,
+        } = self.cache.get(LAYER, dy)?;
         let (b, t, _) = dy.dim();
         let d_ctx = linear_backward(
             heads.ctx_rows.view(),
@@ -354,14 +413,17 @@ impl<F: Float> Layer<F> for Attention<F> {
             self.b_o.as_mut().map(|b| b.grad.view_mut()),
         )?;
         let d_ctx = from_rows(LAYER, d_ctx, (b, t))?;
-        let (mut dq, mut dk, dv) = grouped_attention_backward(
+        let (q, k, v, probs) = (
             heads.q.view(),
             heads.k.view(),
             heads.v.view(),
             heads.probs.view(),
-            d_ctx.view(),
-            self.config.n_kv_heads,
-        )?;
+        );
+        let h_kv = self.config.n_kv_heads;
+        let (mut dq, mut dk, dv) = match mask {
+            None => grouped_attention_backward(q, k, v, probs, d_ctx.view(), h_kv)?,
+            Some(mask) => attention_dropout_backward(q, k, v, probs, d_ctx.view(), h_kv, mask)?,
+        };
         if let Some(theta) = self.config.rope_theta {
             // Training passes are at positions 0..T.
             let d = self.width() / self.config.n_heads;
