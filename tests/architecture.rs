@@ -416,3 +416,32 @@ fn a_rotary_gqa_gpt_has_no_position_table_and_decodes_as_the_full_pass() {
     }
     assert!(worst < 1e-12, "{worst}");
 }
+
+#[test]
+fn attention_dropout_drops_in_training_only() {
+    use baregpt::layer::DropoutMode;
+    use baregpt::layers::AttentionConfig;
+    let x = input((2, 6, 8), 28);
+    let config = AttentionConfig::new(4).kv_heads(2).rotary(1e4);
+    let plain = Attention::<f64>::with_config(8, config, &mut rng(29)).unwrap();
+    let mut dropped =
+        Attention::<f64>::with_config(8, config.with_dropout(0.5, 3), &mut rng(29)).unwrap();
+    // Same weights; inference never drops.
+    let expected = plain.infer(&x).unwrap();
+    assert_eq!(dropped.infer(&x).unwrap(), expected);
+    // Training: a new mask each pass, none equal to the undropped output.
+    let first = dropped.forward(&x).unwrap();
+    let second = dropped.forward(&x).unwrap();
+    assert_ne!(first, expected);
+    assert_ne!(first, second);
+    // Held: the last mask again; off: the inference output, bit for bit.
+    dropped.set_dropout(DropoutMode::Hold);
+    assert_eq!(dropped.forward(&x).unwrap(), second);
+    dropped.set_dropout(DropoutMode::Off);
+    infer_equals_forward(&mut dropped, &x);
+    // Through a Gpt-like composite: Sequential passes the mode on.
+    let mut net = Sequential::new()
+        .push(Attention::<f64>::with_config(8, config.with_dropout(0.5, 4), &mut rng(30)).unwrap());
+    net.set_dropout(DropoutMode::Off);
+    infer_equals_forward(&mut net, &x);
+}

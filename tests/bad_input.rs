@@ -518,6 +518,24 @@ fn attention_variants_refuse_bad_settings_and_shapes() {
         );
     }
 
+    for p in [1.0, -0.1, f64::NAN] {
+        let err = with(AttentionConfig::new(2).with_dropout(p, 0), &mut r).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    layer: "Attention",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    expect_err(
+        with(AttentionConfig::new(2).with_dropout(1.0, 0), &mut r),
+        "Attention: invalid configuration: the attention dropout probability 1 is not in [0, 1)",
+    );
+
     // A grouped, biased, rotary layer refuses bad shapes without changing anything.
     let config = AttentionConfig::new(4)
         .kv_heads(2)

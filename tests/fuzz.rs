@@ -416,6 +416,27 @@ fn fuzz_kernels(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             )
         });
 
+        if let Ok(mask) = kernels::DropoutMask::new(r.random::<f64>() * 0.9, r.random(), 0) {
+            let out = f.call("attention_dropout_forward", || {
+                kernels::attention_dropout_forward(q.view(), gk.view(), gv.view(), h, h_kv, &mask)
+            });
+            let d_probs = match out {
+                Some((_, p)) if r.random() => p,
+                _ => g_probs.clone(),
+            };
+            f.call("attention_dropout_backward", || {
+                kernels::attention_dropout_backward(
+                    q.view(),
+                    gk.view(),
+                    gv.view(),
+                    d_probs.view(),
+                    d_ctx.view(),
+                    h_kv,
+                    &mask,
+                )
+            });
+        }
+
         // Rotary embeddings: odd, zero and non-dividing head sizes, bad bases, huge starts.
         let head_dim = size(r);
         let start = if r.random() {
@@ -552,6 +573,7 @@ fn fuzz_layers(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             rope_theta: r
                 .random::<bool>()
                 .then(|| if r.random() { 1e4 } else { float(r) }),
+            dropout: (if r.random() { 0.0 } else { float(r) }, r.random()),
         };
         if let Some(mut l) = f.call("Attention::with_config", || {
             Attention::<f64>::with_config(c, attention, r)

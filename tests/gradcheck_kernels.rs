@@ -8,10 +8,11 @@ mod common;
 
 use baregpt::gradcheck::{self, GradCheckReport, as_dim, as_dim_mut};
 use baregpt::kernels::{
-    attention_backward, attention_forward, causal_softmax_forward, cross_entropy_backward,
-    cross_entropy_forward, embedding_backward, embedding_forward, gelu_backward, gelu_forward,
-    grouped_attention_backward, grouped_attention_forward, layer_norm_backward, layer_norm_forward,
-    linear_backward, linear_forward, rope_backward, rope_forward, softmax_backward_in_place,
+    DropoutMask, attention_backward, attention_dropout_backward, attention_dropout_forward,
+    attention_forward, causal_softmax_forward, cross_entropy_backward, cross_entropy_forward,
+    embedding_backward, embedding_forward, gelu_backward, gelu_forward, grouped_attention_backward,
+    grouped_attention_forward, layer_norm_backward, layer_norm_forward, linear_backward,
+    linear_forward, rope_backward, rope_forward, softmax_backward_in_place,
     token_embedding_backward, token_embedding_forward,
 };
 use baregpt::strategies;
@@ -168,6 +169,37 @@ proptest! {
                 let (_, probs) = grouped_attention_forward(q, k, v, heads, kv_heads)?;
                 let (dq, dk, dv) = grouped_attention_backward(q, k, v, probs.view(),
                                                               as_dim(&d[0])?, kv_heads)?;
+                grads[0] += &dq.into_dyn();
+                grads[1] += &dk.into_dyn();
+                grads[2] += &dv.into_dyn();
+                Ok(())
+            },
+            &Default::default(),
+        ).unwrap();
+        passes(&report, &[("ctx", "q"), ("ctx", "k"), ("ctx", "v")])?;
+    }
+
+    /// Dropout on the probabilities with a fixed mask: the function is then smooth.
+    #[test]
+    fn attention_with_dropout(
+        (q, k, v, heads, seed) in (1..=2usize, 1..=4usize, 1..=3usize, 1..=3usize, any::<u64>())
+            .prop_flat_map(|(b, t, h, d, seed)| {
+                (array(vec![b, t, 2 * h * d]), array(vec![b, t, h * d]),
+                 array(vec![b, t, h * d]), Just(2 * h), Just(seed))
+            })
+    ) {
+        let mask = DropoutMask::new(0.3, seed, 1).unwrap();
+        let kv_heads = heads / 2;
+        let report = gradcheck::check_fn(
+            &[("q", q), ("k", k), ("v", v)],
+            &["ctx"],
+            |i| Ok(vec![attention_dropout_forward(as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&i[2])?,
+                                                  heads, kv_heads, &mask)?.0.into_dyn()]),
+            |i, d, grads| {
+                let (q, k, v) = (as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&i[2])?);
+                let (_, probs) = attention_dropout_forward(q, k, v, heads, kv_heads, &mask)?;
+                let (dq, dk, dv) = attention_dropout_backward(q, k, v, probs.view(),
+                                                              as_dim(&d[0])?, kv_heads, &mask)?;
                 grads[0] += &dq.into_dyn();
                 grads[1] += &dk.into_dyn();
                 grads[2] += &dv.into_dyn();

@@ -256,6 +256,16 @@ proptest! {
         prop_assert_eq!(w_k, Some(vec![x.dim().2, config.n_kv_heads * x.dim().2 / config.n_heads]));
     }
 
+    /// Dropout held at one mask (`DropoutMode::Hold`), so the checker sees one function.
+    #[test]
+    fn attention_with_dropout_held((x, config, seed) in attention_variant_case()) {
+        let config = config.with_dropout(0.25, seed);
+        let mut attn = Attention::with_config(x.dim().2, config, &mut rng(seed)).unwrap();
+        attn.set_dropout(baregpt::layer::DropoutMode::Hold);
+        jitter_params(&mut attn, seed, 0.3);
+        gradcheck_passes(&mut attn, &x, true)?;
+    }
+
     #[test]
     fn attention_several_heads((x, heads, seed) in attention_case(2..=3)) {
         let mut attn = Attention::new(x.dim().2, heads, &mut rng(seed)).unwrap();
