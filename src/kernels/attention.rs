@@ -331,6 +331,8 @@ pub fn attention_dropout_backward<F: Float>(
 
 /// [`attention_backward`] with query blocks of `block` rows: each block of queries and its
 /// visible keys contributes its terms; `dK` and `dV` sum over the blocks.
+// The public functions' arguments plus the dropout mask and the block size.
+#[allow(clippy::too_many_arguments)]
 fn backward_blocked<F: Float>(
     q: ArrayView3<'_, F>,
     k: ArrayView3<'_, F>,

@@ -265,7 +265,7 @@ impl<F: Float> Attention<F> {
             b_v: bias(c_kv),
             b_o: bias(c),
             attn_drop: match config.dropout {
-                (p, _) if p == 0.0 => None,
+                (0.0, _) => None,
                 (p, seed) => Some(DropoutSite::new(p, seed)?),
             },
             config,

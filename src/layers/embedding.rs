@@ -41,7 +41,8 @@ const LAYER: &str = "Embedding";
 ///
 /// let tokens = Embedding::<f64>::token_only(10, 4, 8, &mut rng)?;
 /// assert_eq!(tokens.param_names(), ["tok"]);
-/// assert_eq!(tokens.infer(&array![[7]])?.row(0), tokens.token_table().value.row(7).insert_axis(ndarray::Axis(0)));
+/// let y = tokens.infer(&array![[7]])?;
+/// assert_eq!(y.slice(ndarray::s![0, 0, ..]), tokens.token_table().value.row(7));
 /// # Ok::<(), baregpt::Error>(())
 /// ```
 #[derive(Clone, Debug)]
