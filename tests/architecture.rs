@@ -441,3 +441,130 @@ fn with_dropout_off_inference_is_the_training_forward_and_decoding_never_drops()
     assert!(close(head.view(), full.slice(s![.., ..3, ..])));
     assert!(close(tail.view(), full.slice(s![.., 3.., ..])));
 }
+
+/// A Gpt with rotary positions, grouped-query attention (4 heads on 2 key/value heads, head
+/// size 2) and attention biases.
+fn rotary_gqa_gpt(seed: u64) -> Gpt<f64> {
+    use baregpt::gpt::parts::{AttentionKind, PositionKind};
+    let config = GptConfig {
+        mlp_hidden: 12,
+        attention: AttentionKind::GroupedQuery {
+            n_kv_heads: 2,
+            bias: true,
+        },
+        positions: PositionKind::Rotary { theta: 50.0 },
+        ..GptConfig::with_sizes(9, 8, 4, 2, 7)
+    };
+    Gpt::new(config, &mut rng(seed)).unwrap()
+}
+
+#[test]
+fn attention_variants_infer_as_they_train_and_decode_as_the_full_pass() {
+    use baregpt::layers::AttentionConfig;
+    let mut r = rng(25);
+    let x = input((2, 7, 12), 26);
+    for config in [
+        AttentionConfig::new(3).with_bias(true),
+        AttentionConfig::new(6).kv_heads(2),
+        AttentionConfig::new(4).kv_heads(1).with_bias(true),
+        AttentionConfig::new(3).rotary(10_000.0),
+        AttentionConfig::new(6)
+            .kv_heads(3)
+            .with_bias(true)
+            .rotary(7.0),
+    ] {
+        let mut attn = Attention::<f64>::with_config(12, config, &mut r).unwrap();
+        // Biases start at zero: give them values so that they matter.
+        for name in ["b_q", "b_k", "b_v", "b_o"] {
+            if let Some(mut p) = attn.param_mut(name) {
+                p.value.mapv_inplace(|_| r.random::<f64>() - 0.5);
+            }
+        }
+        infer_equals_forward(&mut attn, &x);
+        let full = attn.infer(&x).unwrap();
+        let mut cache = KvCache::new(2, 7).unwrap();
+        let mut parts = vec![
+            cache
+                .infer(&attn, &x.slice(s![.., ..3, ..]).to_owned())
+                .unwrap(),
+        ];
+        for t in 3..7 {
+            parts.push(
+                cache
+                    .infer(&attn, &x.slice(s![.., t..=t, ..]).to_owned())
+                    .unwrap(),
+            );
+        }
+        // The cache holds only the key/value heads.
+        assert_eq!(cache.layers()[0].width(), attn.kv_width());
+        assert_eq!(attn.kv_width(), config.n_kv_heads * 12 / config.n_heads);
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        let decoded = ndarray::concatenate(ndarray::Axis(1), &views).unwrap();
+        let worst = (&decoded - &full).iter().fold(0f64, |m, d| m.max(d.abs()));
+        assert!(worst < 1e-12, "{config:?}: {worst}");
+    }
+}
+
+#[test]
+fn a_rotary_gqa_gpt_has_no_position_table_and_decodes_as_the_full_pass() {
+    let mut gpt = rotary_gqa_gpt(27);
+    assert!(gpt.param("embed.pos").is_none());
+    assert_eq!(
+        gpt.param("blocks.0.attn.w_k").unwrap().value.shape(),
+        &[8, 4]
+    );
+    assert_eq!(gpt.param("blocks.1.attn.b_v").unwrap().value.shape(), &[4]);
+    assert_eq!(gpt.num_params(), gpt.config().param_count());
+    let ids = array![[1, 2, 3, 4, 5, 6, 7], [8, 0, 8, 0, 8, 0, 8]];
+    infer_equals_forward(&mut gpt, &ids);
+    let full = gpt.infer(&ids).unwrap();
+    let mut cache = gpt.kv_cache(2).unwrap();
+    let head = cache
+        .infer(&gpt, &ids.slice(s![.., ..4]).to_owned())
+        .unwrap();
+    let tail: Vec<_> = (4..7)
+        .map(|t| {
+            cache
+                .infer(&gpt, &ids.slice(s![.., t..=t]).to_owned())
+                .unwrap()
+        })
+        .collect();
+    assert!(cache.layers().iter().all(|l| l.width() == 4));
+    let mut worst = (&head - &full.slice(s![.., ..4, ..]))
+        .iter()
+        .fold(0f64, |m, d| m.max(d.abs()));
+    for (i, y) in tail.iter().enumerate() {
+        let d = y - &full.slice(s![.., 4 + i..5 + i, ..]);
+        worst = d.iter().fold(worst, |m, d| m.max(d.abs()));
+    }
+    assert!(worst < 1e-12, "{worst}");
+}
+
+#[test]
+fn attention_dropout_drops_in_training_only() {
+    use baregpt::layer::DropoutMode;
+    use baregpt::layers::AttentionConfig;
+    let x = input((2, 6, 8), 28);
+    let config = AttentionConfig::new(4).kv_heads(2).rotary(1e4);
+    let plain = Attention::<f64>::with_config(8, config, &mut rng(29)).unwrap();
+    let mut dropped =
+        Attention::<f64>::with_config(8, config.with_dropout(0.5, 3), &mut rng(29)).unwrap();
+    // Same weights; inference never drops.
+    let expected = plain.infer(&x).unwrap();
+    assert_eq!(dropped.infer(&x).unwrap(), expected);
+    // Training: a new mask each pass, none equal to the undropped output.
+    let first = dropped.forward(&x).unwrap();
+    let second = dropped.forward(&x).unwrap();
+    assert_ne!(first, expected);
+    assert_ne!(first, second);
+    // Held: the last mask again; off: the inference output, bit for bit.
+    dropped.set_dropout(DropoutMode::Hold);
+    assert_eq!(dropped.forward(&x).unwrap(), second);
+    dropped.set_dropout(DropoutMode::Off);
+    infer_equals_forward(&mut dropped, &x);
+    // Through a Gpt-like composite: Sequential passes the mode on.
+    let mut net = Sequential::new()
+        .push(Attention::<f64>::with_config(8, config.with_dropout(0.5, 4), &mut rng(30)).unwrap());
+    net.set_dropout(DropoutMode::Off);
+    infer_equals_forward(&mut net, &x);
+}

@@ -10,13 +10,15 @@
 
 mod common;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
-use baregpt::gpt::parts::{MlpKind, NormKind};
-use baregpt::kernels::attention_forward;
+use baregpt::gpt::parts::{AttentionKind, MlpKind, NormKind, PositionKind};
+use baregpt::kernels::{
+    attention_forward, grouped_attention_backward, grouped_attention_forward, rope_backward,
+    rope_forward, token_embedding_backward, token_embedding_forward,
+};
 use baregpt::layer::KvCache;
 use baregpt::layers::{
-    Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu,
+    Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
+    Sequential, SwiGlu,
 };
 use baregpt::prelude::*;
 use baregpt::{CrossEntropy, Error, Gpt, GptConfig};
@@ -24,6 +26,7 @@ use common::{config, rng, snapshot};
 use ndarray::{Array1, Array2, Array3, array};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 const REGRESSIONS: &str = "proptest-regressions/bad_input.txt";
 
@@ -548,6 +551,158 @@ fn invalid_configurations_are_refused() {
     );
 }
 
+#[test]
+fn attention_variants_refuse_bad_settings_and_shapes() {
+    let mut r = rng(6);
+    let with = |config: AttentionConfig, r: &mut rand::rngs::StdRng| {
+        Attention::<f64>::with_config(8, config, r)
+    };
+    expect_err(
+        with(AttentionConfig::new(4).kv_heads(3), &mut r),
+        "Attention: invalid configuration: 3 key/value heads do not divide the 4 heads",
+    );
+    expect_err(
+        with(AttentionConfig::new(4).kv_heads(0), &mut r),
+        "Attention: invalid configuration: 0 key/value heads do not divide the 4 heads",
+    );
+    expect_err(
+        Attention::<f64>::with_config(6, AttentionConfig::new(2).rotary(1e4), &mut r),
+        "Attention: invalid configuration: rotary embeddings need an even head size, and \
+         d_model 6 / 2 heads is 3",
+    );
+    for theta in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = with(AttentionConfig::new(2).rotary(theta), &mut r).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    layer: "Attention",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    for p in [1.0, -0.1, f64::NAN] {
+        let err = with(AttentionConfig::new(2).with_dropout(p, 0), &mut r).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    layer: "Attention",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    expect_err(
+        with(AttentionConfig::new(2).with_dropout(1.0, 0), &mut r),
+        "Attention: invalid configuration: the attention dropout probability 1 is not in [0, 1)",
+    );
+
+    // A grouped, biased, rotary layer refuses bad shapes without changing anything.
+    let config = AttentionConfig::new(4)
+        .kv_heads(2)
+        .with_bias(true)
+        .rotary(1e4);
+    let mut gqa = with(config, &mut r).unwrap();
+    let valid = x(2, 3, 8);
+    fails_without_side_effects(
+        &mut gqa,
+        &valid,
+        |l| l.forward(&x(2, 3, 6)),
+        "Attention: input has shape [2, 3, 6], expected [*, *, 8]",
+    );
+    fails_without_side_effects(
+        &mut gqa,
+        &valid,
+        |l| l.backward(&x(2, 4, 8)),
+        "Attention: dy has shape [2, 4, 8], expected [2, 3, 8]",
+    );
+    // Its cache slot is H_kv·D = 4 wide: a multi-head layer of width 8 cannot continue it.
+    let mut cache = KvCache::new(2, 6).unwrap();
+    cache.infer(&gqa, &valid).unwrap();
+    let mha = Attention::<f64>::new(8, 4, &mut r).unwrap();
+    expect_err(
+        cache.infer(&mha, &x(2, 1, 8)),
+        "Attention: cached keys has shape [4], expected [8]",
+    );
+    assert_eq!(cache.len(), 3);
+
+    // The kernels.
+    let (q, kv) = (x(1, 3, 6), x(1, 3, 4));
+    expect_err(
+        grouped_attention_forward(q.view(), kv.view(), kv.view(), 3, 2),
+        "attention: invalid configuration: 2 key/value heads do not divide the 3 heads",
+    );
+    expect_err(
+        grouped_attention_forward(q.view(), kv.view(), kv.view(), 3, 1),
+        "attention: k has shape [1, 3, 4], expected [1, *, 2]",
+    );
+    let (ctx, probs) =
+        grouped_attention_forward(q.view(), x(1, 3, 2).view(), x(1, 3, 2).view(), 3, 1).unwrap();
+    expect_err(
+        grouped_attention_backward(q.view(), kv.view(), kv.view(), probs.view(), ctx.view(), 1),
+        "attention: k has shape [1, 3, 4], expected [1, *, 2]",
+    );
+    expect_err(
+        rope_forward(q.view(), 3, 0, 1e4),
+        "rope: invalid configuration: the head size 3 must be even and positive",
+    );
+    expect_err(
+        rope_backward(q.view(), 4, 0, 1e4),
+        "rope: invalid configuration: the head size 4 does not divide the width 6",
+    );
+    expect_err(
+        rope_forward(q.view(), 2, 0, -2.0),
+        "rope: invalid configuration: theta -2 is not finite and positive",
+    );
+    expect_err(
+        rope_forward(q.view(), 2, usize::MAX - 1, 1e4),
+        "rope: sequence length 18446744073709551615 is not in 1..=18446744073709551615",
+    );
+    let tok = Array2::<f64>::zeros((3, 2));
+    let err = token_embedding_forward(array![[0, 3]].view(), tok.view()).unwrap_err();
+    assert!(matches!(err, Error::TokenOutOfRange { id: 3, .. }), "{err}");
+    let mut d_tok = Array2::<f64>::zeros((3, 2));
+    expect_err(
+        token_embedding_backward(array![[0, 1]].view(), x(1, 2, 3).view(), d_tok.view_mut()),
+        "embedding: dy has shape [1, 2, 3], expected [1, 2, 2]",
+    );
+    assert!(d_tok.iter().all(|&g| g == 0.0));
+
+    // The config refuses what the layers would.
+    let gqa = GptConfig {
+        attention: AttentionKind::GroupedQuery {
+            n_kv_heads: 3,
+            bias: false,
+        },
+        ..small_config()
+    };
+    let message = "GptConfig: invalid configuration: n_kv_heads 3 does not divide n_heads 2";
+    expect_err(gqa.validate(), message);
+    expect_err(Gpt::<f64>::new(gqa, &mut r), message);
+    let odd = GptConfig {
+        positions: PositionKind::rotary(),
+        ..GptConfig::with_sizes(10, 6, 2, 1, 4)
+    };
+    expect_err(
+        Gpt::<f64>::new(odd, &mut r),
+        "GptConfig: invalid configuration: rotary positions need an even head size, and \
+         d_model 6 / n_heads 2 is odd",
+    );
+    let theta = GptConfig {
+        positions: PositionKind::Rotary { theta: f64::NAN },
+        ..small_config()
+    };
+    expect_err(
+        theta.validate(),
+        "GptConfig: invalid configuration: rope theta NaN is not finite and positive",
+    );
+}
+
 /// One random case for the no-panic property: a layer kind, six sizes in `0..=4`, a seed, and
 /// random inputs. Half the cases are well formed (positive sizes, heads dividing the width,
 /// matching widths, ids and targets in range, `1 ≤ T ≤ context`), so that valid calls are
@@ -696,9 +851,17 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         }),
         1 => built(LayerNorm::new(s0), |mut l| exercise(&mut l, x, dy)),
         2 => exercise(&mut Gelu::new(), x, dy),
-        3 => built(Attention::new(s0, heads, &mut r), |mut l| {
-            exercise(&mut l, x, dy)
-        }),
+        3 => {
+            // A third of the attention cases are grouped (s2 key/value heads, which may not
+            // divide the heads) and rotary (the head size may be odd), with biases or not.
+            let mut config = AttentionConfig::new(heads).with_bias(bias);
+            if case.seed % 3 == 1 {
+                config = config.kv_heads(s2).rotary(10_000.0);
+            }
+            built(Attention::with_config(s0, config, &mut r), |mut l| {
+                exercise(&mut l, x, dy)
+            })
+        }
         4 => built(Mlp::new(s0, s1, &mut r), |mut l| exercise(&mut l, x, dy)),
         5 => built(Block::new(s0, heads, s2, &mut r), |mut l| {
             exercise(&mut l, x, dy)
@@ -734,7 +897,9 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         }),
         10 => built(SwiGlu::new(s0, s1, &mut r), |mut l| exercise(&mut l, x, dy)),
         _ => {
-            // Every combination of the norms and MLPs, by two bits of the seed.
+            // Every combination of the norms and MLPs, by two bits of the seed, with learned or
+            // rotary positions.
+            let rotary = case.seed % 3 == 1;
             let cfg = GptConfig {
                 mlp_hidden: s5,
                 final_norm: bias,
@@ -748,6 +913,11 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                 } else {
                     MlpKind::SwiGlu
                 },
+                positions: match rotary {
+                    true => PositionKind::rotary(),
+                    false => PositionKind::Learned,
+                },
+                attention: AttentionKind::MultiHead { bias: rotary },
                 ..GptConfig::with_sizes(
                     s0,
                     if case.well_formed { s1 * s2 } else { s1 },

@@ -636,6 +636,53 @@ fn a_checkpoint_written_before_parts_were_recorded_still_loads() {
     assert_eq!(extras.metadata["logits_bits"], bits.join(","));
 }
 
+/// A model with rotary positions, grouped-query attention and attention biases round-trips
+/// with its parts, computes the same loss after loading, and is refused by a model of the
+/// default parts (and the other way round).
+#[test]
+fn a_rotary_gqa_model_with_attention_biases_round_trips() {
+    use baregpt::gpt::parts::{AttentionKind, PositionKind};
+    let config = GptConfig {
+        attention: AttentionKind::GroupedQuery {
+            n_kv_heads: 1,
+            bias: true,
+        },
+        positions: PositionKind::Rotary { theta: 123.5 },
+        ..small_config(7)
+    };
+    let mut saved = model::<f64>(4, config.clone());
+    // Non-zero biases, so that loading them is seen.
+    saved.for_each_param_mut(&mut |name, mut p| {
+        if name.contains(".b_") {
+            p.value.fill(0.125);
+        }
+    });
+    let bytes = checkpoint::to_bytes(&saved, &Extras::default()).unwrap();
+    let (mut loaded, _) = checkpoint::from_bytes::<f64>(&bytes).unwrap();
+    assert_eq!(loaded.config(), &config);
+    assert_eq!(bits(&loaded), bits(&saved));
+    assert!(loaded.param("embed.pos").is_none());
+    assert!(loaded.param("blocks.1.attn.b_k").is_some());
+    let ids = ndarray::array![[1, 2, 3, 4, 5], [6, 5, 4, 0, 1]];
+    let targets = ndarray::array![[2, 3, 4, 5, 6], [5, 4, 0, 1, 2]];
+    let a = saved.loss(&ids, &targets).unwrap();
+    let b = loaded.loss(&ids, &targets).unwrap();
+    assert_eq!(a.to_bits(), b.to_bits());
+
+    let mut plain = model::<f64>(5, small_config(7));
+    let dir = scratch_dir("rotary-gqa");
+    let path = dir.join("model.safetensors");
+    checkpoint::save(&path, &saved, &Extras::default()).unwrap();
+    let before = bits(&plain);
+    let err = checkpoint::load_into(&path, &mut plain).unwrap_err();
+    assert!(matches!(err, Error::ConfigMismatch { .. }), "{err}");
+    assert_eq!(bits(&plain), before);
+    checkpoint::save(&path, &plain, &Extras::default()).unwrap();
+    let err = checkpoint::load_into(&path, &mut loaded).unwrap_err();
+    assert!(matches!(err, Error::ConfigMismatch { .. }), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn f16_and_bf16_storage_round_trip_the_rounded_values() {
     let original = model::<f32>(11, small_config(5));

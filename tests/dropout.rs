@@ -187,3 +187,33 @@ fn residual_dropout_masks_the_branches_only() {
     let dx = block.backward(&Array3::ones(x.raw_dim())).unwrap();
     assert_eq!(dx, Array3::<f64>::ones(x.raw_dim()));
 }
+
+#[test]
+fn attention_dropout_in_a_gpt_trains_holds_and_turns_off() {
+    let attention_only = DropoutConfig {
+        attention: 0.3,
+        ..DropoutConfig::default()
+    };
+    let plain = Gpt::<f64>::new(config(DropoutConfig::default()), &mut rng(5)).unwrap();
+    let mut gpt = Gpt::<f64>::new(config(attention_only), &mut rng(5)).unwrap();
+    // Its seeds come after every weight too.
+    assert_eq!(plain.export_params(), gpt.export_params());
+    let ids = array![[1, 2, 3, 4, 5]];
+    let clean = gpt.infer(&ids).unwrap();
+    assert_eq!(plain.infer(&ids).unwrap(), clean, "inference never drops");
+    let a = gpt.forward(&ids).unwrap();
+    assert_ne!(a, clean);
+    assert_ne!(gpt.forward(&ids).unwrap(), a, "a new mask each training pass");
+    gpt.set_dropout(DropoutMode::Off);
+    assert_eq!(gpt.forward(&ids).unwrap(), clean);
+    // With the mask held, the whole model passes the checker.
+    gpt.set_dropout(DropoutMode::Train);
+    let report = baregpt::gradcheck::check_layer(
+        &mut gpt,
+        &ids,
+        &baregpt::gradcheck::GradCheckOptions::default(),
+    )
+    .unwrap();
+    assert!(report.passed(), "{report}");
+    assert!(report.tensor("blocks.0.attn.w_v").is_some());
+}

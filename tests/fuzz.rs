@@ -14,22 +14,18 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::fmt::Debug;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::process::Command;
-
 use baregpt::checkpoint::{self, Extras, OptimizerState, Storage};
 use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
 use baregpt::generate::{
     Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits,
 };
-use baregpt::gpt::parts::{MlpKind, NormKind};
+use baregpt::gpt::parts::{AttentionKind, MlpKind, NormKind, PositionKind};
 use baregpt::gradcheck::{GradCheckOptions, check_layer};
 use baregpt::kernels::{self, LayerNormCache, RmsNormCache};
 use baregpt::layer::KvCache;
 use baregpt::layers::{
-    Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu,
+    Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
+    Sequential, SwiGlu,
 };
 use baregpt::optim::{clip_grad_norm, clip_grad_norm_slices, grad_norm};
 use baregpt::param::ParamMap;
@@ -39,6 +35,10 @@ use common::{Snapshot, snapshot};
 use ndarray::{Array1, Array2, Array3, Array4, ArrayD, ArrayView2, ArrayView3, IxDyn};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use std::cell::RefCell;
+use std::fmt::Debug;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::Command;
 
 thread_local! {
     static LAST_PANIC: RefCell<String> = const { RefCell::new(String::new()) };
@@ -413,6 +413,86 @@ fn fuzz_kernels(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             kernels::attention_backward(q.view(), k.view(), vv.view(), probs.view(), d_ctx.view())
         });
 
+        // Token-only embedding.
+        f.call("token_embedding_forward", || {
+            kernels::token_embedding_forward(id.view(), tok.view())
+        });
+        let mut t_grad = Array2::<f64>::from_elem(
+            if r.random() {
+                tok.dim()
+            } else {
+                (size(r), size(r))
+            },
+            0.5,
+        );
+        f.run("token_embedding_backward", &mut t_grad, bits2, |g| {
+            kernels::token_embedding_backward(id.view(), dy_e.view(), g.view_mut())
+        });
+
+        // Grouped-query attention: key/value heads that may not divide the heads, keys of
+        // any width.
+        let h_kv = size(r);
+        let kv_width = if r.random() {
+            h_kv * width / h.max(1)
+        } else {
+            size(r)
+        };
+        let gk = array3((b_, t_k, kv_width), r);
+        let gv = array3((b_, if r.random() { t_k } else { size(r) }, kv_width), r);
+        let out = f.call("grouped_attention_forward", || {
+            kernels::grouped_attention_forward(q.view(), gk.view(), gv.view(), h, h_kv)
+        });
+        let g_probs = match out {
+            Some((_, p)) if r.random() => p,
+            _ => Array4::from_elem((b_, h.max(1), size(r), t_k), 0.1),
+        };
+        f.call("grouped_attention_backward", || {
+            kernels::grouped_attention_backward(
+                q.view(),
+                gk.view(),
+                gv.view(),
+                g_probs.view(),
+                d_ctx.view(),
+                h_kv,
+            )
+        });
+
+        if let Ok(mask) = kernels::DropoutMask::new(r.random::<f64>() * 0.9, r.random(), 0) {
+            let out = f.call("attention_dropout_forward", || {
+                kernels::attention_dropout_forward(q.view(), gk.view(), gv.view(), h, h_kv, &mask)
+            });
+            let d_probs = match out {
+                Some((_, p)) if r.random() => p,
+                _ => g_probs.clone(),
+            };
+            f.call("attention_dropout_backward", || {
+                kernels::attention_dropout_backward(
+                    q.view(),
+                    gk.view(),
+                    gv.view(),
+                    d_probs.view(),
+                    d_ctx.view(),
+                    h_kv,
+                    &mask,
+                )
+            });
+        }
+
+        // Rotary embeddings: odd, zero and non-dividing head sizes, bad bases, huge starts.
+        let head_dim = size(r);
+        let start = if r.random() {
+            size(r)
+        } else {
+            usize::MAX - size(r)
+        };
+        let theta = if r.random() { 10_000.0 } else { float(r) };
+        f.call("rope_forward", || {
+            kernels::rope_forward(q.view(), head_dim, start, theta)
+        });
+        f.call("rope_backward", || {
+            kernels::rope_backward(q.view(), head_dim, start, theta)
+        });
+
         // Cross-entropy, NaN and inf logits included.
         let logits = Array3::from_shape_fn((size(r), size(r), size(r)), |_| float(r));
         let targets = ids(
@@ -527,6 +607,29 @@ fn fuzz_layers(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
         if let Some(mut l) = f.call("Attention::new", || Attention::<f64>::new(c, h, r)) {
             drive_layer(f, r, "Attention", &mut l, c);
         }
+        let attention = AttentionConfig {
+            n_heads: h,
+            n_kv_heads: if r.random() { h } else { size(r) },
+            bias: r.random(),
+            rope_theta: r
+                .random::<bool>()
+                .then(|| if r.random() { 1e4 } else { float(r) }),
+            dropout: (if r.random() { 0.0 } else { float(r) }, r.random()),
+        };
+        if let Some(mut l) = f.call("Attention::with_config", || {
+            Attention::<f64>::with_config(c, attention, r)
+        }) {
+            drive_layer(f, r, "Attention (configured)", &mut l, c);
+            // Decoding at an offset through a cache, which may be too short or too narrow.
+            if let Ok(mut cache) = KvCache::new(1 + size(r) % 2, 1 + size(r)) {
+                for _ in 0..2 {
+                    let x = array3((size(r), size(r), if r.random() { c } else { size(r) }), r);
+                    f.call("KvCache::infer (configured attention)", || {
+                        cache.infer(&l, &x)
+                    });
+                }
+            }
+        }
         if let Some(mut l) = f.call("Mlp::new", || Mlp::<f64>::new(c, h, r)) {
             drive_layer(f, r, "Mlp", &mut l, c);
         }
@@ -589,7 +692,14 @@ fn fuzz_layers(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
         }
         // Embedding: ids out of range, too long, empty.
         let (v, t_max) = (size(r), size(r));
-        if let Some(mut e) = f.call("Embedding::new", || Embedding::<f64>::new(v, c, t_max, r)) {
+        let embed = if r.random() {
+            f.call("Embedding::new", || Embedding::<f64>::new(v, c, t_max, r))
+        } else {
+            f.call("Embedding::token_only", || {
+                Embedding::<f64>::token_only(v, c, t_max, r)
+            })
+        };
+        if let Some(mut e) = embed {
             for _ in 0..3 {
                 let id = ids((size(r), size(r)), v + r.random_range(0..2usize), r);
                 let y = f.run("Embedding", &mut e, snapshot, |l| l.forward(&id));
@@ -661,6 +771,19 @@ fn fuzz_gpt(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             2 => config.vocab_size = size(r),
             3 => config.context = size(r),
             _ => {}
+        }
+        // Any attention and positions: key/value heads that may not divide the heads,
+        // rotary bases that may be invalid, head sizes that may be odd.
+        if r.random() {
+            config.attention = AttentionKind::GroupedQuery {
+                n_kv_heads: if r.random() { 1 } else { size(r) },
+                bias: r.random(),
+            };
+        }
+        if r.random() {
+            config.positions = PositionKind::Rotary {
+                theta: if r.random() { 1e4 } else { float(r) },
+            };
         }
         let Some(mut gpt) = f.call("Gpt::new", || Gpt::<f64>::new(config.clone(), r)) else {
             continue;
@@ -1331,6 +1454,12 @@ fn huge_sizes(f: &mut Fuzz, group: &str) {
                 f.call("Embedding::new", || Embedding::<f32>::new(n, 8, 4, r));
                 f.call("Embedding::new", || Embedding::<f32>::new(8, 8, n, r));
                 f.call("Attention::new", || Attention::<f32>::new(n, 1, r));
+                f.call("Attention::with_config", || {
+                    Attention::<f32>::with_config(n, AttentionConfig::new(1).rotary(1e4), r)
+                });
+                f.call("Embedding::token_only", || {
+                    Embedding::<f32>::token_only(n, 8, 4, r)
+                });
                 f.call("Mlp::new", || Mlp::<f32>::new(8, n, r));
                 f.call("Block::new", || Block::<f32>::new(8, 2, n, r));
                 f.call("LayerNorm::new", || LayerNorm::<f32>::new(n));

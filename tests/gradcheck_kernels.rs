@@ -2,16 +2,20 @@
 //! `gradcheck::check_fn` in f64, at random (often odd) shapes: the report is per
 //! (output, input) pair, and the accumulation contract is checked wherever the kernel adds
 //! into caller-provided gradient buffers (`linear`, `layer_norm`, `rms_norm`, `embedding`).
+//! into caller-provided gradient buffers (`linear`, `layer_norm`, `embedding`,
+//! `token_embedding`).
 
 mod common;
 
 use baregpt::gradcheck::{self, GradCheckReport, as_dim, as_dim_mut};
 use baregpt::kernels::{
-    attention_backward, attention_forward, causal_softmax_forward, cross_entropy_backward,
-    cross_entropy_forward, embedding_backward, embedding_forward, gelu_backward, gelu_forward,
-    layer_norm_backward, layer_norm_forward, linear_backward, linear_forward, rms_norm_backward,
-    rms_norm_forward, silu_backward, silu_forward, softmax_backward_in_place, swiglu_backward,
-    swiglu_forward,
+    DropoutMask, attention_backward, attention_dropout_backward, attention_dropout_forward,
+    attention_forward, causal_softmax_forward, cross_entropy_backward, cross_entropy_forward,
+    embedding_backward, embedding_forward, gelu_backward, gelu_forward, grouped_attention_backward,
+    grouped_attention_forward, layer_norm_backward, layer_norm_forward, linear_backward,
+    linear_forward, rms_norm_backward, rms_norm_forward, rope_backward, rope_forward,
+    silu_backward, silu_forward, softmax_backward_in_place, swiglu_backward, swiglu_forward,
+    token_embedding_backward, token_embedding_forward,
 };
 use baregpt::strategies;
 use common::config;
@@ -202,6 +206,93 @@ proptest! {
         passes(&report, &[("ctx", "q"), ("ctx", "k"), ("ctx", "v")])?;
     }
 
+    /// `H` query heads on `H_kv` key/value heads (every divisor of `H`, so multi-query and
+    /// multi-head included), odd head sizes and `T_q ≤ T_k`.
+    #[test]
+    fn grouped_attention(
+        (q, k, v, heads, kv_heads) in (1..=2usize, 1..=4usize, 0..=2usize, 1..=6usize, 1..=3usize)
+            .prop_flat_map(|(b, t_q, extra, h, d)| {
+                let divisors: Vec<usize> = (1..=h).filter(|g| h % g == 0).collect();
+                (Just((b, t_q, t_q + extra, h, d)), proptest::sample::select(divisors))
+            })
+            .prop_flat_map(|((b, t_q, t_k, h, d), h_kv)| {
+                (array(vec![b, t_q, h * d]), array(vec![b, t_k, h_kv * d]),
+                 array(vec![b, t_k, h_kv * d]), Just(h), Just(h_kv))
+            })
+    ) {
+        let report = gradcheck::check_fn(
+            &[("q", q), ("k", k), ("v", v)],
+            &["ctx"],
+            |i| Ok(vec![grouped_attention_forward(as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&i[2])?,
+                                                  heads, kv_heads)?.0.into_dyn()]),
+            |i, d, grads| {
+                let (q, k, v) = (as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&i[2])?);
+                let (_, probs) = grouped_attention_forward(q, k, v, heads, kv_heads)?;
+                let (dq, dk, dv) = grouped_attention_backward(q, k, v, probs.view(),
+                                                              as_dim(&d[0])?, kv_heads)?;
+                grads[0] += &dq.into_dyn();
+                grads[1] += &dk.into_dyn();
+                grads[2] += &dv.into_dyn();
+                Ok(())
+            },
+            &Default::default(),
+        ).unwrap();
+        passes(&report, &[("ctx", "q"), ("ctx", "k"), ("ctx", "v")])?;
+    }
+
+    /// Dropout on the probabilities with a fixed mask: the function is then smooth.
+    #[test]
+    fn attention_with_dropout(
+        (q, k, v, heads, seed) in (1..=2usize, 1..=4usize, 1..=3usize, 1..=3usize, any::<u64>())
+            .prop_flat_map(|(b, t, h, d, seed)| {
+                (array(vec![b, t, 2 * h * d]), array(vec![b, t, h * d]),
+                 array(vec![b, t, h * d]), Just(2 * h), Just(seed))
+            })
+    ) {
+        let mask = DropoutMask::new(0.3, seed, 1).unwrap();
+        let kv_heads = heads / 2;
+        let report = gradcheck::check_fn(
+            &[("q", q), ("k", k), ("v", v)],
+            &["ctx"],
+            |i| Ok(vec![attention_dropout_forward(as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&i[2])?,
+                                                  heads, kv_heads, &mask)?.0.into_dyn()]),
+            |i, d, grads| {
+                let (q, k, v) = (as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&i[2])?);
+                let (_, probs) = attention_dropout_forward(q, k, v, heads, kv_heads, &mask)?;
+                let (dq, dk, dv) = attention_dropout_backward(q, k, v, probs.view(),
+                                                              as_dim(&d[0])?, kv_heads, &mask)?;
+                grads[0] += &dq.into_dyn();
+                grads[1] += &dk.into_dyn();
+                grads[2] += &dv.into_dyn();
+                Ok(())
+            },
+            &Default::default(),
+        ).unwrap();
+        passes(&report, &[("ctx", "q"), ("ctx", "k"), ("ctx", "v")])?;
+    }
+
+    /// Rotary embeddings at any start position and base, several heads of even size.
+    #[test]
+    fn rope(
+        (x, d, start, theta) in (1..=2usize, 1..=5usize, 1..=3usize, 1..=3usize)
+            .prop_flat_map(|(b, t, heads, half)| {
+                (array(vec![b, t, heads * 2 * half]), Just(2 * half), 0..20usize,
+                 prop_oneof![Just(10_000.0), 2.0..100.0f64])
+            })
+    ) {
+        let report = gradcheck::check_fn(
+            &[("x", x)],
+            &["y"],
+            |i| Ok(vec![rope_forward(as_dim(&i[0])?, d, start, theta)?.into_dyn()]),
+            |_, dy, grads| {
+                grads[0] += &rope_backward(as_dim(&dy[0])?, d, start, theta)?.into_dyn();
+                Ok(())
+            },
+            &Default::default(),
+        ).unwrap();
+        passes(&report, &[("y", "x")])?;
+    }
+
     #[test]
     fn cross_entropy(
         (logits, targets) in strategies::dims(3, 4, 6)
@@ -244,6 +335,21 @@ proptest! {
             &Default::default(),
         ).unwrap();
         passes(&report, &[("y", "tok"), ("y", "pos")])?;
+    }
+
+    #[test]
+    fn token_embedding(
+        (ids, tok) in (1..=6usize, 1..=4usize, 1..=2usize, 1..=5usize)
+            .prop_flat_map(|(v, c, b, t)| (strategies::token_ids(b, t, v), array(vec![v, c])))
+    ) {
+        let report = gradcheck::check_fn(
+            &[("tok", tok)],
+            &["y"],
+            |i| Ok(vec![token_embedding_forward(ids.view(), as_dim(&i[0])?)?.into_dyn()]),
+            |_, d, grads| token_embedding_backward(ids.view(), as_dim(&d[0])?, as_dim_mut(&mut grads[0])?),
+            &Default::default(),
+        ).unwrap();
+        passes(&report, &[("y", "tok")])?;
     }
 
     #[test]

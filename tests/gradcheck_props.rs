@@ -9,11 +9,10 @@ mod common;
 
 use baregpt::gpt::parts::{MlpKind, NormKind};
 use baregpt::gradcheck::GradCheckReport;
-use baregpt::layer::DropoutMode;
-use baregpt::layer::InferState;
+use baregpt::layer::{DropoutMode, InferState};
 use baregpt::layers::{
-    Attention, Block, Dropout, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential,
-    SwiGlu,
+    Attention, AttentionConfig, Block, Dropout, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
+    Sequential, SwiGlu,
 };
 use baregpt::param::{ParamPath, ParamVisitor, ParamVisitorMut};
 use baregpt::prelude::*;
@@ -42,6 +41,52 @@ fn attention_case(
             strategies::seed(),
         )
     })
+}
+
+/// `(x (B, T, H·D), config, seed)` for an attention layer of any shape: `H_kv` key/value
+/// heads shared by `H/H_kv` query heads each, biases or not, rotary embeddings (with an even
+/// head size) or not.
+fn attention_variant_case() -> impl Strategy<Value = (Array3<f64>, AttentionConfig, u64)> {
+    (
+        (1..=2usize, 1..=5usize, 1..=2usize, 1..=3usize, 1..=2usize),
+        (
+            any::<bool>(),
+            prop::option::of(prop_oneof![Just(10_000.0), 2.0..50.0f64]),
+        ),
+    )
+        .prop_flat_map(|((b, t, h_kv, group, d), (bias, rope))| {
+            let d = if rope.is_some() { 2 * d } else { d };
+            let h = h_kv * group;
+            let mut config = AttentionConfig::new(h).kv_heads(h_kv).with_bias(bias);
+            config.rope_theta = rope;
+            (
+                strategies::activations(b, t, h * d),
+                Just(config),
+                strategies::seed(),
+            )
+        })
+}
+
+/// A GPT batch from [`strategies::gpt_batch`] with rotary positions (head size doubled to be
+/// even), grouped-query attention on a divisor of the heads, and biases or not.
+fn rotary_gqa_gpt_case() -> impl Strategy<Value = (GptConfig, Array2<usize>, Array2<usize>, u64)> {
+    use baregpt::gpt::parts::{AttentionKind, PositionKind};
+    (
+        strategies::gpt_batch(),
+        strategies::seed(),
+        any::<bool>(),
+        2.0..1000.0f64,
+    )
+        .prop_map(|((mut cfg, ids, targets), seed, bias, theta)| {
+            // Heads 1–2 of size 1–4 become 2–4 heads of even size 2 or 4 on 1–2 K/V heads.
+            let d = 2 * (cfg.d_model / cfg.n_heads).div_ceil(2);
+            let n_kv_heads = cfg.n_heads;
+            cfg.n_heads *= 2;
+            cfg.d_model = cfg.n_heads * d;
+            cfg.attention = AttentionKind::GroupedQuery { n_kv_heads, bias };
+            cfg.positions = PositionKind::Rotary { theta };
+            (cfg, ids, targets, seed)
+        })
 }
 
 /// A GPT batch from [`strategies::gpt_batch`] with `final_norm` forced, and a weight seed.
@@ -129,7 +174,8 @@ fn check_gpt(
     jitter_params(&mut gpt, seed, 0.3);
     let report = gradcheck_passes(&mut gpt, ids, false)?;
     let pos = report.tensor("embed.pos").map(|t| t.shape.clone());
-    prop_assert_eq!(pos, Some(vec![cfg.context, cfg.d_model]));
+    let learned = cfg.positions == baregpt::gpt::parts::PositionKind::Learned;
+    prop_assert_eq!(pos, learned.then(|| vec![cfg.context, cfg.d_model]));
 
     let mut head = CrossEntropy::new();
     head.set_targets(targets.clone());
@@ -223,6 +269,26 @@ proptest! {
     }
 
     #[test]
+    fn attention_grouped_biased_rotary((x, config, seed) in attention_variant_case()) {
+        let mut attn = Attention::with_config(x.dim().2, config, &mut rng(seed)).unwrap();
+        jitter_params(&mut attn, seed, 0.3);
+        let report = gradcheck_passes(&mut attn, &x, true)?;
+        prop_assert_eq!(report.tensor("b_o").is_some(), config.bias);
+        let w_k = report.tensor("w_k").map(|t| t.shape.clone());
+        prop_assert_eq!(w_k, Some(vec![x.dim().2, config.n_kv_heads * x.dim().2 / config.n_heads]));
+    }
+
+    /// Dropout held at one mask (`DropoutMode::Hold`), so the checker sees one function.
+    #[test]
+    fn attention_with_dropout_held((x, config, seed) in attention_variant_case()) {
+        let config = config.with_dropout(0.25, seed);
+        let mut attn = Attention::with_config(x.dim().2, config, &mut rng(seed)).unwrap();
+        attn.set_dropout(baregpt::layer::DropoutMode::Hold);
+        jitter_params(&mut attn, seed, 0.3);
+        gradcheck_passes(&mut attn, &x, true)?;
+    }
+
+    #[test]
     fn attention_several_heads((x, heads, seed) in attention_case(2..=3)) {
         let mut attn = Attention::new(x.dim().2, heads, &mut rng(seed)).unwrap();
         prop_assert!(attn.n_heads() >= 2);
@@ -285,6 +351,12 @@ proptest! {
     fn whole_gpt_with_final_norm((cfg, ids, targets, seed) in gpt_case(true)) {
         let (report, _) = check_gpt(&cfg, &ids, &targets, seed)?;
         prop_assert!(report.tensor("ln_f.gamma").is_some());
+    }
+
+    #[test]
+    fn whole_gpt_rotary_grouped_query((cfg, ids, targets, seed) in rotary_gqa_gpt_case()) {
+        let (report, _) = check_gpt(&cfg, &ids, &targets, seed)?;
+        prop_assert!(report.tensor("blocks.0.attn.w_k").is_some());
     }
 
     #[test]
@@ -419,6 +491,31 @@ fn worst_relative_error_over_a_small_gpt_with_rms_norm_and_swiglu() {
     assert!(logits.tensor("ln_f.gamma").is_some());
     assert!(logits.tensor("blocks.1.mlp.w_down").is_some());
     for report in [&logits, &loss] {
+        assert!(report.max_rel_error() < 1e-4, "{report}");
+        assert!(report.max_abs_error() < report.atol, "{report}");
+    }
+}
+
+/// A fixed rotary + grouped-query (4 heads on 2, head size 2) + biased GPT at the full
+/// context, through the logits and the loss, held to the bounds of the test above.
+#[test]
+fn worst_relative_error_over_a_rotary_gqa_gpt() {
+    use baregpt::gpt::parts::{AttentionKind, PositionKind};
+    let cfg = GptConfig {
+        attention: AttentionKind::GroupedQuery {
+            n_kv_heads: 2,
+            bias: true,
+        },
+        positions: PositionKind::Rotary { theta: 100.0 },
+        n_heads: 4,
+        ..small_config()
+    };
+    let (ids, targets) = (ids_for(2, 5, 11, 3), ids_for(2, 5, 11, 4));
+    let (logits, loss) = unwrap_check(check_gpt(&cfg, &ids, &targets, 2025));
+    summarize("rotary GQA Gpt (f64), logits projected", &logits);
+    summarize("rotary GQA Gpt (f64), mean cross-entropy", &loss);
+    for report in [&logits, &loss] {
+        assert!(report.tensor("blocks.1.attn.b_k").is_some(), "{report}");
         assert!(report.max_rel_error() < 1e-4, "{report}");
         assert!(report.max_abs_error() < report.atol, "{report}");
     }

@@ -18,14 +18,10 @@
 //!
 //! Run with `cargo test --release --test parity -- --nocapture` to see every measured error.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-
 use baregpt::kernels::{attention_backward, attention_forward, gelu_backward, gelu_forward};
-use baregpt::layer::DropoutMode;
+use baregpt::layer::{DropoutMode, KvCache};
 use baregpt::layers::{
-    Attention, Block, Dropout, Embedding, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu,
+    Attention, AttentionConfig, Block, Dropout, Embedding, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu,
 };
 use baregpt::param::ParamMap;
 use baregpt::prelude::*;
@@ -35,6 +31,9 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 const F64_TOL: f64 = 1e-10;
 const F32_TOL: f64 = 1e-4;
@@ -340,6 +339,17 @@ impl<'a> Comparer<'a> {
 
     /// Compares `ours` with the fixture tensor `key` (already in our layout).
     fn check<F: Float>(&mut self, label: &str, ours: ArrayD<F>, torch: ArrayD<f64>) {
+        self.check_with_floor(label, ours, torch, F32_FLOOR);
+    }
+
+    /// [`Comparer::check`] with another f32 floor (f64 is always compared as there).
+    fn check_with_floor<F: Float>(
+        &mut self,
+        label: &str,
+        ours: ArrayD<F>,
+        torch: ArrayD<f64>,
+        f32_floor: f64,
+    ) {
         assert_eq!(
             ours.shape(),
             torch.shape(),
@@ -360,7 +370,7 @@ impl<'a> Comparer<'a> {
         let denom = if self.float == "f64" {
             scale.max(1.0)
         } else {
-            scale.max(F32_FLOOR)
+            scale.max(f32_floor)
         };
         self.rows.push(Row {
             tensor: label.to_owned(),
@@ -480,6 +490,69 @@ fn attention_core<F: Float>(fx: &Fixture) -> f64 {
     cmp.check_key("input_grad/q", dq.into_dyn());
     cmp.check_key("input_grad/k", dk.into_dyn());
     cmp.check_key("input_grad/v", dv.into_dyn());
+    cmp.finish()
+}
+
+/// Llama-style attention (grouped heads, biases, rotary embeddings): forward and backward as
+/// [`float_layer`], then the same output decoded through a key/value cache (a prefix of
+/// `⌈T/2⌉` positions, then one position at a time), against torch's full forward.
+fn llama_attention<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
+    let mut config = AttentionConfig::new(fx.usize("n_heads"))
+        .kv_heads(fx.usize("n_kv_heads"))
+        .with_bias(fx.bool("bias"));
+    config.rope_theta = fx.config["rope_theta"].as_f64();
+    let mut layer = Attention::<F>::with_config(fx.usize("d_model"), config, rng).unwrap();
+    let map = mapping_for(fx, "LlamaAttention", &layer);
+    load_params(fx, &map, &mut layer);
+    let mut cmp = Comparer::new::<F>(fx);
+    let x = fx.float3::<F>("input/x");
+    let y = layer.forward(&x).unwrap();
+    cmp.check_key("output/y", y.into_dyn());
+    let dx = layer.backward(&fx.float3("upstream/dy")).unwrap();
+    cmp.check_key("input_grad/x", dx.into_dyn());
+    // Without rotation, adding b_k to every key adds q·b_k to all of a query's scores, which
+    // the softmax ignores: b_k's true gradient is exactly zero (torch's is ~1e-16), and an
+    // f32 one is the rounding residue of sums of dK-sized terms. It is held to the same
+    // relative bound against dK's scale (w_k's gradient), and checked to be near zero in f64.
+    let w_k_scale = fx
+        .f64("param_grad/k_proj.weight")
+        .iter()
+        .fold(0.0, |m: f64, g| m.max(g.abs()));
+    let mut grads = Vec::new();
+    layer.for_each_param(&mut |name, p| grads.push((name.to_owned(), p.grad.to_owned())));
+    for ((name, grad), m) in grads.into_iter().zip(&map) {
+        let torch = ours_layout(fx, "param_grad", m);
+        let label = format!("grad {name} ({})", m.torch);
+        if name == "b_k" && config.rope_theta.is_none() {
+            if F::NAME == "f64" {
+                assert!(
+                    grad.iter().all(|g| g.to_f64_exact().abs() < 1e-12),
+                    "{grad}"
+                );
+            }
+            cmp.check_with_floor(&label, grad, torch, w_k_scale.max(F32_FLOOR));
+        } else {
+            cmp.check(&label, grad, torch);
+        }
+    }
+    // Decoding: keys are rotated at their absolute positions as they enter the cache.
+    let (b, t, _) = x.dim();
+    let mut cache = KvCache::<F>::new(b, t).unwrap();
+    let prefix = t.div_ceil(2);
+    let mut parts = vec![
+        cache
+            .infer(&layer, &x.slice(ndarray::s![.., ..prefix, ..]).to_owned())
+            .unwrap(),
+    ];
+    for i in prefix..t {
+        let step = x.slice(ndarray::s![.., i..=i, ..]).to_owned();
+        parts.push(cache.infer(&layer, &step).unwrap());
+    }
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    let decoded = ndarray::concatenate(Axis(1), &views).unwrap();
+    assert_eq!(cache.layers()[0].width(), layer.kv_width());
+    let torch = fx.f64("output/y");
+    cmp.check("output/y through a KvCache", decoded.into_dyn(), torch);
     cmp.finish()
 }
 
@@ -648,6 +721,7 @@ fn run<F: Float>(fx: &Fixture) -> f64 {
             let mut layer = Attention::<F>::new(c(), h(), &mut rng).unwrap();
             float_layer(fx, "Attention", &mut layer)
         }
+        "llama_attention" => llama_attention::<F>(fx, &mut rng),
         "mlp" => {
             let mut layer = Mlp::<F>::new(c(), fx.usize("mlp_hidden"), &mut rng).unwrap();
             float_layer(fx, "Mlp", &mut layer)
@@ -723,6 +797,11 @@ parity_cases! {
     attention_core_b1_t1,
     attention_1head,
     attention_3heads,
+    attention_mha_bias,
+    attention_gqa,
+    attention_mqa,
+    attention_rotary,
+    attention_rotary_gqa,
     mlp,
     block,
     block_b1_t1,

@@ -130,6 +130,8 @@ impl GptConfig {
         }
         self.norm.validate()?;
         self.dropout.validate()?;
+        self.attention.validate(self.n_heads)?;
+        self.positions.validate(self.d_model, self.n_heads)?;
         if self.checked_param_count().is_none() {
             return Err(invalid("the parameter count overflows usize".into()));
         }
@@ -144,7 +146,7 @@ impl GptConfig {
             .norm
             .param_count(c)?
             .checked_mul(2)?
-            .checked_add(self.attention.param_count(c)?)?
+            .checked_add(self.attention.param_count(c, self.n_heads)?)?
             .checked_add(self.mlp.param_count(c, h)?)?;
         let final_norm = if self.final_norm {
             self.norm.param_count(c)?
@@ -269,6 +271,7 @@ mod tests {
                     "norm",
                     "norm_eps",
                     "attention",
+                    "attention_bias",
                     "mlp",
                     "positions",
                     "head",
@@ -313,6 +316,97 @@ mod tests {
         unknown.insert("config.mlp".into(), "geglu".into());
         let err = GptConfig::from_metadata(&unknown).unwrap_err().to_string();
         assert!(err.contains("(gelu, swiglu)"), "{err}");
+    }
+
+    #[test]
+    fn attention_and_position_parts_round_trip_and_are_validated() {
+        let to_meta = |config: &GptConfig| -> HashMap<String, String> {
+            config
+                .to_metadata()
+                .into_iter()
+                .map(|(k, v)| (format!("config.{k}"), v))
+                .collect()
+        };
+        for (attention, positions) in [
+            (
+                AttentionKind::MultiHead { bias: true },
+                PositionKind::Learned,
+            ),
+            (
+                AttentionKind::GroupedQuery {
+                    n_kv_heads: 2,
+                    bias: true,
+                },
+                PositionKind::Rotary { theta: 500.0 },
+            ),
+            (
+                AttentionKind::GroupedQuery {
+                    n_kv_heads: 1,
+                    bias: false,
+                },
+                PositionKind::rotary(),
+            ),
+        ] {
+            let config = GptConfig {
+                attention,
+                positions,
+                ..GptConfig::tiny(11)
+            };
+            assert!(config.validate().is_ok());
+            assert_eq!(GptConfig::from_metadata(&to_meta(&config)).unwrap(), config);
+        }
+        // Rotary positions have no parameters; GQA's K/V projections are narrower.
+        let (c, v) = (64, 11);
+        let base = GptConfig::tiny(v);
+        let rotary = GptConfig {
+            positions: PositionKind::rotary(),
+            ..base.clone()
+        };
+        assert_eq!(base.param_count() - rotary.param_count(), 32 * c);
+        let gqa = GptConfig {
+            attention: AttentionKind::GroupedQuery {
+                n_kv_heads: 1,
+                bias: false,
+            },
+            ..base.clone()
+        };
+        // Per layer w_k and w_v lose C·(C − C/4) each.
+        assert_eq!(base.param_count() - gqa.param_count(), 2 * 2 * c * (c - 16));
+        // A rotary checkpoint without `rope_theta` gets the default base.
+        let mut meta = to_meta(&rotary);
+        meta.remove("config.rope_theta");
+        assert_eq!(GptConfig::from_metadata(&meta).unwrap(), rotary);
+        // Settings that cannot be built are refused.
+        for bad in [
+            GptConfig {
+                attention: AttentionKind::GroupedQuery {
+                    n_kv_heads: 3,
+                    bias: false,
+                },
+                ..base.clone()
+            },
+            GptConfig {
+                attention: AttentionKind::GroupedQuery {
+                    n_kv_heads: 0,
+                    bias: false,
+                },
+                ..base.clone()
+            },
+            GptConfig {
+                positions: PositionKind::Rotary { theta: -1.0 },
+                ..base.clone()
+            },
+            // Head size 3 is odd.
+            GptConfig {
+                positions: PositionKind::rotary(),
+                ..GptConfig::with_sizes(5, 6, 2, 1, 4)
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let mut unknown = to_meta(&base);
+        unknown.insert("config.attention".into(), "linear".into());
+        assert!(GptConfig::from_metadata(&unknown).is_err());
     }
 
     #[test]

@@ -7,7 +7,8 @@ pub(crate) mod meta;
 pub mod parts;
 
 use ndarray::{Array2, Array3, Array4};
-use rand::{Rng, RngExt};
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
 
 pub use config::GptConfig;
 pub use dropout::DropoutConfig;
@@ -16,7 +17,7 @@ use crate::error::check_shape;
 use crate::exec::in_pool_if_small;
 use crate::kernels::cross_entropy_forward;
 use crate::layer::{Cache, DropoutMode, DropoutSite, InferState, KvCache};
-use crate::layers::{Block, Dropout, Embedding};
+use crate::layers::{Attention, Block, Dropout, Embedding};
 use crate::param::{ParamMap, Params};
 use crate::{CrossEntropy, Error, Float, Layer, Result, params};
 
@@ -26,8 +27,8 @@ const LAYER: &str = "Gpt";
 ///
 /// `forward(ids (B, T)) → logits (B, T, V)`; [`Gpt::loss`] adds the mean cross-entropy and
 /// [`Gpt::backward_loss`] accumulates every parameter's gradient from it. Parameters are
-/// named `embed.tok`, `embed.pos`, `blocks.{i}.{ln1,attn,ln2,mlp}.*`, `ln_f.*` and
-/// `head.*`.
+/// named `embed.tok`, `embed.pos` (learned positions only), `blocks.{i}.{ln1,attn,ln2,mlp}.*`,
+/// `ln_f.*` and `head.*`.
 ///
 /// `Gpt` is also a `Layer<F, Array2<usize>>`: [`Layer::backward`] takes `dL/dlogits` from a
 /// loss of your own, and [`Layer::infer`] (or [`KvCache::infer`], for incremental decoding)
@@ -145,14 +146,18 @@ impl<F: Float> Gpt<F> {
         // total is held to the per-allocation limit too (before any table is drawn).
         crate::limits::check_alloc::<F>(LAYER, "all parameters", &[config.param_count()])?;
         let c = config.d_model;
-        let embed = Embedding::new(config.vocab_size, c, config.context, rng)?;
+        let embed = config
+            .positions
+            .build_embedding(config.vocab_size, c, config.context, rng)?;
+        let rope_theta = config.positions.rope_theta();
         let blocks = (0..config.n_layers)
             .map(|_| {
                 let ln1 = config.norm.build(c)?;
-                let attn = config.attention.build(c, config.n_heads, rng)?;
+                let attn_config = config.attention.layer_config(config.n_heads, rope_theta);
+                let attn = Attention::with_config(c, attn_config, rng)?;
                 let ln2 = config.norm.build(c)?;
                 let mlp = config.mlp.build(c, config.mlp_hidden, rng)?;
-                Ok(Block::from_parts(ln1, attn, ln2, mlp))
+                Ok((ln1, attn_config, attn, ln2, mlp))
             })
             .collect::<Result<Vec<_>>>()?;
         let ln_f = match config.final_norm {
@@ -166,6 +171,24 @@ impl<F: Float> Gpt<F> {
             true => Some(Dropout::new(p.embed, rng.random())?),
             false => None,
         };
+        // Attention dropout lives inside each attention layer: with it on, each layer is
+        // rebuilt with its seed (drawn here, after every weight) and its weights moved over.
+        let blocks = blocks
+            .into_iter()
+            .map(|(ln1, attn_config, attn, ln2, mlp)| {
+                let attn: Box<dyn Layer<F>> = match p.attention > 0.0 {
+                    true => {
+                        let with_dropout = attn_config.with_dropout(p.attention, rng.random());
+                        let mut dropped =
+                            Attention::with_config(c, with_dropout, &mut StdRng::seed_from_u64(0))?;
+                        dropped.import_params(&attn.export_params())?;
+                        Box::new(dropped)
+                    }
+                    false => Box::new(attn),
+                };
+                Ok(Block::from_parts(ln1, attn, ln2, mlp))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let blocks = match p.residual > 0.0 {
             true => blocks
                 .into_iter()

@@ -5,11 +5,13 @@
 //! Adding a part means adding its kernel, its layer, and one variant here (its arm in each
 //! `match` of its enum); nothing else changes. See `docs/architecture.md`, "Adding a part".
 
-use rand::Rng;
-
 use super::meta::Meta;
-use crate::layers::{Attention, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu};
+use crate::kernels::rope::DEFAULT_ROPE_THETA;
+use crate::layers::{
+    Attention, AttentionConfig, Embedding, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu,
+};
 use crate::{Error, Float, Layer, Result};
+use rand::Rng;
 
 const CONFIG: &str = "GptConfig";
 
@@ -112,48 +114,115 @@ impl NormKind {
 }
 
 /// The sequence mixer of each block (`attn`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AttentionKind {
-    /// [`Attention`]: causal multi-head attention with `n_heads` heads and four bias-free
-    /// `(C, C)` projections `w_q`, `w_k`, `w_v`, `w_o`.
-    #[default]
-    MultiHead,
+    /// [`Attention`]: causal multi-head attention with `n_heads` heads and four `(C, C)`
+    /// projections `w_q`, `w_k`, `w_v`, `w_o`.
+    MultiHead {
+        /// Whether the projections have biases `b_q`, `b_k`, `b_v`, `b_o` (GPT-2 has them).
+        bias: bool,
+    },
+    /// [`Attention`] with `n_kv_heads` key/value heads shared by the `n_heads` query heads:
+    /// `w_k`, `w_v` are `(C, n_kv_heads·D)`. One key/value head is multi-query attention.
+    GroupedQuery {
+        /// Key/value heads; must divide `n_heads`.
+        n_kv_heads: usize,
+        /// Whether the projections have biases.
+        bias: bool,
+    },
+}
+
+impl Default for AttentionKind {
+    /// Multi-head attention without biases, as the original.
+    fn default() -> Self {
+        Self::MultiHead { bias: false }
+    }
 }
 
 impl AttentionKind {
-    /// The layer, for width `c` and `n_heads` heads, weights drawn from `rng`.
+    /// The layer's settings for `n_heads` query heads and rotary base `rope_theta` (if any).
+    pub fn layer_config(&self, n_heads: usize, rope_theta: Option<f64>) -> AttentionConfig {
+        let config = match *self {
+            Self::MultiHead { bias } => AttentionConfig::new(n_heads).with_bias(bias),
+            Self::GroupedQuery { n_kv_heads, bias } => AttentionConfig::new(n_heads)
+                .kv_heads(n_kv_heads)
+                .with_bias(bias),
+        };
+        AttentionConfig {
+            rope_theta,
+            ..config
+        }
+    }
+
+    /// The layer, for width `c`, `n_heads` heads and rotary embeddings of base `rope_theta`
+    /// (none when `None`), weights drawn from `rng`.
     ///
     /// # Errors
-    /// The layer's constructor's (heads not dividing the width, a zero size).
+    /// The layer's constructor's (heads not dividing the width or key/value heads not
+    /// dividing the heads, an odd head size with rotary embeddings, a zero size).
     pub fn build<F: Float, R: Rng + ?Sized>(
         &self,
         c: usize,
         n_heads: usize,
+        rope_theta: Option<f64>,
         rng: &mut R,
     ) -> Result<Box<dyn Layer<F>>> {
-        match self {
-            Self::MultiHead => Ok(Box::new(Attention::new(c, n_heads, rng)?)),
-        }
+        let config = self.layer_config(n_heads, rope_theta);
+        Ok(Box::new(Attention::with_config(c, config, rng)?))
     }
 
-    /// The layer's parameter count at width `c`, if it fits in `usize`.
-    pub fn param_count(&self, c: usize) -> Option<usize> {
-        match self {
-            Self::MultiHead => c.checked_mul(c)?.checked_mul(4),
+    /// The layer's parameter count at width `c` with `n_heads` heads, if it fits in `usize`
+    /// (`None` also when `n_heads` is zero).
+    pub fn param_count(&self, c: usize, n_heads: usize) -> Option<usize> {
+        let (n_kv_heads, bias) = match *self {
+            Self::MultiHead { bias } => (n_heads, bias),
+            Self::GroupedQuery { n_kv_heads, bias } => (n_kv_heads, bias),
+        };
+        // w_q, w_o: C·C each; w_k, w_v: C·C_kv each; biases C + 2·C_kv + C.
+        let c_kv = c.checked_div(n_heads)?.checked_mul(n_kv_heads)?;
+        let widths = c.checked_mul(2)?.checked_add(c_kv.checked_mul(2)?)?;
+        mul_add(c, widths, if bias { widths } else { 0 })
+    }
+
+    pub(super) fn validate(&self, n_heads: usize) -> Result<()> {
+        match *self {
+            Self::GroupedQuery { n_kv_heads, .. }
+                if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) =>
+            {
+                Err(Error::InvalidConfig {
+                    layer: CONFIG,
+                    reason: format!("n_kv_heads {n_kv_heads} does not divide n_heads {n_heads}"),
+                })
+            }
+            Self::MultiHead { .. } | Self::GroupedQuery { .. } => Ok(()),
         }
     }
 
     pub(super) fn encode(&self, meta: &mut Vec<(&'static str, String)>) {
         match self {
-            Self::MultiHead => meta.push(("attention", "multi_head".into())),
+            Self::MultiHead { bias } => {
+                meta.push(("attention", "multi_head".into()));
+                meta.push(("attention_bias", bias.to_string()));
+            }
+            Self::GroupedQuery { n_kv_heads, bias } => {
+                meta.push(("attention", "grouped_query".into()));
+                meta.push(("attention_kv_heads", n_kv_heads.to_string()));
+                meta.push(("attention_bias", bias.to_string()));
+            }
         }
     }
 
     pub(super) fn decode(meta: &Meta<'_>) -> Result<Self> {
+        // Checkpoints written before biases existed have no `attention_bias`: none.
+        let bias = meta.parse("attention_bias")?.unwrap_or(false);
         match meta.text("attention")? {
-            None | Some("multi_head") => Ok(Self::MultiHead),
-            Some(other) => Err(unknown("attention", other, "multi_head")),
+            None | Some("multi_head") => Ok(Self::MultiHead { bias }),
+            Some("grouped_query") => Ok(Self::GroupedQuery {
+                n_kv_heads: meta.require("attention_kv_heads")?,
+                bias,
+            }),
+            Some(other) => Err(unknown("attention", other, "multi_head, grouped_query")),
         }
     }
 }
@@ -214,32 +283,104 @@ impl MlpKind {
 }
 
 /// How positions enter the model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub enum PositionKind {
     /// A learned table `embed.pos (context, C)` added to the token embeddings.
     #[default]
     Learned,
+    /// Rotary position embeddings (RoPE, Hugging Face Llama's `rotate_half` convention):
+    /// every attention layer rotates its queries and keys by angles `p·θ^(−2i/D)`; the
+    /// embedding is the token table alone and there are no position parameters. The head
+    /// size `D` must be even.
+    Rotary {
+        /// The base of the frequencies (`rope_theta`; Hugging Face's default is 10000).
+        theta: f64,
+    },
 }
 
 impl PositionKind {
+    /// Rotary embeddings with Hugging Face's default base, `theta = 10000`.
+    pub fn rotary() -> Self {
+        Self::Rotary {
+            theta: DEFAULT_ROPE_THETA,
+        }
+    }
+
     /// The parameter count of the position encoding, if it fits in `usize`.
     pub fn param_count(&self, context: usize, c: usize) -> Option<usize> {
         match self {
             Self::Learned => context.checked_mul(c),
+            Self::Rotary { .. } => Some(0),
+        }
+    }
+
+    /// The rotary base the attention layers rotate with, or `None` when positions are not
+    /// rotary.
+    pub fn rope_theta(&self) -> Option<f64> {
+        match *self {
+            Self::Learned => None,
+            Self::Rotary { theta } => Some(theta),
+        }
+    }
+
+    /// The embedding layer: token and position tables ([`Embedding::new`]) for learned
+    /// positions, the token table alone ([`Embedding::token_only`]) for rotary ones.
+    ///
+    /// # Errors
+    /// The layer's constructor's.
+    pub fn build_embedding<F: Float, R: Rng + ?Sized>(
+        &self,
+        vocab_size: usize,
+        c: usize,
+        context: usize,
+        rng: &mut R,
+    ) -> Result<Embedding<F>> {
+        match self {
+            Self::Learned => Embedding::new(vocab_size, c, context, rng),
+            Self::Rotary { .. } => Embedding::token_only(vocab_size, c, context, rng),
+        }
+    }
+
+    pub(super) fn validate(&self, d_model: usize, n_heads: usize) -> Result<()> {
+        let invalid = |reason| {
+            Err(Error::InvalidConfig {
+                layer: CONFIG,
+                reason,
+            })
+        };
+        match *self {
+            Self::Learned => Ok(()),
+            Self::Rotary { theta } if !(theta.is_finite() && theta > 0.0) => {
+                invalid(format!("rope theta {theta} is not finite and positive"))
+            }
+            Self::Rotary { .. } if !(d_model / n_heads.max(1)).is_multiple_of(2) => {
+                invalid(format!(
+                    "rotary positions need an even head size, and d_model {d_model} / n_heads \
+                     {n_heads} is odd"
+                ))
+            }
+            Self::Rotary { .. } => Ok(()),
         }
     }
 
     pub(super) fn encode(&self, meta: &mut Vec<(&'static str, String)>) {
         match self {
             Self::Learned => meta.push(("positions", "learned".into())),
+            Self::Rotary { theta } => {
+                meta.push(("positions", "rotary".into()));
+                meta.push(("rope_theta", theta.to_string()));
+            }
         }
     }
 
     pub(super) fn decode(meta: &Meta<'_>) -> Result<Self> {
         match meta.text("positions")? {
             None | Some("learned") => Ok(Self::Learned),
-            Some(other) => Err(unknown("positions", other, "learned")),
+            Some("rotary") => Ok(Self::Rotary {
+                theta: meta.parse("rope_theta")?.unwrap_or(DEFAULT_ROPE_THETA),
+            }),
+            Some(other) => Err(unknown("positions", other, "learned, rotary")),
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Token plus learned absolute position embedding.
+//! Token plus learned absolute position embedding, and the token lookup alone.
 //!
 //! Shapes: `ids (B, T)`, token table `(V, C)`, position table `(T_max, C)` with `T ≤ T_max`,
-//! output `(B, T, C)`: `y[b, t] = tok[ids[b, t]] + pos[t]`.
+//! output `(B, T, C)`: `y[b, t] = tok[ids[b, t]] + pos[t]`, or `y[b, t] = tok[ids[b, t]]`
+//! without positions (a model whose positions enter elsewhere, e.g. rotary embeddings).
 
 use ndarray::{Array1, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Zip, s};
 
@@ -79,7 +80,7 @@ pub fn embedding_forward<F: Float>(
 pub fn embedding_backward<F: Float>(
     ids: ArrayView2<'_, usize>,
     dy: ArrayView3<'_, F>,
-    mut d_tok: ArrayViewMut2<'_, F>,
+    d_tok: ArrayViewMut2<'_, F>,
     mut d_pos: ArrayViewMut2<'_, F>,
 ) -> Result<()> {
     let (v, c) = d_tok.dim();
@@ -87,12 +88,25 @@ pub fn embedding_backward<F: Float>(
     check_shape(KERNEL, "dy", dy.shape(), &[Some(b), Some(t), Some(c)])?;
     check_shape(KERNEL, "d_pos", d_pos.shape(), &[None, Some(c)])?;
     check_ids(KERNEL, ids, v, d_pos.nrows())?;
+    scatter_add(ids, dy, d_tok);
+    // (dpos)
+    let mut d_pos_used = d_pos.slice_mut(s![..t, ..]);
+    d_pos_used += &dy.sum_axis(Axis(0));
+    Ok(())
+}
+
+/// *(dtok)*: `d_tok[i] += Σ_{(b, t): ids[b, t] = i} dy[b, t]`; shapes already checked.
+fn scatter_add<F: Float>(
+    ids: ArrayView2<'_, usize>,
+    dy: ArrayView3<'_, F>,
+    mut d_tok: ArrayViewMut2<'_, F>,
+) {
     // (dtok): each id's rows are summed first and added to the table once, so the table
     // receives the same sum on every call and two backward passes give exactly twice one.
     let mut order: Vec<((usize, usize), usize)> =
         ids.indexed_iter().map(|(pos, &id)| (pos, id)).collect();
     order.sort_by_key(|&(_, id)| id);
-    let mut sum = Array1::zeros(c);
+    let mut sum = Array1::zeros(d_tok.ncols());
     for group in order.chunk_by(|a, b| a.1 == b.1) {
         sum.fill(F::zero());
         for &((bi, ti), _) in group {
@@ -101,9 +115,46 @@ pub fn embedding_backward<F: Float>(
         let mut row = d_tok.row_mut(group[0].1);
         row += &sum;
     }
-    // (dpos)
-    let mut d_pos_used = d_pos.slice_mut(s![..t, ..]);
-    d_pos_used += &dy.sum_axis(Axis(0));
+}
+
+/// Looks up `ids (B, T)` in `tok (V, C)` alone; returns `(B, T, C)`, `y[b, t] = tok[ids[b, t]]`.
+///
+/// # Errors
+/// [`Error::SequenceLength`] when `T` is 0; [`Error::TokenOutOfRange`] for an id `≥ V`;
+/// [`Error::TooLarge`] when the output would exceed
+/// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
+pub fn token_embedding_forward<F: Float>(
+    ids: ArrayView2<'_, usize>,
+    tok: ArrayView2<'_, F>,
+) -> Result<Array3<F>> {
+    let (v, c) = tok.dim();
+    check_ids(KERNEL, ids, v, usize::MAX)?;
+    let (b, t) = ids.dim();
+    crate::limits::check_alloc::<F>(KERNEL, "y", &[b, t, c])?;
+    let mut y = Array3::zeros((b, t, c));
+    for ((bi, ti), &id) in ids.indexed_iter() {
+        y.slice_mut(s![bi, ti, ..]).assign(&tok.row(id));
+    }
+    Ok(y)
+}
+
+/// Backward of [`token_embedding_forward`]: **adds** into `d_tok (V, C)`.
+///
+/// `y[b, t] = tok[ids[b, t]]` selects a row, so its gradient is the scatter-add
+/// `d_tok[i] += Σ_{(b, t): ids[b, t] = i} dy[b, t]` — *(dtok)*, as in [`embedding_backward`].
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when `dy` is not `(B, T, C)`; the id checks of the forward.
+pub fn token_embedding_backward<F: Float>(
+    ids: ArrayView2<'_, usize>,
+    dy: ArrayView3<'_, F>,
+    d_tok: ArrayViewMut2<'_, F>,
+) -> Result<()> {
+    let (v, c) = d_tok.dim();
+    let (b, t) = ids.dim();
+    check_shape(KERNEL, "dy", dy.shape(), &[Some(b), Some(t), Some(c)])?;
+    check_ids(KERNEL, ids, v, usize::MAX)?;
+    scatter_add(ids, dy, d_tok);
     Ok(())
 }
 
@@ -125,6 +176,12 @@ mod tests {
         embedding_backward(ids.view(), dy.view(), d_tok.view_mut(), d_pos.view_mut()).unwrap();
         assert_eq!(d_tok, array![[0.0, 0.0], [0.0, 0.0], [4.0, 6.0]]);
         assert_eq!(d_pos, array![[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]);
+        // The token lookup alone gives the same token gradient.
+        let y = token_embedding_forward(ids.view(), tok.view()).unwrap();
+        assert_eq!(y, array![[[2.0, 2.0], [2.0, 2.0]]]);
+        let mut d_tok_only = Array2::zeros((3, 2));
+        token_embedding_backward(ids.view(), dy.view(), d_tok_only.view_mut()).unwrap();
+        assert_eq!(d_tok_only, d_tok);
     }
 
     #[test]

@@ -24,16 +24,23 @@ pub mod linear;
 pub(crate) mod matmul;
 pub(crate) mod reduce;
 pub mod rms_norm;
+pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 
-pub use attention::{attention_backward, attention_forward};
+pub use attention::{
+    attention_backward, attention_dropout_backward, attention_dropout_forward, attention_forward,
+    grouped_attention_backward, grouped_attention_forward,
+};
 pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
 pub use dropout::{DropoutMask, dropout_backward, dropout_forward};
-pub use embedding::{embedding_backward, embedding_forward};
+pub use embedding::{
+    embedding_backward, embedding_forward, token_embedding_backward, token_embedding_forward,
+};
 pub use gelu::{gelu_backward, gelu_forward};
 pub use layer_norm::{LayerNormCache, layer_norm_backward, layer_norm_forward};
 pub use linear::{linear_backward, linear_forward};
 pub use rms_norm::{RmsNormCache, rms_norm_backward, rms_norm_forward};
+pub use rope::{rope_backward, rope_forward};
 pub use softmax::{causal_softmax_forward, softmax_backward_in_place};
 pub use swiglu::{silu_backward, silu_forward, swiglu_backward, swiglu_forward};

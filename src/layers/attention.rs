@@ -1,14 +1,22 @@
-//! [`Attention`]: causal multi-head self-attention with bias-free projections.
+//! [`Attention`]: causal self-attention with multi-head, grouped-query or multi-query heads,
+//! optional projection biases and optional rotary position embeddings ([`AttentionConfig`]).
 
-use ndarray::{Array2, Array3, Array4, ArrayView2};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, Axis};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
+use crate::kernels::dropout::{DropoutMask, check_probability};
 use crate::kernels::linear::linear_backward_add;
-use crate::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
+use crate::kernels::{attention_dropout_backward, attention_dropout_forward};
+use crate::kernels::{
+    grouped_attention_backward, grouped_attention_forward, linear_backward, linear_forward,
+    rope_backward, rope_forward,
+};
 use crate::layer::rows::rows_reusing;
-use crate::layer::{Cache, InferState, LayerKv, check_width, from_rows, into_rows, rows};
-use crate::param::{Param2, Params};
+use crate::layer::{
+    Cache, DropoutMode, DropoutSite, InferState, LayerKv, check_width, from_rows, into_rows, rows,
+};
+use crate::param::{Param1, Param2, Params};
 use crate::{Error, Float, Layer, Result, params};
 
 const LAYER: &str = "Attention";
@@ -18,10 +26,13 @@ const LAYER: &str = "Attention";
 struct AttentionCache<F> {
     x_rows: Array2<F>,
     heads: Heads<F>,
+    /// The dropout mask of this forward, if it dropped (regenerated in the backward).
+    mask: Option<DropoutMask>,
 }
 
-/// The intermediate results of one pass: `q, k, v (B, T, C)`, `probs (B, H, T, T)` and the
-/// context rows `(N, C)`. Not the scores: the softmax backward needs only its output.
+/// The intermediate results of one pass: `q (B, T, H·D)` and `k, v (B, T, H_kv·D)` (`q` and
+/// `k` after the rotation, when there is one), `probs (B, H, T, T)` and the context rows
+/// `(N, C)`. Not the scores: the softmax backward needs only its output.
 #[derive(Clone, Debug)]
 struct Heads<F> {
     q: Array3<F>,
@@ -31,22 +42,145 @@ struct Heads<F> {
     ctx_rows: Array2<F>,
 }
 
-/// Causal multi-head self-attention, `(B, T, C)` → `(B, T, C)`.
+/// The shape of an [`Attention`] layer: its heads, whether its projections have biases, and
+/// whether it rotates queries and keys. [`AttentionConfig::new`] is today's default
+/// (multi-head, no biases, no rotation); the builder methods change one setting each.
 ///
-/// `Q = x·W_q`, `K = x·W_k`, `V = x·W_v`; per head (a contiguous slice of `C / H`
-/// columns) `ctx = softmax_causal(Q·Kᵀ/√(C/H))·V`; `y = ctx·W_o`. Parameters
-/// `w_q, w_k, w_v, w_o`, each `(C, C)`, Glorot-uniform, no biases (as in the original).
+/// ```
+/// use baregpt::layers::AttentionConfig;
+///
+/// let llama_like = AttentionConfig::new(6).kv_heads(2).rotary(10_000.0);
+/// let gpt2_like = AttentionConfig::new(12).with_bias(true);
+/// assert_eq!(llama_like.n_kv_heads, 2);
+/// assert!(gpt2_like.bias && gpt2_like.rope_theta.is_none());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionConfig {
+    /// Query heads `H`; must divide the width.
+    pub n_heads: usize,
+    /// Key/value heads `H_kv`; must divide `n_heads` (`n_heads`: multi-head, 1: multi-query).
+    pub n_kv_heads: usize,
+    /// Whether the four projections have biases `b_q, b_k, b_v, b_o` (zero-initialised).
+    pub bias: bool,
+    /// Rotary position embeddings on queries and keys with this base `θ`, or none. The head
+    /// size must then be even.
+    pub rope_theta: Option<f64>,
+    /// Dropout on the attention probabilities (GPT-2's `attn_pdrop`) in training forwards:
+    /// the drop probability `p` (`0 ≤ p < 1`; 0, the default, is none) and the seed of its
+    /// masks. Inference never drops.
+    pub dropout: (f64, u64),
+}
+
+impl AttentionConfig {
+    /// `n_heads` heads of multi-head attention, no biases, no rotary embeddings.
+    pub fn new(n_heads: usize) -> Self {
+        Self {
+            n_heads,
+            n_kv_heads: n_heads,
+            bias: false,
+            rope_theta: None,
+            dropout: (0.0, 0),
+        }
+    }
+
+    /// With dropout of probability `p` on the attention probabilities, masks seeded by
+    /// `seed`.
+    #[must_use]
+    pub fn with_dropout(self, p: f64, seed: u64) -> Self {
+        Self {
+            dropout: (p, seed),
+            ..self
+        }
+    }
+
+    /// With `n_kv_heads` key/value heads (grouped-query attention).
+    #[must_use]
+    pub fn kv_heads(self, n_kv_heads: usize) -> Self {
+        Self { n_kv_heads, ..self }
+    }
+
+    /// With or without biases on the four projections.
+    #[must_use]
+    pub fn with_bias(self, bias: bool) -> Self {
+        Self { bias, ..self }
+    }
+
+    /// With rotary position embeddings of base `theta` (Hugging Face's default is
+    /// [`DEFAULT_ROPE_THETA`](crate::kernels::rope::DEFAULT_ROPE_THETA)).
+    #[must_use]
+    pub fn rotary(self, theta: f64) -> Self {
+        Self {
+            rope_theta: Some(theta),
+            ..self
+        }
+    }
+
+    /// Checks the settings against the width `c`; returns the head size `D = c / n_heads`.
+    fn check(&self, c: usize) -> Result<usize> {
+        let invalid = |reason: String| Error::InvalidConfig {
+            layer: LAYER,
+            reason,
+        };
+        check_positive(LAYER, "the width", c)?;
+        let (h, h_kv) = (self.n_heads, self.n_kv_heads);
+        if h == 0 || !c.is_multiple_of(h) {
+            return Err(invalid(format!("{h} heads do not divide d_model {c}")));
+        }
+        if h_kv == 0 || !h.is_multiple_of(h_kv) {
+            return Err(invalid(format!(
+                "{h_kv} key/value heads do not divide the {h} heads"
+            )));
+        }
+        check_probability(self.dropout.0).map_err(|_| {
+            invalid(format!(
+                "the attention dropout probability {} is not in [0, 1)",
+                self.dropout.0
+            ))
+        })?;
+        let d = c / h;
+        if let Some(theta) = self.rope_theta {
+            if !d.is_multiple_of(2) {
+                return Err(invalid(format!(
+                    "rotary embeddings need an even head size, and d_model {c} / {h} heads is {d}"
+                )));
+            }
+            if !(theta.is_finite() && theta > 0.0) {
+                return Err(invalid(format!(
+                    "rope theta {theta} is not finite and positive"
+                )));
+            }
+        }
+        Ok(d)
+    }
+}
+
+/// Causal self-attention, `(B, T, C)` → `(B, T, C)`, with `H` query heads and `H_kv`
+/// key/value heads of size `D = C / H`.
+///
+/// `Q = x·W_q + b_q`, `K = x·W_k + b_k`, `V = x·W_v + b_v`; with rotary embeddings
+/// `Q, K ← rope(Q), rope(K)` at each row's absolute position
+/// ([`rope_forward`](crate::kernels::rope_forward)); per query head `h` (a contiguous slice
+/// of `D` columns), with key/value head `g = h / (H / H_kv)`,
+/// `ctx_h = softmax_causal(Q_h·K_gᵀ/√D)·V_g`; `y = ctx·W_o + b_o`.
+///
+/// Parameters, in visit order: `w_q (C, H·D)`, `w_k (C, H_kv·D)`, `w_v (C, H_kv·D)`,
+/// `w_o (H·D, C)`, Glorot-uniform; and with biases `b_q (H·D)`, `b_k (H_kv·D)`,
+/// `b_v (H_kv·D)`, `b_o (C)`, zero. With dropout (`AttentionConfig::with_dropout`), a training
+/// forward uses `(P ⊙ M)·V_g` with a fresh counter-based mask `M` per pass (see
+/// [`Layer::set_dropout`] for holding it or turning it off); inference never drops. [`Attention::new`] is the original's layer: `H_kv = H`,
+/// no biases, no rotation; [`Attention::with_config`] builds any combination.
 ///
 /// With a [`KvCache`](crate::layer::KvCache) in the inference state, the new positions'
-/// keys and values are appended to this layer's slot and the new queries attend over all
-/// cached keys, each up to its own position. When the state is
+/// keys (already rotated, at their absolute positions) and values, `H_kv·D` wide, are
+/// appended to this layer's slot and the new queries attend over all cached keys, each up to
+/// its own position. When the state is
 /// [recording attention](crate::layer::InferState::recording_attention), inference hands it
 /// the probabilities `(B, H, T_q, T_k)`.
 ///
 /// # Example
 ///
 /// ```
-/// use baregpt::{layers::Attention, prelude::*};
+/// use baregpt::{layers::{Attention, AttentionConfig}, prelude::*};
 /// use ndarray::Array3;
 /// use rand::SeedableRng;
 ///
@@ -56,6 +190,15 @@ struct Heads<F> {
 /// let dx = attn.backward(&Array3::ones(y.raw_dim()))?;
 /// assert_eq!(dx.shape(), &[1, 4, 8]);
 /// assert!(Attention::<f64>::new(8, 3, &mut rng).is_err()); // 3 heads do not divide 8
+///
+/// // Grouped-query attention with rotary embeddings and biases: 4 heads share 2 K/V heads.
+/// let config = AttentionConfig::new(4).kv_heads(2).with_bias(true).rotary(10_000.0);
+/// let mut gqa = Attention::<f64>::with_config(8, config, &mut rng)?;
+/// assert_eq!(gqa.param("w_k").unwrap().value.shape(), &[8, 4]);
+/// assert_eq!(gqa.param_names(), ["w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o"]);
+/// let y = gqa.forward(&Array3::from_elem((1, 4, 8), 0.5))?;
+/// gqa.backward(&Array3::ones(y.raw_dim()))?;
+/// assert!(Attention::<f64>::with_config(8, AttentionConfig::new(4).kv_heads(3), &mut rng).is_err());
 /// # Ok::<(), baregpt::Error>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -64,37 +207,68 @@ pub struct Attention<F: Float> {
     w_k: Param2<F>,
     w_v: Param2<F>,
     w_o: Param2<F>,
-    n_heads: usize,
+    b_q: Option<Param1<F>>,
+    b_k: Option<Param1<F>>,
+    b_v: Option<Param1<F>>,
+    b_o: Option<Param1<F>>,
+    config: AttentionConfig,
+    /// The dropout on the probabilities, when `p > 0`.
+    attn_drop: Option<DropoutSite>,
     cache: Cache<AttentionCache<F>>,
 }
 
 impl<F: Float> Params<F> for Attention<F> {
-    params!(F; w_q, w_k, w_v, w_o);
+    params!(F; w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o);
 }
 
 impl<F: Float> Attention<F> {
-    /// A new attention layer of width `c` with `n_heads` heads, weights drawn from `rng`.
+    /// A new multi-head attention layer of width `c` with `n_heads` heads and no biases,
+    /// weights drawn from `rng`: [`Attention::with_config`] with
+    /// [`AttentionConfig::new`]`(n_heads)`.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] when `c` or `n_heads` is zero or `n_heads` does not divide
     /// `c`; [`Error::TooLarge`] when a weight would exceed
     /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
     pub fn new<R: Rng + ?Sized>(c: usize, n_heads: usize, rng: &mut R) -> Result<Self> {
-        check_positive(LAYER, "the width", c)?;
-        if n_heads == 0 || !c.is_multiple_of(n_heads) {
-            return Err(Error::InvalidConfig {
-                layer: LAYER,
-                reason: format!("{n_heads} heads do not divide d_model {c}"),
-            });
-        }
+        Self::with_config(c, AttentionConfig::new(n_heads), rng)
+    }
+
+    /// A new attention layer of width `c` shaped by `config`, weights drawn from `rng` in the
+    /// order `w_q, w_k, w_v, w_o` (biases start at zero).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `c` or a head count is zero, `n_heads` does not divide
+    /// `c`, `n_kv_heads` does not divide `n_heads`, or rotary embeddings are asked for with an
+    /// odd head size or a `theta` that is not finite and positive; [`Error::TooLarge`] when a
+    /// weight would exceed [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES). Nothing is
+    /// drawn before these checks.
+    pub fn with_config<R: Rng + ?Sized>(
+        c: usize,
+        config: AttentionConfig,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let d = config.check(c)?;
+        // No overflow: n_kv_heads ≤ n_heads, so c_kv ≤ c.
+        let c_kv = config.n_kv_heads * d;
         check_matrix::<F>(LAYER, c, c)?;
-        let mut weight = || Param2::new(glorot_uniform(c, c, rng));
+        let mut weight = |cols| Param2::new(glorot_uniform(c, cols, rng));
+        let (w_q, w_k, w_v, w_o) = (weight(c), weight(c_kv), weight(c_kv), weight(c));
+        let bias = |n: usize| config.bias.then(|| Param1::new(Array1::zeros(n)));
         Ok(Self {
-            w_q: weight(),
-            w_k: weight(),
-            w_v: weight(),
-            w_o: weight(),
-            n_heads,
+            w_q,
+            w_k,
+            w_v,
+            w_o,
+            b_q: bias(c),
+            b_k: bias(c_kv),
+            b_v: bias(c_kv),
+            b_o: bias(c),
+            attn_drop: match config.dropout {
+                (0.0, _) => None,
+                (p, seed) => Some(DropoutSite::new(p, seed)?),
+            },
+            config,
             cache: Cache::new(),
         })
     }
@@ -104,37 +278,70 @@ impl<F: Float> Attention<F> {
         self.w_q.value.nrows()
     }
 
-    /// The number of heads `H`.
+    /// The number of query heads `H`.
     pub fn n_heads(&self) -> usize {
-        self.n_heads
+        self.config.n_heads
     }
 
-    /// The computation on input rows `x (B·T, C)`: the output rows and the intermediates.
-    /// With a key/value slot, the new keys and values are appended to it and the queries
-    /// attend over all of them.
+    /// The number of key/value heads `H_kv`.
+    pub fn n_kv_heads(&self) -> usize {
+        self.config.n_kv_heads
+    }
+
+    /// The head size `D = C / H`.
+    pub fn head_dim(&self) -> usize {
+        self.width() / self.config.n_heads
+    }
+
+    /// The width of keys and values, `H_kv·D` (what a key/value cache stores per position).
+    pub fn kv_width(&self) -> usize {
+        self.w_k.value.ncols()
+    }
+
+    /// The layer's settings.
+    pub fn config(&self) -> AttentionConfig {
+        self.config
+    }
+
+    /// The computation on input rows `x (B·T, C)` at positions `start..start + T`: the
+    /// output rows and the intermediates. With a key/value slot, the new keys and values are
+    /// appended to it and the queries attend over all of them.
     fn apply(
         &self,
         x_rows: ArrayView2<'_, F>,
         bt: (usize, usize),
+        start: usize,
         kv: Option<&mut LayerKv<F>>,
+        mask: Option<&DropoutMask>,
     ) -> Result<(Array2<F>, Heads<F>)> {
-        let project = |w: &Param2<F>| {
-            linear_forward(x_rows, w.value.view(), None).and_then(|y| from_rows(LAYER, y, bt))
+        let project = |w: &Param2<F>, b: &Option<Param1<F>>| {
+            let b = b.as_ref().map(|b| b.value.view());
+            linear_forward(x_rows, w.value.view(), b).and_then(|y| from_rows(LAYER, y, bt))
         };
-        let (q, k, v) = (
-            project(&self.w_q)?,
-            project(&self.w_k)?,
-            project(&self.w_v)?,
+        let (mut q, mut k, v) = (
+            project(&self.w_q, &self.b_q)?,
+            project(&self.w_k, &self.b_k)?,
+            project(&self.w_v, &self.b_v)?,
         );
-        let (ctx, probs) = match kv {
-            None => attention_forward(q.view(), k.view(), v.view(), self.n_heads)?,
-            Some(kv) => {
+        if let Some(theta) = self.config.rope_theta {
+            q = rope_forward(q.view(), self.head_dim(), start, theta)?;
+            k = rope_forward(k.view(), self.head_dim(), start, theta)?;
+        }
+        let (h, h_kv) = (self.config.n_heads, self.config.n_kv_heads);
+        let (ctx, probs) = match (kv, mask) {
+            (None, None) => grouped_attention_forward(q.view(), k.view(), v.view(), h, h_kv)?,
+            (None, Some(mask)) => {
+                attention_dropout_forward(q.view(), k.view(), v.view(), h, h_kv, mask)?
+            }
+            // Inference passes no mask.
+            (Some(kv), _) => {
                 let (keys, values) = kv.append(k.view(), v.view())?;
-                attention_forward(q.view(), keys, values, self.n_heads)?
+                grouped_attention_forward(q.view(), keys, values, h, h_kv)?
             }
         };
         let ctx_rows = into_rows(ctx);
-        let y = linear_forward(ctx_rows.view(), self.w_o.value.view(), None)?;
+        let b_o = self.b_o.as_ref().map(|b| b.value.view());
+        let y = linear_forward(ctx_rows.view(), self.w_o.value.view(), b_o)?;
         let heads = Heads {
             q,
             k,
@@ -156,58 +363,99 @@ impl<F: Float> Layer<F> for Attention<F> {
         let buffer = self.cache.take().map(|old| old.x_rows);
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         let x_rows = rows_reusing(buffer, x.view());
-        let (y, heads) = self.apply(x_rows.view(), bt, None)?;
+        let mask = self.attn_drop.as_mut().and_then(DropoutSite::next_mask);
+        let (y, heads) = self.apply(x_rows.view(), bt, 0, None, mask.as_ref())?;
         let y = from_rows(LAYER, y, bt)?;
-        self.cache.store(AttentionCache { x_rows, heads }, y.dim());
+        self.cache.store(
+            AttentionCache {
+                x_rows,
+                heads,
+                mask,
+            },
+            y.dim(),
+        );
         Ok(y)
+    }
+
+    /// Sets the mode of the dropout on the probabilities (nothing without dropout).
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        if let Some(site) = &mut self.attn_drop {
+            site.set_mode(mode);
+        }
     }
 
     fn infer_with(&self, x: &Array3<F>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        state.positions(LAYER, bt.1)?;
-        let kv = state.next_kv(LAYER, bt.0, self.width())?;
-        let (y, heads) = self.apply(rows(x.view()).view(), bt, kv)?;
+        let positions = state.positions(LAYER, bt.1)?;
+        let kv = state.next_kv(LAYER, bt.0, self.kv_width())?;
+        let (y, heads) = self.apply(rows(x.view()).view(), bt, positions.start, kv, None)?;
         state.record_attention(heads.probs);
         from_rows(LAYER, y, bt)
     }
 
-    /// Chain rule through `y = ctx·W_o`, the attention kernel, and the three projections;
-    /// `dx = dQ·W_qᵀ + dK·W_kᵀ + dV·W_vᵀ` because `x` feeds all three.
+    /// Chain rule through `y = ctx·W_o + b_o`, the attention kernel (which sums each shared
+    /// key/value head's gradient over its query heads), the rotation (undone by the rotation
+    /// by the opposite angle) and the three projections; `dx = dQ·W_qᵀ + dK·W_kᵀ + dV·W_vᵀ`
+    /// because `x` feeds all three, and each bias gradient is its projection's output
+    /// gradient summed over the rows.
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
-        let AttentionCache { x_rows, heads } = self.cache.get(LAYER, dy)?;
+        let AttentionCache {
+            x_rows,
+            heads,
+            mask,
+        } = self.cache.get(LAYER, dy)?;
         let (b, t, _) = dy.dim();
         let d_ctx = linear_backward(
             heads.ctx_rows.view(),
             self.w_o.value.view(),
             rows(dy.view()).view(),
             self.w_o.grad.view_mut(),
-            None,
+            self.b_o.as_mut().map(|b| b.grad.view_mut()),
         )?;
         let d_ctx = from_rows(LAYER, d_ctx, (b, t))?;
-        let (dq, dk, dv) = attention_backward(
+        let (q, k, v, probs) = (
             heads.q.view(),
             heads.k.view(),
             heads.v.view(),
             heads.probs.view(),
-            d_ctx.view(),
-        )?;
+        );
+        let h_kv = self.config.n_kv_heads;
+        let (mut dq, mut dk, dv) = match mask {
+            None => grouped_attention_backward(q, k, v, probs, d_ctx.view(), h_kv)?,
+            Some(mask) => attention_dropout_backward(q, k, v, probs, d_ctx.view(), h_kv, mask)?,
+        };
+        if let Some(theta) = self.config.rope_theta {
+            // Training passes are at positions 0..T.
+            let d = self.width() / self.config.n_heads;
+            dq = rope_backward(dq.view(), d, 0, theta)?;
+            dk = rope_backward(dk.view(), d, 0, theta)?;
+        }
         // dx = dq·W_qᵀ + dk·W_kᵀ + dv·W_vᵀ, accumulated in place by the products.
         let x_rows = x_rows.view();
+        let dq_rows = rows(dq.view());
         let mut dx = linear_backward(
             x_rows,
             self.w_q.value.view(),
-            rows(dq.view()).view(),
+            dq_rows.view(),
             self.w_q.grad.view_mut(),
-            None,
+            self.b_q.as_mut().map(|b| b.grad.view_mut()),
         )?;
-        for (w, d) in [(&mut self.w_k, dk), (&mut self.w_v, dv)] {
+        for (w, bias, d) in [
+            (&mut self.w_k, &mut self.b_k, dk),
+            (&mut self.w_v, &mut self.b_v, dv),
+        ] {
+            let d_rows = rows(d.view());
             linear_backward_add(
                 x_rows,
                 w.value.view(),
-                rows(d.view()).view(),
+                d_rows.view(),
                 w.grad.view_mut(),
                 &mut dx.view_mut(),
             )?;
+            if let Some(bias) = bias {
+                // (db): the bias is added to every row.
+                bias.grad += &d_rows.sum_axis(Axis(0));
+            }
         }
         from_rows(LAYER, dx, (b, t))
     }

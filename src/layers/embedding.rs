@@ -1,11 +1,14 @@
-//! [`Embedding`]: token plus learned position embeddings, a layer with an id input.
+//! [`Embedding`]: token plus learned position embeddings (or tokens alone), a layer with an
+//! id input.
 
 use ndarray::{Array2, Array3, s};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, normal};
 use crate::kernels::embedding::check_ids;
-use crate::kernels::{embedding_backward, embedding_forward};
+use crate::kernels::{
+    embedding_backward, embedding_forward, token_embedding_backward, token_embedding_forward,
+};
 use crate::layer::{Cache, InferState};
 use crate::param::{Param2, Params};
 use crate::{Error, Float, Layer, Result, params};
@@ -17,8 +20,10 @@ const LAYER: &str = "Embedding";
 /// `y[b, t] = tok[ids[b, t]] + pos[start + t]`, where `start` is 0 for a whole sequence and
 /// the number of cached positions when inference continues a
 /// [`KvCache`](crate::layer::KvCache). Parameters `tok (V, C)` and `pos (context, C)`, both
-/// `N(0, 0.01²)` as in the original. Its input is token ids, so it is a
-/// `Layer<F, Array2<usize>>` and its backward returns `()`.
+/// `N(0, 0.01²)` as in the original. [`Embedding::token_only`] has no position table
+/// (`y[b, t] = tok[ids[b, t]]`, parameter `tok` only), for models whose positions enter
+/// elsewhere (rotary embeddings in the attention); it still refuses `T > context`. Its input
+/// is token ids, so it is a `Layer<F, Array2<usize>>` and its backward returns `()`.
 ///
 /// # Example
 ///
@@ -33,12 +38,18 @@ const LAYER: &str = "Embedding";
 /// assert_eq!(y.shape(), &[1, 3, 4]);
 /// embed.backward(&Array3::ones((1, 3, 4)))?;
 /// assert!(embed.forward(&array![[10]]).is_err()); // id out of range
+///
+/// let tokens = Embedding::<f64>::token_only(10, 4, 8, &mut rng)?;
+/// assert_eq!(tokens.param_names(), ["tok"]);
+/// let y = tokens.infer(&array![[7]])?;
+/// assert_eq!(y.slice(ndarray::s![0, 0, ..]), tokens.token_table().value.row(7));
 /// # Ok::<(), baregpt::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct Embedding<F: Float> {
     tok: Param2<F>,
-    pos: Param2<F>,
+    pos: Option<Param2<F>>,
+    context: usize,
     ids: Cache<Array2<usize>>,
 }
 
@@ -61,18 +72,50 @@ impl<F: Float> Embedding<F> {
         context: usize,
         rng: &mut R,
     ) -> Result<Self> {
+        Self::build(vocab_size, c, context, true, rng)
+    }
+
+    /// A token table for `vocab_size` tokens of width `c`, drawn from `rng`, and no position
+    /// table; sequences of up to `context` positions are accepted.
+    ///
+    /// # Errors
+    /// As [`Embedding::new`].
+    pub fn token_only<R: Rng + ?Sized>(
+        vocab_size: usize,
+        c: usize,
+        context: usize,
+        rng: &mut R,
+    ) -> Result<Self> {
+        Self::build(vocab_size, c, context, false, rng)
+    }
+
+    fn build<R: Rng + ?Sized>(
+        vocab_size: usize,
+        c: usize,
+        context: usize,
+        positions: bool,
+        rng: &mut R,
+    ) -> Result<Self> {
         check_positive(LAYER, "vocab_size", vocab_size)?;
         check_positive(LAYER, "the width", c)?;
         check_positive(LAYER, "context", context)?;
         check_matrix::<F>(LAYER, vocab_size, c)?;
-        check_matrix::<F>(LAYER, context, c)?;
+        if positions {
+            check_matrix::<F>(LAYER, context, c)?;
+        }
         let tok = normal(vocab_size, c, Self::INIT_STD, rng);
-        let pos = normal(context, c, Self::INIT_STD, rng);
+        let pos = positions.then(|| Param2::new(normal(context, c, Self::INIT_STD, rng)));
         Ok(Self {
             tok: Param2::new(tok),
-            pos: Param2::new(pos),
+            pos,
+            context,
             ids: Cache::new(),
         })
+    }
+
+    /// Whether there is a learned position table `pos`.
+    pub fn has_positions(&self) -> bool {
+        self.pos.is_some()
     }
 
     /// The vocabulary size `V`.
@@ -82,7 +125,7 @@ impl<F: Float> Embedding<F> {
 
     /// The longest sequence accepted.
     pub fn context(&self) -> usize {
-        self.pos.value.nrows()
+        self.context
     }
 
     /// The embedding width `C`.
@@ -107,11 +150,14 @@ impl<F: Float> Embedding<F> {
             });
         }
         check_ids(LAYER, ids.view(), self.vocab_size(), t)?;
-        embedding_forward(
-            ids.view(),
-            self.tok.value.view(),
-            self.pos.value.slice(s![start..end, ..]),
-        )
+        match &self.pos {
+            Some(pos) => embedding_forward(
+                ids.view(),
+                self.tok.value.view(),
+                pos.value.slice(s![start..end, ..]),
+            ),
+            None => token_embedding_forward(ids.view(), self.tok.value.view()),
+        }
     }
 }
 
@@ -139,11 +185,14 @@ impl<F: Float> Layer<F, Array2<usize>> for Embedding<F> {
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<()> {
         let ids = self.ids.get(LAYER, dy)?;
-        embedding_backward(
-            ids.view(),
-            dy.view(),
-            self.tok.grad.view_mut(),
-            self.pos.grad.view_mut(),
-        )
+        match &mut self.pos {
+            Some(pos) => embedding_backward(
+                ids.view(),
+                dy.view(),
+                self.tok.grad.view_mut(),
+                pos.grad.view_mut(),
+            ),
+            None => token_embedding_backward(ids.view(), dy.view(), self.tok.grad.view_mut()),
+        }
     }
 }

@@ -18,7 +18,7 @@ mod rms_norm;
 mod sequential;
 mod swiglu;
 
-pub use attention::Attention;
+pub use attention::{Attention, AttentionConfig};
 pub use block::Block;
 pub use dropout::Dropout;
 pub use embedding::Embedding;

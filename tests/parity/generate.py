@@ -148,6 +148,68 @@ def explicit_causal_attention(q, k, v, n_heads):
     return ctx, probs
 
 
+def rotate_half(x):
+    """Hugging Face Llama's rotate_half: (x1, x2) -> (-x2, x1) over the last axis's halves."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary_cos_sin(positions, head_dim, theta):
+    """cos, sin (T, D) of positions * inv_freq, inv_freq_i = theta^(-2i/D), repeated over the
+    two halves (Llama's rotary embedding, computed in float64)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    freqs = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def repeat_kv(x, n_rep):
+    """(B, H_kv, T, D) -> (B, H_kv * n_rep, T, D), each key/value head repeated n_rep times
+    in place (Hugging Face's repeat_kv)."""
+    b, h_kv, t, d = x.shape
+    return x[:, :, None, :, :].expand(b, h_kv, n_rep, t, d).reshape(b, h_kv * n_rep, t, d)
+
+
+class RefLlamaAttention(nn.Module):
+    """Causal attention as Hugging Face's Llama writes it: q_proj, k_proj, v_proj, o_proj
+    (optionally with biases), grouped key/value heads through repeat_kv, and rotary
+    embeddings on queries and keys through rotate_half (when rope_theta is set)."""
+
+    def __init__(self, d_model, n_heads, n_kv_heads, bias, rope_theta):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.rope_theta = rope_theta
+        kv = n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv, bias=bias)
+        self.o_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def heads(self, x):
+        """(q, k, v) as (B, H, T, D) with k, v already repeated, q and k rotated."""
+        b, t, _ = x.shape
+        d = self.head_dim
+        q = self.q_proj(x).view(b, t, self.n_heads, d).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, d).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, d).transpose(1, 2)
+        if self.rope_theta is not None:
+            cos, sin = rotary_cos_sin(torch.arange(t), d, self.rope_theta)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        n_rep = self.n_heads // self.n_kv_heads
+        return q, repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.heads(x)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        future = torch.ones(t, t, dtype=torch.bool).triu(1)
+        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        ctx = (probs @ v).transpose(1, 2).reshape(b, t, c)
+        return self.o_proj(ctx)
+
+
 class RefMlp(nn.Module):
     def __init__(self, d_model, hidden):
         super().__init__()
@@ -412,6 +474,24 @@ def case_attention(mapping, gen, cfg):
     return out
 
 
+def case_llama_attention(mapping, gen, cfg):
+    b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    module = RefLlamaAttention(c, cfg["n_heads"], cfg["n_kv_heads"], cfg["bias"],
+                               cfg["rope_theta"])
+    out = float_layer_case(mapping, "LlamaAttention", cfg, module, randn(gen, b, t, c), gen)
+    # The written-out attention and torch's fused grouped SDPA agree (a check of the
+    # reference itself): SDPA repeats the key/value heads as repeat_kv does.
+    with torch.no_grad():
+        x = out["input/x"]
+        q, k, v = module.heads(x)
+        n_rep = cfg["n_heads"] // cfg["n_kv_heads"]
+        k, v = k[:, ::n_rep], v[:, ::n_rep]  # back to the H_kv distinct heads
+        fused = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        y = module.o_proj(fused.transpose(1, 2).reshape(b, t, c))
+        assert torch.allclose(y, out["output/y"], rtol=0, atol=1e-13)
+    return out
+
+
 def case_mlp(mapping, gen, cfg):
     b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
     module = RefMlp(c, cfg["mlp_hidden"])
@@ -578,6 +658,24 @@ CASES = [
      {"batch": 1, "time": 1, "d_model": 6, "n_heads": 2}),
     ("attention_1head", "attention", 111, {"batch": 2, "time": 4, "d_model": 5, "n_heads": 1}),
     ("attention_3heads", "attention", 112, {"batch": 2, "time": 6, "d_model": 15, "n_heads": 3}),
+    # Llama-style attention (q/k/v/o_proj, repeat_kv, rotate_half) at odd T: MHA with biases,
+    # GQA (6 heads on 2 key/value heads), MQA, rotary without and with GQA. Head sizes 3, 5
+    # (odd, no rotation) and 4, 6 (rotary needs an even size).
+    ("attention_mha_bias", "llama_attention", 124,
+     {"batch": 2, "time": 5, "d_model": 15, "n_heads": 3, "n_kv_heads": 3, "bias": True,
+      "rope_theta": None}),
+    ("attention_gqa", "llama_attention", 125,
+     {"batch": 2, "time": 7, "d_model": 18, "n_heads": 6, "n_kv_heads": 2, "bias": False,
+      "rope_theta": None}),
+    ("attention_mqa", "llama_attention", 126,
+     {"batch": 1, "time": 5, "d_model": 20, "n_heads": 4, "n_kv_heads": 1, "bias": True,
+      "rope_theta": None}),
+    ("attention_rotary", "llama_attention", 127,
+     {"batch": 2, "time": 7, "d_model": 12, "n_heads": 3, "n_kv_heads": 3, "bias": False,
+      "rope_theta": 10000.0}),
+    ("attention_rotary_gqa", "llama_attention", 128,
+     {"batch": 2, "time": 9, "d_model": 36, "n_heads": 6, "n_kv_heads": 2, "bias": True,
+      "rope_theta": 100.0}),
     ("mlp", "mlp", 113, {"batch": 2, "time": 3, "d_model": 6, "mlp_hidden": 10}),
     ("block", "block", 114,
      {"batch": 2, "time": 4, "d_model": 15, "n_heads": 3, "mlp_hidden": 24}),
@@ -630,6 +728,7 @@ RUNNERS = {
     "gpt": case_gpt, "optimizer": case_optimizer, "rms_norm": case_rms_norm,
     "swiglu": case_swiglu, "dropout": case_dropout,
     "block_dropout": case_block_dropout, "gpt_dropout": case_gpt_dropout,
+    "llama_attention": case_llama_attention,
 }
 
 # --------------------------------------------------------------------------------------
