@@ -23,6 +23,7 @@ pub mod linear;
 pub(crate) mod matmul;
 pub(crate) mod reduce;
 pub mod softmax;
+pub mod tied_head;
 
 pub use attention::{attention_backward, attention_forward};
 pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
@@ -31,3 +32,4 @@ pub use gelu::{gelu_backward, gelu_forward};
 pub use layer_norm::{LayerNormCache, layer_norm_backward, layer_norm_forward};
 pub use linear::{linear_backward, linear_forward};
 pub use softmax::{causal_softmax_forward, softmax_backward_in_place};
+pub use tied_head::{tied_head_backward, tied_head_forward};

@@ -14,6 +14,7 @@ mod layer_norm;
 mod linear;
 mod mlp;
 mod sequential;
+mod tied_head;
 
 pub use attention::Attention;
 pub use block::Block;
@@ -24,3 +25,4 @@ pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use sequential::Sequential;
+pub use tied_head::TiedHead;
