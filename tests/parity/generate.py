@@ -194,6 +194,28 @@ class RefGpt(nn.Module):
         return self.lm_head(x)
 
 
+# --------------------------------------------------------------------------------------
+# Tied embeddings: the head's weight is the token table itself (GPT-2's weight tying).
+# --------------------------------------------------------------------------------------
+
+
+class RefTiedGpt(RefGpt):
+    """RefGpt whose lm_head.weight *is* wte.weight (one Parameter, so named_parameters() and
+    the optimizer see it once and autograd sums its two uses); lm_head.bias if head_bias."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.lm_head = nn.Linear(cfg["d_model"], cfg["vocab_size"], bias=cfg["head_bias"])
+        self.lm_head.weight = self.wte.weight
+
+
+def make_gpt(cfg):
+    """(module, names.json layer) for a whole-GPT case: tied when cfg["tied_head"]."""
+    if cfg.get("tied_head", False):
+        return RefTiedGpt(cfg), "GptTied"
+    return RefGpt(cfg), "Gpt"
+
+
 def mean_cross_entropy(logits, targets):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
@@ -351,8 +373,8 @@ def case_cross_entropy(mapping, gen, cfg):
 
 
 def case_gpt(mapping, gen, cfg):
-    module = RefGpt(cfg)
-    check_mapping(mapping, "Gpt", cfg, module)
+    module, layer = make_gpt(cfg)
+    check_mapping(mapping, layer, cfg, module)
     init_params(module, gen)
     ids = random_ids(gen, cfg["vocab_size"], cfg["batch"], cfg["time"])
     targets = random_ids(gen, cfg["vocab_size"], cfg["batch"], cfg["time"])
@@ -369,8 +391,8 @@ def case_optimizer(mapping, gen, cfg):
     """cfg["steps"] steps of torch.optim.Adam/AdamW (single-tensor path) on the whole model,
     one fresh batch per step; records each step's loss, the loss on the first batch after the
     last step, and every final parameter."""
-    module = RefGpt(cfg)
-    check_mapping(mapping, "Gpt", cfg, module)
+    module, layer = make_gpt(cfg)
+    check_mapping(mapping, layer, cfg, module)
     init_params(module, gen)
     out = {f"param/{name}": p.detach().clone() for name, p in module.named_parameters()}
     steps, b, t, v = cfg["steps"], cfg["batch"], cfg["time"], cfg["vocab_size"]
@@ -453,6 +475,18 @@ CASES = [
      dict(GPT_SMALL, final_norm=True, batch=3, time=4, steps=10, lr=3e-2, beta1=0.8,
           beta2=0.99, eps=1e-6, weight_decay=0.05, decoupled_weight_decay=False,
           amsgrad=True, max_grad_norm=0.5)),
+    # Tied head (lm_head.weight is wte.weight): the table's gradient sums both uses, and
+    # AdamW updates it once per step.
+    ("gpt_tied", "gpt", 124, dict(GPT_SMALL, final_norm=True, tied_head=True, head_bias=False,
+                                  batch=2, time=5)),
+    ("gpt_tied_bias_no_ln_f", "gpt", 125,
+     {"vocab_size": 11, "d_model": 12, "n_heads": 4, "n_layers": 1, "context": 6,
+      "mlp_hidden": 20, "final_norm": False, "tied_head": True, "head_bias": True,
+      "batch": 3, "time": 4}),
+    ("adamw_tied_10_steps", "optimizer", 126,
+     dict(GPT_SMALL, final_norm=True, tied_head=True, head_bias=False, batch=2, time=6,
+          steps=10, lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+          decoupled_weight_decay=True, amsgrad=False, max_grad_norm=1.0)),
 ]
 
 RUNNERS = {
