@@ -4,8 +4,9 @@
 //! # Format
 //!
 //! * **Tensors**: every model parameter under its dotted name (`embed.tok`,
-//!   `blocks.0.attn.w_q`, …), little-endian `F32` or `F64` as the model's float type; optimizer
-//!   state, when present, as `optimizer.<slot>.<parameter name>` (for Adam: `optimizer.m.*`
+//!   `blocks.0.attn.w_q`, …), little-endian `F32` or `F64` as the model's float type, or
+//!   `F16`/`BF16` when saved with a narrower [`Storage`] (loading widens them exactly); optimizer
+//!   state, when present and always in the model's float type, as `optimizer.<slot>.<parameter name>` (for Adam: `optimizer.m.*`
 //!   and `optimizer.v.*`).
 //! * **Metadata** (string to string): `format` = [`FORMAT`], `dtype` (`f32`/`f64`), one
 //!   `config.<field>` per [`GptConfig`] field, `vocab` (the characters in id order) when a
@@ -212,7 +213,50 @@ pub struct Extras<F> {
 /// whole the model of the last rename. The bytes are those of [`to_bytes`], which are
 /// deterministic.
 pub fn save<F: Float>(path: impl AsRef<Path>, model: &Gpt<F>, extras: &Extras<F>) -> Result<()> {
-    let bytes = to_bytes(model, extras)?;
+    save_with(path, model, extras, Storage::Native)
+}
+
+/// How a checkpoint stores the model's parameters. Optimizer state is always stored in the
+/// model's float type (its second moments would underflow in 16 bits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Storage {
+    /// The model's float type (`F32` or `F64`): exact.
+    #[default]
+    Native,
+    /// IEEE half precision (`F16`): 2 bytes a parameter, 11 significant bits, magnitudes up
+    /// to 65504. Values are rounded to nearest; a finite value beyond the range is refused.
+    F16,
+    /// bfloat16 (`BF16`): 2 bytes a parameter, 8 significant bits, `f32`'s range.
+    Bf16,
+}
+
+/// [`save`], with the parameters stored as `storage` says: `Storage::F16` halves an `f32`
+/// model's file, for shipping a trained model; loading it gives the rounded values exactly.
+///
+/// ```
+/// use baregpt::{checkpoint::{self, Extras, Storage}, Gpt, GptConfig};
+/// use rand::SeedableRng;
+///
+/// let model = Gpt::<f32>::new(GptConfig::tiny(12), &mut rand::rngs::StdRng::seed_from_u64(0))?;
+/// let full = checkpoint::to_bytes(&model, &Extras::default())?;
+/// let half = checkpoint::to_bytes_with(&model, &Extras::default(), Storage::F16)?;
+/// assert!(half.len() * 10 < full.len() * 6);
+/// let (restored, _) = checkpoint::from_bytes::<f32>(&half)?;
+/// assert_eq!(restored.config(), model.config());
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`save`], and [`Error::Checkpoint`] naming the tensor when a finite parameter is
+/// beyond `F16`'s range.
+pub fn save_with<F: Float>(
+    path: impl AsRef<Path>,
+    model: &Gpt<F>,
+    extras: &Extras<F>,
+    storage: Storage,
+) -> Result<()> {
+    let bytes = to_bytes_with(model, extras, storage)?;
     write_atomically(path.as_ref(), &bytes)
 }
 
@@ -254,10 +298,22 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<GptConfig> {
 /// # Errors
 /// As [`save`], without the I/O.
 pub fn to_bytes<F: Float>(model: &Gpt<F>, extras: &Extras<F>) -> Result<Vec<u8>> {
-    let mut tensors = param_tensors(model);
+    to_bytes_with(model, extras, Storage::Native)
+}
+
+/// [`to_bytes`] with the parameters stored as `storage` says (see [`save_with`]).
+///
+/// # Errors
+/// As [`save_with`], without the I/O.
+pub fn to_bytes_with<F: Float>(
+    model: &Gpt<F>,
+    extras: &Extras<F>,
+    storage: Storage,
+) -> Result<Vec<u8>> {
+    let mut tensors = param_tensors(model, storage)?;
     let shapes: HashMap<String, Vec<usize>> = tensors
         .iter()
-        .map(|(name, shape, _)| (name.clone(), shape.clone()))
+        .map(|t| (t.name.clone(), t.shape.clone()))
         .collect();
     let mut meta = base_metadata::<F>();
     for (field, value) in model.config().to_metadata() {
@@ -293,14 +349,19 @@ pub fn to_bytes<F: Float>(model: &Gpt<F>, extras: &Extras<F>) -> Result<Vec<u8>>
                         )));
                     }
                 }
-                tensors.push((full, value.shape().to_vec(), encode(value.iter())));
+                tensors.push(Encoded::new(
+                    full,
+                    value.shape(),
+                    value.iter(),
+                    Storage::Native,
+                )?);
             }
         }
     }
     for (key, value) in &extras.metadata {
         meta.insert(format!("{USER}{key}"), value.clone());
     }
-    serialize::<F>(&tensors, meta)
+    serialize(&tensors, meta)
 }
 
 /// Saves only the parameters of `model` — any [`Params`]: a layer, a boxed layer, a model
@@ -312,7 +373,10 @@ pub fn save_params<F: Float, P: Params<F> + ?Sized>(
     path: impl AsRef<Path>,
     model: &P,
 ) -> Result<()> {
-    let bytes = serialize::<F>(&param_tensors(model), base_metadata::<F>())?;
+    let bytes = serialize(
+        &param_tensors(model, Storage::Native)?,
+        base_metadata::<F>(),
+    )?;
     write_atomically(path.as_ref(), &bytes)
 }
 
@@ -357,17 +421,49 @@ pub fn load_params_bytes_into<F: Float, P: Params<F> + ?Sized>(
     model.import_params(&map)
 }
 
-/// Every parameter of `model` as `(name, shape, little-endian bytes)`, in visit order.
-fn param_tensors<F: Float, P: Params<F> + ?Sized>(model: &P) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+/// One tensor ready to be written: its name, shape, safetensors dtype and little-endian
+/// bytes.
+struct Encoded {
+    name: String,
+    shape: Vec<usize>,
+    dtype: Dtype,
+    bytes: Vec<u8>,
+}
+
+impl Encoded {
+    /// `values` (row-major, of `shape`) encoded as `storage` says.
+    fn new<'a, F: Float>(
+        name: String,
+        shape: &[usize],
+        values: impl Iterator<Item = &'a F>,
+        storage: Storage,
+    ) -> Result<Self> {
+        let (dtype, bytes) = encode(&name, values, storage)?;
+        Ok(Self {
+            name,
+            shape: shape.to_vec(),
+            dtype,
+            bytes,
+        })
+    }
+}
+
+/// Every parameter of `model`, in visit order, stored as `storage` says.
+fn param_tensors<F: Float, P: Params<F> + ?Sized>(
+    model: &P,
+    storage: Storage,
+) -> Result<Vec<Encoded>> {
     let mut tensors = Vec::new();
+    let mut failed = None;
     model.for_each_param(&mut |name, p| {
-        tensors.push((
-            name.to_owned(),
-            p.value.shape().to_vec(),
-            encode(p.value.iter()),
-        ));
+        if failed.is_none() {
+            match Encoded::new(name.to_owned(), p.value.shape(), p.value.iter(), storage) {
+                Ok(t) => tensors.push(t),
+                Err(e) => failed = Some(e),
+            }
+        }
     });
-    tensors
+    failed.map_or(Ok(tensors), Err)
 }
 
 /// The metadata every file starts with: `format` and `dtype`.
@@ -392,26 +488,19 @@ fn check_dtype_metadata<F: Float>(meta: &HashMap<String, String>) -> Result<()> 
 }
 
 /// The safetensors bytes of `tensors` with `meta`.
-fn serialize<F: Float>(
-    tensors: &[(String, Vec<usize>, Vec<u8>)],
-    meta: HashMap<String, String>,
-) -> Result<Vec<u8>> {
-    let dtype = match dtype_of::<F>()? {
-        Dtype::F32 => "F32",
-        _ => "F64",
-    };
+fn serialize(tensors: &[Encoded], meta: HashMap<String, String>) -> Result<Vec<u8>> {
     // Written by hand rather than by `safetensors::serialize`, whose header lists the
     // metadata in hash order: here the metadata keys and the tensors are sorted by name, so
     // one model and its extras always give the same bytes. The layout is safetensors': an
     // 8-byte little-endian header length, the JSON header padded with spaces to a multiple
     // of 8, then the tensors' bytes in header order.
     let meta: BTreeMap<String, String> = meta.into_iter().collect();
-    let mut order: Vec<&(String, Vec<usize>, Vec<u8>)> = tensors.iter().collect();
-    order.sort_by(|a, b| a.0.cmp(&b.0));
-    if let Some(pair) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+    let mut order: Vec<&Encoded> = tensors.iter().collect();
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = order.windows(2).find(|w| w[0].name == w[1].name) {
         return Err(Error::Checkpoint(format!(
             "tensor `{}` is listed twice",
-            pair[0].0
+            pair[0].name
         )));
     }
     let mut header = String::from("{\"__metadata__\":{");
@@ -425,9 +514,14 @@ fn serialize<F: Float>(
     }
     header.push('}');
     let mut offset = 0usize;
-    for (name, shape, data) in &order {
-        let width = if dtype == "F32" { 4 } else { 8 };
-        if crate::limits::bytes_of(shape, width) != Some(data.len()) {
+    for Encoded {
+        name,
+        shape,
+        dtype,
+        bytes: data,
+    } in &order
+    {
+        if crate::limits::bytes_of(shape, dtype.bitsize() / 8) != Some(data.len()) {
             return Err(Error::Checkpoint(format!(
                 "tensor `{name}`: {} bytes for shape {shape:?}",
                 data.len()
@@ -437,7 +531,7 @@ fn serialize<F: Float>(
         header.push(',');
         push_json_string(&mut header, name);
         header.push_str(&format!(
-            ":{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{end}]}}"
+            ":{{\"dtype\":\"{dtype:?}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{end}]}}"
         ));
         offset = end;
     }
@@ -450,8 +544,8 @@ fn serialize<F: Float>(
     let mut bytes = Vec::with_capacity(total);
     bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
-    for (_, _, data) in &order {
-        bytes.extend_from_slice(data);
+    for tensor in &order {
+        bytes.extend_from_slice(&tensor.bytes);
     }
     Ok(bytes)
 }
@@ -718,45 +812,75 @@ fn tensor<F: Float>(file: &SafeTensors<'_>, name: &str) -> Result<ArrayD<F>> {
     let view = file
         .tensor(name)
         .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))?;
-    if view.dtype() != dtype_of::<F>()? {
+    let native = dtype_of::<F>()?;
+    // 16-bit storage widens exactly into either float type; F32 and F64 must be F's own.
+    if !matches!(view.dtype(), Dtype::F16 | Dtype::BF16) && view.dtype() != native {
         return Err(Error::DtypeMismatch {
             name: name.to_owned(),
             expected: F::NAME,
             found: format!("{:?}", view.dtype()),
         });
     }
-    decode::<F>(name, view.shape(), view.data())
+    decode::<F>(name, view.dtype(), view.shape(), view.data())
 }
 
-/// Little-endian bytes of `values`, in the width of `F`.
-fn encode<'a, F: Float>(values: impl Iterator<Item = &'a F>) -> Vec<u8> {
+/// The dtype and little-endian bytes of `values` (of tensor `name`) stored as `storage`
+/// says: natively in the width of `F`, or rounded to nearest in 16 bits.
+fn encode<'a, F: Float>(
+    name: &str,
+    values: impl Iterator<Item = &'a F>,
+    storage: Storage,
+) -> Result<(Dtype, Vec<u8>)> {
     let mut bytes = Vec::new();
+    let dtype = match storage {
+        Storage::Native => dtype_of::<F>()?,
+        Storage::F16 => Dtype::F16,
+        Storage::Bf16 => Dtype::BF16,
+    };
     for &v in values {
-        if F::NAME == "f32" {
+        let x = v.to_f64_exact();
+        match dtype {
             // Exact: the value is an f32 widened to f64.
-            bytes.extend_from_slice(&(v.to_f64_exact() as f32).to_le_bytes());
-        } else {
-            bytes.extend_from_slice(&v.to_f64_exact().to_le_bytes());
+            Dtype::F32 => bytes.extend_from_slice(&(x as f32).to_le_bytes()),
+            Dtype::F16 => {
+                let h = half::f16::from_f64(x);
+                if h.is_infinite() && x.is_finite() {
+                    return Err(Error::Checkpoint(format!(
+                        "tensor `{name}`: the value {x} is beyond F16's range (±65504)"
+                    )));
+                }
+                bytes.extend_from_slice(&h.to_le_bytes());
+            }
+            Dtype::BF16 => bytes.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
+            _ => bytes.extend_from_slice(&x.to_le_bytes()),
         }
     }
-    bytes
+    Ok((dtype, bytes))
 }
 
-/// Decodes little-endian data of `F`'s width into an array of `shape`.
-fn decode<F: Float>(name: &str, shape: &[usize], data: &[u8]) -> Result<ArrayD<F>> {
-    let width = if F::NAME == "f32" { 4 } else { 8 };
-    let values: Vec<F> = if width == 4 {
-        data.chunks_exact(4)
+/// Decodes little-endian data of `dtype` (F16, BF16, F32 or F64) into an array of `shape`.
+fn decode<F: Float>(name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<ArrayD<F>> {
+    let values: Vec<F> = match dtype {
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| F::of(half::f16::from_le_bytes([c[0], c[1]]).to_f64()))
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| F::of(half::bf16::from_le_bytes([c[0], c[1]]).to_f64()))
+            .collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
             .map(|c| F::of(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))))
-            .collect()
-    } else {
-        data.chunks_exact(8)
+            .collect(),
+        _ => data
+            .chunks_exact(8)
             .map(|c| {
                 F::of(f64::from_le_bytes([
                     c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
                 ]))
             })
-            .collect()
+            .collect(),
     };
     ArrayD::from_shape_vec(IxDyn(shape), values)
         .map_err(|e| Error::Checkpoint(format!("tensor `{name}`: {e}")))

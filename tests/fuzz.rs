@@ -19,7 +19,7 @@ use std::fmt::Debug;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Command;
 
-use baregpt::checkpoint::{self, Extras, OptimizerState};
+use baregpt::checkpoint::{self, Extras, OptimizerState, Storage};
 use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
 use baregpt::generate::{
     Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits,
@@ -1061,9 +1061,20 @@ fn fuzz_checkpoints(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
         checkpoint::to_bytes(&model, &wrong)
     });
 
+    // 16-bit storage: half the parameter bytes, the same guarantees when corrupted.
+    let half_bytes = checkpoint::to_bytes_with(&model, &extras, Storage::F16).unwrap();
+    f.call("to_bytes_with F16 of a huge value", || {
+        let mut big = Gpt::<f64>::new(config.clone(), &mut StdRng::seed_from_u64(1))?;
+        if let Some(mut p) = big.param_mut("embed.tok") {
+            p.value[[0, 0]] = 1e300;
+        }
+        checkpoint::to_bytes_with(&big, &Extras::default(), Storage::F16)
+    });
+
     let mut target = Gpt::<f64>::new(config.clone(), r).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        let bytes = if round % 2 == 0 { &bytes } else { &half_bytes };
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let mut bad = bytes.clone();
         match r.random_range(0..5u32) {
             0 => {

@@ -3,7 +3,7 @@
 
 use ndarray::Array3;
 
-use crate::layer::InferState;
+use crate::layer::{DropoutMode, InferState};
 use crate::layers::TiedHead;
 use crate::param::{Param2, ParamPath, ParamVisitor, ParamVisitorMut, Params};
 use crate::{Float, Layer, Result};
@@ -65,6 +65,13 @@ impl<F: Float> Head<F> {
         match self {
             Self::Layer(layer) => layer.kind(),
             Self::Tied(_) => "TiedHead",
+        }
+    }
+
+    /// Passes [`Layer::set_dropout`] to a head that is a layer (a tied head has no dropout).
+    pub fn set_dropout(&mut self, mode: DropoutMode) {
+        if let Self::Layer(layer) = self {
+            layer.set_dropout(mode);
         }
     }
 

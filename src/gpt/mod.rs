@@ -14,7 +14,7 @@ pub use head::Head;
 
 use crate::error::check_shape;
 use crate::exec::in_pool_if_small;
-use crate::layer::{Cache, InferState, KvCache};
+use crate::layer::{Cache, DropoutMode, InferState, KvCache};
 use crate::layers::{Block, Embedding};
 use crate::param::{ParamMap, Params};
 use crate::{CrossEntropy, Error, Float, Layer, Result, params};
@@ -265,5 +265,13 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             }
             self.embed.backward(&d)
         })
+    }
+
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        self.embed.set_dropout(mode);
+        for layer in self.trunk_mut() {
+            layer.set_dropout(mode);
+        }
+        self.head.set_dropout(mode);
     }
 }

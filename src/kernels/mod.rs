@@ -14,6 +14,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod dropout;
 pub(crate) mod elementwise;
 pub mod embedding;
 pub(crate) mod fast_math;
@@ -27,6 +28,7 @@ pub mod tied_head;
 
 pub use attention::{attention_backward, attention_forward};
 pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
+pub use dropout::{DropoutMask, dropout_backward, dropout_forward};
 pub use embedding::{embedding_backward, embedding_forward};
 pub use gelu::{gelu_backward, gelu_forward};
 pub use layer_norm::{LayerNormCache, layer_norm_backward, layer_norm_forward};

@@ -4,12 +4,14 @@
 //! ([`InferState`], [`KvCache`]) that incremental decoding threads through the layers.
 
 mod cache;
+mod dropout;
 mod kv_cache;
 pub(crate) mod rows;
 
 use ndarray::{Array2, Array3, ArrayViewD, ArrayViewMutD};
 
 pub use cache::Cache;
+pub use dropout::{DropoutMode, DropoutSite};
 pub use kv_cache::{InferState, KvCache, LayerKv};
 pub use rows::{check_width, from_rows, into_rows, rows};
 
@@ -132,6 +134,14 @@ pub trait Layer<F: Float, X: LayerInput<F> = Array3<F>>: Params<F> + Send + Sync
     fn infer(&self, x: &X) -> Result<Array3<F>> {
         self.infer_with(x, &mut InferState::new())
     }
+
+    /// Sets what this layer's dropout does in later [`forward`](Layer::forward)s: a fresh
+    /// mask each pass, the last mask again, or none (see [`DropoutMode`]). Layers with
+    /// dropout override it, and composites pass it on to every part; the provided method,
+    /// for layers without dropout, does nothing.
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        let _ = mode;
+    }
 }
 
 impl<F: Float, X: LayerInput<F>, L: Layer<F, X> + ?Sized> Layer<F, X> for Box<L> {
@@ -150,6 +160,10 @@ impl<F: Float, X: LayerInput<F>, L: Layer<F, X> + ?Sized> Layer<F, X> for Box<L>
     fn backward(&mut self, dy: &Array3<F>) -> Result<X::Grad> {
         (**self).backward(dy)
     }
+
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        (**self).set_dropout(mode);
+    }
 }
 
 impl<F: Float, X: LayerInput<F>, L: Layer<F, X> + ?Sized> Layer<F, X> for &mut L {
@@ -167,5 +181,9 @@ impl<F: Float, X: LayerInput<F>, L: Layer<F, X> + ?Sized> Layer<F, X> for &mut L
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<X::Grad> {
         (**self).backward(dy)
+    }
+
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        (**self).set_dropout(mode);
     }
 }

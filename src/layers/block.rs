@@ -5,7 +5,7 @@ use rand::Rng;
 
 use super::{Attention, LayerNorm, Mlp};
 use crate::kernels::elementwise::add_assign;
-use crate::layer::{Cache, InferState};
+use crate::layer::{Cache, DropoutMode, InferState};
 use crate::param::Params;
 use crate::{Float, Layer, Result, params};
 
@@ -174,5 +174,11 @@ impl<F: Float> Layer<F> for Block<F> {
         let mut dx = self.ln1.backward(&self.attn.backward(&dh)?)?;
         add_assign(&mut dx, &dh);
         Ok(dx)
+    }
+
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        for part in [&mut self.ln1, &mut self.attn, &mut self.ln2, &mut self.mlp] {
+            part.set_dropout(mode);
+        }
     }
 }

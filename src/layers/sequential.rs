@@ -2,7 +2,7 @@
 
 use ndarray::Array3;
 
-use crate::layer::{Cache, InferState};
+use crate::layer::{Cache, DropoutMode, InferState};
 use crate::param::{ParamPath, ParamVisitor, ParamVisitorMut, Params};
 use crate::{Float, Layer, Result};
 
@@ -125,5 +125,11 @@ impl<F: Float> Layer<F> for Sequential<F> {
             d = layer.backward(&d)?;
         }
         Ok(d)
+    }
+
+    fn set_dropout(&mut self, mode: DropoutMode) {
+        for layer in &mut self.layers {
+            layer.set_dropout(mode);
+        }
     }
 }
