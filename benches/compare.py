@@ -4,6 +4,8 @@
 Usage (from the repository root):
     python3 benches/compare.py                          # every preset, 2 threads, 3 rounds
     python3 benches/compare.py --preset baregpt --rounds 5 --threads 2
+    python3 benches/compare.py --preset gpt2-4l     # the GPT-2 family (tied, biases)
+    python3 benches/compare.py --preset llama-4l    # the Llama family (RMSNorm, RoPE, GQA)
 
 Each round runs, per preset, `cargo bench --bench train_step` and `benches/torch_step.py`
 one after the other in fresh processes (so each process's peak memory is its own), with
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = ["tiny", "baregpt", "char-6l", "gpt2-small"]
+PRESETS = ["tiny", "baregpt", "char-6l", "gpt2-small", "gpt2-4l", "llama-4l"]
 
 
 def run_json(cmd):
