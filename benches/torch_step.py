@@ -46,7 +46,7 @@ PRESETS = {
 # kv heads, layers, mlp hidden, T, B).
 FAMILY_PRESETS = {
     "gpt2-4l": ("gpt2", (4096, 256, 8, 8, 4, 1024, 128, 4)),
-    "llama-4l": ("llama", (4096, 256, 8, 4, 4, 688, 128, 4)),
+    "llama-4l": ("llama", (4096, 256, 8, 4, 4, 768, 128, 4)),
 }
 
 
