@@ -7,6 +7,14 @@ and a tanh-GELU MLP with biases, each with a residual; final LayerNorm; linear h
 bias; mean cross-entropy. One step is zero_grad + forward + backward + Adam (lr 3e-4),
 in float32, eager mode, attention through `scaled_dot_product_attention`.
 
+The two family presets build what `GptConfig::gpt2` / `GptConfig::llama` build:
+* `gpt2-4l`: GPT-2 (learned positions, LayerNorm eps 1e-5, attention with biases, GELU(tanh)
+  MLP of 4·C with biases, final LayerNorm, bias-free head tied to the token table; dropout
+  off);
+* `llama-4l`: Llama (token embedding only, RMSNorm eps 1e-6, rotary positions with theta
+  10000 in the rotate_half convention, grouped-query attention, SwiGLU MLP, no biases, final
+  RMSNorm, untied bias-free head).
+
 Usage:
     python3 benches/torch_step.py --preset baregpt --threads 2 --json
 
@@ -32,6 +40,13 @@ PRESETS = {
     "baregpt": (65, 256, 4, 2, 128, 16),
     "char-6l": (65, 384, 6, 6, 256, 8),
     "gpt2-small": (50257, 768, 12, 12, 64, 4),
+}
+
+# The family presets, the same table as benches/train_step.rs: (vocab, d_model, heads,
+# kv heads, layers, mlp hidden, T, B).
+FAMILY_PRESETS = {
+    "gpt2-4l": ("gpt2", (4096, 256, 8, 8, 4, 1024, 128, 4)),
+    "llama-4l": ("llama", (4096, 256, 8, 4, 4, 768, 128, 4)),
 }
 
 
@@ -75,15 +90,119 @@ class Gpt(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
+class Gpt2Block(nn.Module):
+    def __init__(self, d, heads, hidden):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d, eps=1e-5), nn.LayerNorm(d, eps=1e-5)
+        self.w_q, self.w_k, self.w_v, self.w_o = (nn.Linear(d, d) for _ in range(4))
+        self.fc, self.proj = nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+        a = self.ln1(x)
+        ctx = F.scaled_dot_product_attention(split(self.w_q(a)), split(self.w_k(a)), split(self.w_v(a)), is_causal=True)
+        x = x + self.w_o(ctx.transpose(1, 2).reshape(b, t, d))
+        return x + self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class Gpt2(nn.Module):
+    """GPT-2 with dropout off; the head is the token table (logits = x·tokᵀ)."""
+
+    def __init__(self, vocab, d, heads, layers, hidden, context):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(context, d)
+        self.blocks = nn.ModuleList(Gpt2Block(d, heads, hidden) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d, eps=1e-5)
+
+    def loss(self, ids, targets):
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.ln_f(x) @ self.tok.weight.T
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, d, heads, kv_heads, hidden):
+        super().__init__()
+        self.heads, self.kv_heads, self.dh = heads, kv_heads, d // heads
+        self.ln1, self.ln2 = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
+        self.w_q = nn.Linear(d, d, bias=False)
+        self.w_k = nn.Linear(d, kv_heads * self.dh, bias=False)
+        self.w_v = nn.Linear(d, kv_heads * self.dh, bias=False)
+        self.w_o = nn.Linear(d, d, bias=False)
+        self.w_gate, self.w_up = nn.Linear(d, hidden, bias=False), nn.Linear(d, hidden, bias=False)
+        self.w_down = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x, cos, sin):
+        b, t, d = x.shape
+        split = lambda y, n: y.view(b, t, n, self.dh).transpose(1, 2)
+        a = self.ln1(x)
+        q, k = split(self.w_q(a), self.heads), split(self.w_k(a), self.kv_heads)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        v = split(self.w_v(a), self.kv_heads)
+        ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        x = x + self.w_o(ctx.transpose(1, 2).reshape(b, t, d))
+        z = self.ln2(x)
+        return x + self.w_down(F.silu(self.w_gate(z)) * self.w_up(z))
+
+
+class Llama(nn.Module):
+    def __init__(self, vocab, d, heads, kv_heads, layers, hidden, theta=10000.0):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.blocks = nn.ModuleList(LlamaBlock(d, heads, kv_heads, hidden) for _ in range(layers))
+        self.ln_f, self.head = nn.RMSNorm(d, eps=1e-6), nn.Linear(d, vocab, bias=False)
+        dh = d // heads
+        self.inv_freq = 1.0 / theta ** (torch.arange(0, dh, 2, dtype=torch.float32) / dh)
+
+    def loss(self, ids, targets):
+        angles = torch.outer(torch.arange(ids.shape[1], dtype=torch.float32), self.inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos(), angles.sin()
+        x = self.tok(ids)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.head(self.ln_f(x))
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
 def flops(vocab, d, layers, t, b):
     return 6 * (layers * 12 * d * d + d * vocab) * b * t + layers * b * 3 * 4 * t * t * d
 
 
-def run(name, steps, warmup):
+def family_flops(vocab, d, heads, kv_heads, layers, hidden, t, b, swiglu):
+    """As `flops`, for grouped K/V projections and a two- or three-matrix MLP."""
+    kv = kv_heads * (d // heads)
+    per_layer = 2 * d * d + 2 * d * kv + (3 if swiglu else 2) * d * hidden
+    return 6 * (layers * per_layer + d * vocab) * b * t + layers * b * 3 * 4 * t * t * d
+
+
+def build(name):
+    """(model, vocab, T, B, GFLOP per step) of a preset."""
+    if name in FAMILY_PRESETS:
+        arch, (vocab, d, heads, kv_heads, layers, hidden, t, b) = FAMILY_PRESETS[name]
+        if arch == "gpt2":
+            model = Gpt2(vocab, d, heads, layers, hidden, t)
+        else:
+            model = Llama(vocab, d, heads, kv_heads, layers, hidden)
+        f = family_flops(vocab, d, heads, kv_heads, layers, hidden, t, b, arch == "llama")
+        return model, vocab, t, b, f / 1e9
     vocab, d, heads, layers, t, b = PRESETS[name]
+    return Gpt(vocab, d, heads, layers, t), vocab, t, b, flops(vocab, d, layers, t, b) / 1e9
+
+
+def run(name, steps, warmup):
     rss_before = rss_mib("VmRSS")
     torch.manual_seed(0)
-    model = Gpt(vocab, d, heads, layers, t)
+    model, vocab, t, b, gflop = build(name)
     adam = torch.optim.Adam(model.parameters(), lr=3e-4)
     ids, targets = torch.randint(0, vocab, (b, t)), torch.randint(0, vocab, (b, t))
     times = []
@@ -96,7 +215,6 @@ def run(name, steps, warmup):
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
     median = statistics.median(times)
-    gflop = flops(vocab, d, layers, t, b) / 1e9
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {
         "impl": "pytorch",
@@ -116,7 +234,7 @@ def run(name, steps, warmup):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=[*PRESETS, "all"], default="all")
+    parser.add_argument("--preset", choices=[*PRESETS, *FAMILY_PRESETS, "all"], default="all")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")

@@ -88,3 +88,77 @@ fn boxed_layers_step_directly() {
     let names: Vec<&String> = adam.state().params.keys().collect();
     assert_eq!(names.len(), model.param_names().len());
 }
+
+/// A tied `Gpt`: its token table's gradient is the sum of the embedding's and the head's
+/// shares (checked against the untied model with `head.w = tokᵀ`, whose two gradients are
+/// separate), and one Adam step moves the table once, by exactly the first-step rule
+/// `−lr·g/(|g| + eps)` applied to that summed `g`.
+#[test]
+fn a_tied_table_gets_the_sum_of_both_gradients_and_one_adam_update_per_step() {
+    use baregpt::gpt::parts::HeadKind;
+    let sizes = GptConfig {
+        mlp_hidden: 12,
+        ..GptConfig::with_sizes(7, 6, 2, 2, 5)
+    };
+    let tied_config = GptConfig {
+        head: HeadKind::Tied { bias: true },
+        ..sizes.clone()
+    };
+    let untied_config = GptConfig {
+        head: HeadKind::Linear { bias: true },
+        ..sizes
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let mut tied = Gpt::<f64>::new(tied_config, &mut rng).unwrap();
+    let mut untied = Gpt::<f64>::new(untied_config, &mut rng).unwrap();
+    // The untied model computes the same function when its head.w is tokᵀ.
+    let mut map = tied.export_params();
+    let tok = map.get("embed.tok").unwrap().to_owned();
+    map.insert("head.w", tok.t().to_owned());
+    untied.import_params(&map).unwrap();
+
+    let (ids, targets) = (
+        array![[1, 2, 3, 4, 1], [0, 6, 5, 1, 1]],
+        array![[2, 3, 4, 5, 6], [6, 5, 1, 0, 2]],
+    );
+    let tied_loss = tied.loss(&ids, &targets).unwrap();
+    let untied_loss = untied.loss(&ids, &targets).unwrap();
+    assert!((tied_loss - untied_loss).abs() < 1e-12);
+    tied.backward_loss().unwrap();
+    untied.backward_loss().unwrap();
+    let grad = |g: &Gpt<f64>, name: &str| g.param(name).unwrap().grad.to_owned();
+    let embedding_share = grad(&untied, "embed.tok");
+    let head_share = grad(&untied, "head.w").reversed_axes();
+    let summed = grad(&tied, "embed.tok");
+    // Both shares are substantial, so a lost one could not hide in the tolerance.
+    for share in [&embedding_share, &head_share] {
+        assert!(share.iter().any(|g| g.abs() > 1e-3));
+    }
+    let expected = &embedding_share + &head_share;
+    let worst = (&summed - &expected)
+        .iter()
+        .fold(0.0f64, |m, d| m.max(d.abs()));
+    assert!(
+        worst < 1e-12,
+        "tied gradient differs from the sum of the shares by {worst}"
+    );
+
+    let (lr, eps) = (1e-2, 1e-8);
+    let mut adam = Adam::new(AdamConfig {
+        eps,
+        ..AdamConfig::adam(lr)
+    })
+    .unwrap();
+    adam.step(&mut tied).unwrap();
+    // One state entry for the table, none for a head matrix.
+    assert_eq!(adam.state().params.len(), tied.param_names().len());
+    let after = tied.param("embed.tok").unwrap().value.to_owned();
+    let once = ndarray::Zip::from(&tok)
+        .and(&summed)
+        .map_collect(|&w, &g| w - lr * g / (g.abs() + eps));
+    let worst = (&after - &once).iter().fold(0.0f64, |m, d| m.max(d.abs()));
+    assert!(
+        worst < 1e-15,
+        "the table moved {worst} away from one update"
+    );
+}

@@ -568,3 +568,79 @@ fn attention_dropout_drops_in_training_only() {
     net.set_dropout(DropoutMode::Off);
     infer_equals_forward(&mut net, &x);
 }
+
+fn tied_gpt(bias: bool, seed: u64) -> Gpt<f64> {
+    use baregpt::gpt::parts::HeadKind;
+    let config = GptConfig {
+        mlp_hidden: 12,
+        head: HeadKind::Tied { bias },
+        ..GptConfig::with_sizes(9, 6, 2, 2, 7)
+    };
+    Gpt::new(config, &mut rng(seed)).unwrap()
+}
+
+#[test]
+fn a_tied_head_owns_no_matrix_and_its_table_is_one_parameter() {
+    for bias in [false, true] {
+        let gpt = tied_gpt(bias, 30);
+        let names = gpt.param_names();
+        assert_eq!(names.iter().filter(|n| *n == "embed.tok").count(), 1);
+        assert!(!names.iter().any(|n| n == "head.w"));
+        assert_eq!(names.iter().any(|n| n == "head.b"), bias);
+        assert_eq!(gpt.num_params(), gpt.config().param_count());
+        // The untied model of the same sizes has exactly the head's (C, V) matrix more.
+        let untied = GptConfig {
+            head: baregpt::gpt::parts::HeadKind::Linear { bias },
+            ..gpt.config().clone()
+        };
+        assert_eq!(untied.param_count() - gpt.num_params(), 6 * 9);
+    }
+}
+
+#[test]
+fn a_tied_head_computes_the_logits_from_the_token_table() {
+    // Logit v is the hidden state times row v of the table. Change only row 5, a token not
+    // among the ids, so that the embedding's output (and every hidden state) stays the same:
+    // then exactly logit column 5 changes.
+    let mut gpt = tied_gpt(false, 31);
+    let ids = array![[1, 2, 3, 8]];
+    let logits = gpt.forward(&ids).unwrap();
+    let mut bumped = gpt.export_params();
+    let mut tok = bumped.get("embed.tok").unwrap().to_owned();
+    tok.slice_mut(s![5, ..]).mapv_inplace(|v| v + 0.5);
+    bumped.insert("embed.tok", tok);
+    gpt.import_params(&bumped).unwrap();
+    let after = gpt.forward(&ids).unwrap();
+    for v in 0..9 {
+        let changed = (0..4).any(|t| after[[0, t, v]] != logits[[0, t, v]]);
+        assert_eq!(changed, v == 5, "column {v}");
+    }
+}
+
+#[test]
+fn a_tied_gpt_infers_as_it_trains_and_decodes_incrementally() {
+    for bias in [false, true] {
+        let mut gpt = tied_gpt(bias, 32);
+        jitter(&mut gpt, 33);
+        let ids = array![[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]];
+        infer_equals_forward(&mut gpt, &ids);
+        let full = gpt.infer(&ids).unwrap();
+        let mut cache = gpt.kv_cache(2).unwrap();
+        let mut steps = Vec::new();
+        for t in 0..6 {
+            steps.push(
+                cache
+                    .infer(&gpt, &ids.slice(s![.., t..t + 1]).to_owned())
+                    .unwrap(),
+            );
+        }
+        for (t, step) in steps.iter().enumerate() {
+            let want = full.slice(s![.., t..t + 1, ..]);
+            assert!(step.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12));
+        }
+    }
+}
+
+fn jitter(gpt: &mut Gpt<f64>, seed: u64) {
+    common::jitter_params(gpt, seed, 0.3);
+}

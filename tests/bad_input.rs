@@ -11,15 +11,9 @@
 mod common;
 
 use baregpt::gpt::parts::{AttentionKind, MlpKind, NormKind, PositionKind};
-use baregpt::kernels::{
-    attention_forward, grouped_attention_backward, grouped_attention_forward, rope_backward,
-    rope_forward, token_embedding_backward, token_embedding_forward,
-};
+use baregpt::kernels::{attention_forward, grouped_attention_backward, grouped_attention_forward, rope_backward, rope_forward, token_embedding_backward, token_embedding_forward};
 use baregpt::layer::KvCache;
-use baregpt::layers::{
-    Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
-    Sequential, SwiGlu,
-};
+use baregpt::layers::{Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu};
 use baregpt::prelude::*;
 use baregpt::{CrossEntropy, Error, Gpt, GptConfig};
 use common::{config, rng, snapshot};
@@ -1382,4 +1376,90 @@ fn drop_probabilities_outside_zero_to_one_are_refused() {
         let err = checkpoint::from_bytes::<f64>(&patched).unwrap_err();
         assert!(err.to_string().contains(message), "{err}");
     }
+}
+
+/// The tied head: its kernel, the layer (which is handed the table) and a tied `Gpt` refuse
+/// mismatched shapes with the expected and actual shapes, and change nothing when they do.
+#[test]
+fn a_tied_head_refuses_mismatched_tables_and_inputs() {
+    use baregpt::gpt::parts::HeadKind;
+    use baregpt::kernels::{tied_head_backward, tied_head_forward};
+    use baregpt::layers::TiedHead;
+    use baregpt::param::Param2;
+
+    // Kernel: x's width must be the table's C, b and dy must have its V.
+    let (xs, table) = (Array2::<f64>::ones((3, 4)), Array2::<f64>::ones((5, 4)));
+    expect_err(
+        tied_head_forward(Array2::<f64>::ones((3, 2)).view(), table.view(), None),
+        "tied_head: x has shape [3, 2], expected [*, 4]",
+    );
+    expect_err(
+        tied_head_forward(xs.view(), table.view(), Some(Array1::ones(4).view())),
+        "tied_head: b has shape [4], expected [5]",
+    );
+    let mut d_table = Array2::from_elem((5, 4), 0.5);
+    expect_err(
+        tied_head_backward(
+            xs.view(),
+            table.view(),
+            Array2::ones((3, 6)).view(),
+            d_table.view_mut(),
+            None,
+        ),
+        "tied_head: dy has shape [3, 6], expected [3, 5]",
+    );
+    assert!(d_table.iter().all(|&g| g == 0.5));
+
+    // Layer: a table of another vocabulary than its bias, an input of another width, a
+    // backward before any forward, a backward with another table.
+    let mut head = TiedHead::<f64>::new(5, true).unwrap();
+    let mut good = Param2::new(Array2::from_shape_fn((5, 4), |(v, c)| (v + c) as f64 * 0.1));
+    let other = Param2::new(Array2::<f64>::ones((6, 4)));
+    expect_err(
+        head.forward(&x(2, 3, 4), &other),
+        "TiedHead: table has shape [6, 4], expected [5, *]",
+    );
+    expect_err(
+        head.backward(&Array3::ones((2, 3, 5)), &mut good),
+        "TiedHead: backward called before forward (nothing cached)",
+    );
+    expect_err(
+        head.forward(&x(2, 3, 3), &good),
+        "TiedHead: input has shape [2, 3, 3], expected [*, *, 4]",
+    );
+    let y = head.forward(&x(2, 3, 4), &good).unwrap();
+    head.backward(&y, &mut good).unwrap();
+    let (before_head, before_table) = (snapshot(&head), snapshot(&good));
+    let mut narrow = Param2::new(Array2::<f64>::ones((5, 3)));
+    expect_err(
+        head.backward(&y, &mut narrow),
+        "TiedHead: table has shape [5, 3], expected [5, 4]",
+    );
+    expect_err(
+        head.backward(&Array3::ones((2, 3, 4)), &mut good),
+        "TiedHead: dy has shape [2, 3, 4], expected [2, 3, 5]",
+    );
+    assert!(snapshot(&head) == before_head && snapshot(&good) == before_table);
+    assert!(narrow.grad.iter().all(|&g| g == 0.0) && other.grad.iter().all(|&g| g == 0.0));
+    expect_err(
+        TiedHead::<f64>::new(0, false),
+        "TiedHead: invalid configuration: vocab_size must be positive",
+    );
+
+    // A tied Gpt: a dlogits of the wrong width is refused by the model and changes nothing.
+    let config = GptConfig {
+        head: HeadKind::Tied { bias: false },
+        ..small_config()
+    };
+    let mut gpt = Gpt::<f64>::new(config, &mut rng(40)).unwrap();
+    let ids = array![[1, 2, 3]];
+    let logits = gpt.forward(&ids).unwrap();
+    assert_eq!(logits.dim(), (1, 3, 10));
+    gpt.backward(&logits).unwrap();
+    let before = snapshot(&gpt);
+    expect_err(
+        gpt.backward(&Array3::ones((1, 3, 9))),
+        "Gpt: dy has shape [1, 3, 9], expected [1, 3, 10]",
+    );
+    assert!(snapshot(&gpt) == before);
 }

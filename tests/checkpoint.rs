@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-
 use baregpt::checkpoint::{self, Extras, OptimizerState, Storage};
 use baregpt::data::CharVocab;
 use baregpt::prelude::*;
@@ -681,6 +680,66 @@ fn a_rotary_gqa_model_with_attention_biases_round_trips() {
     let err = checkpoint::load_into(&path, &mut loaded).unwrap_err();
     assert!(matches!(err, Error::ConfigMismatch { .. }), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tied_config(bias: bool) -> GptConfig {
+    GptConfig {
+        head: baregpt::gpt::parts::HeadKind::Tied { bias },
+        ..small_config(7)
+    }
+}
+
+/// A tied model round-trips bit for bit (values, config with its `HeadKind::Tied`, Adam state
+/// after a few steps), and its file holds the token table once and no head matrix.
+#[test]
+fn a_tied_model_round_trips_and_stores_its_table_once() {
+    for bias in [false, true] {
+        let mut saved = model::<f32>(40, tied_config(bias));
+        let mut adam = Adam::new(adam_config(false)).unwrap();
+        adam_steps(&mut saved, &mut adam, 0..3);
+        let extras = Extras {
+            optimizer: Some(OptimizerState::from_adam(&adam)),
+            ..Extras::default()
+        };
+        let bytes = checkpoint::to_bytes(&saved, &extras).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let names: Vec<String> = file.names().into_iter().map(str::to_owned).collect();
+        let count = |name: &str| names.iter().filter(|n| n.ends_with(name)).count();
+        // The value once, and once per optimizer slot (m, v): never a second copy.
+        assert_eq!(count("embed.tok"), 3, "{names:?}");
+        assert_eq!(count("head.w"), 0, "{names:?}");
+        assert_eq!(count("head.b"), if bias { 3 } else { 0 }, "{names:?}");
+        // The parameter tensors (those outside the optimizer's) hold num_params values.
+        let values: usize = file
+            .tensors()
+            .iter()
+            .filter(|(n, _)| !n.starts_with("optimizer."))
+            .map(|(_, t)| t.shape().iter().product::<usize>())
+            .sum();
+        assert_eq!(values, saved.num_params(), "{names:?}");
+
+        let (mut loaded, loaded_extras) = checkpoint::from_bytes::<f32>(&bytes).unwrap();
+        assert_eq!(loaded.config(), saved.config());
+        assert_eq!(bits(&loaded), bits(&saved));
+        assert_eq!(loaded_extras, extras);
+        assert_eq!(
+            checkpoint::to_bytes(&loaded, &extras).unwrap(),
+            bytes,
+            "saving the loaded model gives the same bytes"
+        );
+        // It goes on computing what the saved model computes.
+        let ids = array![[1, 2, 3, 4], [6, 5, 4, 0]];
+        let targets = array![[2, 3, 4, 5], [5, 4, 0, 1]];
+        let a = saved.loss(&ids, &targets).unwrap();
+        let b = loaded.loss(&ids, &targets).unwrap();
+        assert_eq!(a.to_bits(), b.to_bits());
+
+        // An untied model of the same sizes is another config: refused, named by field.
+        let mut untied = model::<f32>(40, small_config(7));
+        let err = checkpoint::load_bytes_into(&bytes, &mut untied).unwrap_err();
+        assert!(matches!(err, Error::ConfigMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("head"), "{err}");
+    }
 }
 
 #[test]

@@ -203,7 +203,11 @@ fn attention_dropout_in_a_gpt_trains_holds_and_turns_off() {
     assert_eq!(plain.infer(&ids).unwrap(), clean, "inference never drops");
     let a = gpt.forward(&ids).unwrap();
     assert_ne!(a, clean);
-    assert_ne!(gpt.forward(&ids).unwrap(), a, "a new mask each training pass");
+    assert_ne!(
+        gpt.forward(&ids).unwrap(),
+        a,
+        "a new mask each training pass"
+    );
     gpt.set_dropout(DropoutMode::Off);
     assert_eq!(gpt.forward(&ids).unwrap(), clean);
     // With the mask held, the whole model passes the checker.

@@ -16,19 +16,15 @@ mod common;
 
 use baregpt::checkpoint::{self, Extras, OptimizerState, Storage};
 use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
-use baregpt::generate::{
-    Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits,
-};
-use baregpt::gpt::parts::{AttentionKind, MlpKind, NormKind, PositionKind};
+use baregpt::generate::{Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits};
+use baregpt::gpt::parts::{AttentionKind, MlpKind, NormKind, PositionKind, HeadKind};
 use baregpt::gradcheck::{GradCheckOptions, check_layer};
 use baregpt::kernels::{self, LayerNormCache, RmsNormCache};
-use baregpt::layer::KvCache;
-use baregpt::layers::{
-    Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
-    Sequential, SwiGlu,
-};
+use baregpt::layer::{KvCache, InferState};
+use baregpt::layers::{Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu, TiedHead};
+use baregpt::gpt::Head;
 use baregpt::optim::{clip_grad_norm, clip_grad_norm_slices, grad_norm};
-use baregpt::param::ParamMap;
+use baregpt::param::{Param2, ParamMap};
 use baregpt::prelude::*;
 use baregpt::{Adam, AdamConfig, CrossEntropy, Error, Gpt, GptConfig, LrSchedule};
 use common::{Snapshot, snapshot};
@@ -785,6 +781,9 @@ fn fuzz_gpt(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
                 theta: if r.random() { 1e4 } else { float(r) },
             };
         }
+        if r.random_range(0..3u32) == 0 {
+            config.head = HeadKind::Tied { bias: r.random() };
+        }
         let Some(mut gpt) = f.call("Gpt::new", || Gpt::<f64>::new(config.clone(), r)) else {
             continue;
         };
@@ -931,6 +930,97 @@ fn fuzz_gpt(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             g.import_params(&map)
         });
     }
+}
+
+/// The tied head: its kernels, the layer and a built [`baregpt::gpt::Head`], each given tables,
+/// inputs and upstream gradients whose sizes may disagree. A failed call changes neither the
+/// head nor the table (value or gradient).
+fn fuzz_tied_head(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
+    let pick = |r: &mut StdRng, good: usize| if r.random() { good } else { size(r) };
+    for _ in 0..rounds {
+        let (n, c, v) = (size(r), size(r), size(r));
+        let x = array2((n, pick(r, c)), r);
+        let table = array2((v, c), r);
+        let b = Array1::<f64>::zeros(pick(r, v));
+        f.call("tied_head_forward", || {
+            kernels::tied_head_forward(x.view(), table.view(), Some(b.view()))
+        });
+        let dy = array2((pick(r, n), pick(r, v)), r);
+        let mut grads = (
+            Array2::<f64>::from_elem((pick(r, v), pick(r, c)), 0.5),
+            Array1::<f64>::from_elem(pick(r, v), 0.25),
+        );
+        f.run(
+            "tied_head_backward",
+            &mut grads,
+            |(gt, gb)| (bits2(gt), bits1(gb)),
+            |(gt, gb)| {
+                kernels::tied_head_backward(
+                    x.view(),
+                    table.view(),
+                    dy.view(),
+                    gt.view_mut(),
+                    Some(gb.view_mut()),
+                )
+            },
+        );
+
+        // The layer and the built head, with a table that may not fit them.
+        let vocab = pick(r, v);
+        let bias = r.random();
+        let kind = HeadKind::Tied { bias };
+        let Some(mut head) = f.call("HeadKind::build", || kind.build::<f64, _>(c, vocab, r)) else {
+            continue;
+        };
+        let Some(mut layer) = f.call("TiedHead::new", || TiedHead::<f64>::new(vocab, bias)) else {
+            continue;
+        };
+        let mut table = Param2::new(array2((v, c), r));
+        let look = head_and_table::<TiedHead<f64>>;
+        for _ in 0..3 {
+            let x = array3((1 + size(r) % 3, 1 + size(r) % 3, pick(r, c)), r);
+            let mut pair = (layer, table);
+            let y = f.run("TiedHead::forward", &mut pair, look, |(l, t)| {
+                l.forward(&x, t)
+            });
+            if let Some(Err(_)) = &y {
+                let dy = array3((size(r), size(r), size(r)), r);
+                let again = f.run("TiedHead::backward", &mut pair, look, |(l, t)| {
+                    l.backward(&dy, t)
+                });
+                f.rule(
+                    matches!(again, Some(Err(Error::BackwardBeforeForward { .. }))),
+                    || format!("TiedHead: backward after a failed forward gave {again:?}"),
+                );
+            }
+            f.run("TiedHead::infer", &mut pair, look, |(l, t)| l.infer(&x, t));
+            let dy_shape = match (&y, r.random::<bool>()) {
+                (Some(Ok(y)), true) => y.dim(),
+                _ => (size(r), size(r), size(r)),
+            };
+            let dy = array3(dy_shape, r);
+            f.run("TiedHead::backward", &mut pair, look, |(l, t)| {
+                l.backward(&dy, t)
+            });
+            // The same calls through the Gpt's head type.
+            let (l, t) = pair;
+            let mut built = (head, t);
+            let look = head_and_table::<Head<f64>>;
+            f.run("Head::forward", &mut built, look, |(h, t)| h.forward(&x, t));
+            f.run("Head::backward", &mut built, look, |(h, t)| {
+                h.backward(&dy, t)
+            });
+            f.run("Head::infer_with", &mut built, look, |(h, t)| {
+                h.infer_with(&x, &mut InferState::new(), t)
+            });
+            (layer, (head, table)) = (l, built);
+        }
+    }
+}
+
+/// What a failed head call must leave unchanged: the head's parameters and the table.
+fn head_and_table<H: Params<f64>>(s: &(H, Param2<f64>)) -> (Snapshot, Vec<u64>, Vec<u64>) {
+    (snapshot(&s.0), bits2(&s.1.value), bits2(&s.1.grad))
 }
 
 /// `n_layers = 0` works like any other depth: positions advance in the cache, cached and
@@ -1718,6 +1808,7 @@ fn ten_thousand_bad_inputs_no_panic_no_half_update() {
     fuzz_kernels(&mut f, &mut r, 1500);
     fuzz_layers(&mut f, &mut r, 300);
     fuzz_gpt(&mut f, &mut r, 300);
+    fuzz_tied_head(&mut f, &mut r, 300);
     zero_layers(&mut f, &mut r);
     fuzz_sampling(&mut f, &mut r, 1500);
     fuzz_optim(&mut f, &mut r, 500);

@@ -4,6 +4,7 @@
 //! into caller-provided gradient buffers (`linear`, `layer_norm`, `rms_norm`, `embedding`).
 //! into caller-provided gradient buffers (`linear`, `layer_norm`, `embedding`,
 //! `token_embedding`).
+//! into caller-provided gradient buffers (`linear`, `layer_norm`, `embedding`, `tied_head`).
 
 mod common;
 
@@ -15,7 +16,7 @@ use baregpt::kernels::{
     grouped_attention_forward, layer_norm_backward, layer_norm_forward, linear_backward,
     linear_forward, rms_norm_backward, rms_norm_forward, rope_backward, rope_forward,
     silu_backward, silu_forward, softmax_backward_in_place, swiglu_backward, swiglu_forward,
-    token_embedding_backward, token_embedding_forward,
+    tied_head_backward, tied_head_forward, token_embedding_backward, token_embedding_forward,
 };
 use baregpt::strategies;
 use common::config;
@@ -335,6 +336,42 @@ proptest! {
             &Default::default(),
         ).unwrap();
         passes(&report, &[("y", "tok"), ("y", "pos")])?;
+    }
+
+    /// The tied head `x·Eᵀ + b`: the table is `(V, C)`, token-major, as the embedding holds it.
+    #[test]
+    fn tied_head(
+        (x, table, b, bias) in (1..=5usize, 1..=5usize, 1..=6usize, any::<bool>())
+            .prop_flat_map(|(n, c, v, bias)| (array(vec![n, c]), array(vec![v, c]), array(vec![v]), Just(bias)))
+    ) {
+        let mut inputs = vec![("x", x), ("table", table)];
+        if bias {
+            inputs.push(("b", b));
+        }
+        let report = gradcheck::check_fn(
+            &inputs,
+            &["y"],
+            |i| {
+                let b = i.get(2).map(as_dim::<_, Ix1>).transpose()?;
+                Ok(vec![tied_head_forward(as_dim(&i[0])?, as_dim(&i[1])?, b)?.into_dyn()])
+            },
+            |i, dy, grads| {
+                let (dx, rest) = grads.split_at_mut(1);
+                let (d_table, db) = rest.split_at_mut(1);
+                let d_b = db.first_mut().map(as_dim_mut::<_, Ix1>).transpose()?;
+                let dx_new = tied_head_backward(as_dim(&i[0])?, as_dim(&i[1])?, as_dim(&dy[0])?,
+                                                as_dim_mut(&mut d_table[0])?, d_b)?;
+                dx[0] += &dx_new.into_dyn();
+                Ok(())
+            },
+            &Default::default(),
+        ).unwrap();
+        let pairs: &[(&str, &str)] = if bias {
+            &[("y", "x"), ("y", "table"), ("y", "b")]
+        } else {
+            &[("y", "x"), ("y", "table")]
+        };
+        passes(&report, pairs)?;
     }
 
     #[test]

@@ -7,14 +7,14 @@
 
 mod common;
 
-use baregpt::gpt::parts::{MlpKind, NormKind};
+use baregpt::gpt::parts::{HeadKind, MlpKind, NormKind};
 use baregpt::gradcheck::GradCheckReport;
 use baregpt::layer::{DropoutMode, InferState};
 use baregpt::layers::{
     Attention, AttentionConfig, Block, Dropout, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
-    Sequential, SwiGlu,
+    Sequential, SwiGlu, TiedHead,
 };
-use baregpt::param::{ParamPath, ParamVisitor, ParamVisitorMut};
+use baregpt::param::{Param2, ParamPath, ParamVisitor, ParamVisitorMut};
 use baregpt::prelude::*;
 use baregpt::{CrossEntropy, DropoutConfig, Gpt, GptConfig, strategies};
 use common::{config, gradcheck_passes, jitter_params, rng};
@@ -383,6 +383,72 @@ fn llama_parts(cfg: GptConfig) -> GptConfig {
         norm: NormKind::RmsNorm { eps: 1e-6 },
         mlp: MlpKind::SwiGlu,
         ..cfg
+    }
+}
+
+/// A [`TiedHead`] with the table it borrows, as one float layer `(B, T, C)` → `(B, T, V)`
+/// whose parameters are `table` and the head's `b`.
+struct TableAndHead {
+    table: Param2<f64>,
+    head: TiedHead<f64>,
+}
+
+impl Params<f64> for TableAndHead {
+    baregpt::params!(f64; table, head);
+}
+
+impl Layer<f64> for TableAndHead {
+    fn kind(&self) -> &'static str {
+        "TableAndHead"
+    }
+
+    fn forward(&mut self, x: &Array3<f64>) -> baregpt::Result<Array3<f64>> {
+        self.head.forward(x, &self.table)
+    }
+
+    fn infer_with(
+        &self,
+        x: &Array3<f64>,
+        _: &mut InferState<'_, f64>,
+    ) -> baregpt::Result<Array3<f64>> {
+        self.head.infer(x, &self.table)
+    }
+
+    fn backward(&mut self, dy: &Array3<f64>) -> baregpt::Result<Array3<f64>> {
+        self.head.backward(dy, &mut self.table)
+    }
+}
+
+proptest! {
+    #![proptest_config(config(48, REGRESSIONS))]
+
+    #[test]
+    fn tied_head((x, seed) in activations_and_seed(5), vocab in 1..=6usize, bias in any::<bool>()) {
+        let table = baregpt::layers::normal(vocab, x.dim().2, 1.0, &mut rng(seed));
+        let mut layer = TableAndHead { table: Param2::new(table), head: TiedHead::new(vocab, bias).unwrap() };
+        jitter_params(&mut layer, seed, 0.5);
+        let report = gradcheck_passes(&mut layer, &x, true)?;
+        prop_assert_eq!(report.tensor("table").map(|t| t.shape.clone()), Some(vec![vocab, x.dim().2]));
+        prop_assert_eq!(report.tensor("head.b").is_some(), bias);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(16, REGRESSIONS))]
+
+    /// A tied head: `embed.tok` is used twice and checked once, as the sum of both uses.
+    #[test]
+    fn whole_gpt_with_tied_head(
+        (cfg, ids, targets, seed) in gpt_case(true),
+        bias in any::<bool>(),
+    ) {
+        let cfg = GptConfig { head: HeadKind::Tied { bias }, ..cfg };
+        let (report, loss_report) = check_gpt(&cfg, &ids, &targets, seed)?;
+        for r in [&report, &loss_report] {
+            prop_assert!(r.tensor("embed.tok").is_some());
+            prop_assert!(r.tensor("head.w").is_none());
+            prop_assert_eq!(r.tensor("head.b").is_some(), bias);
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //!
 //! Run with `cargo test --release --test parity -- --nocapture` to see every measured error.
 
+use baregpt::gpt::parts::HeadKind;
 use baregpt::kernels::{attention_backward, attention_forward, gelu_backward, gelu_forward};
 use baregpt::layer::{DropoutMode, KvCache};
 use baregpt::layers::{
@@ -567,10 +568,29 @@ fn cross_entropy<F: Float>(fx: &Fixture) -> f64 {
     cmp.finish()
 }
 
+/// Whether a whole-GPT fixture ties its head to the token table (`lm_head.weight is
+/// wte.weight` in torch); absent in the untied cases.
+fn tied_head(fx: &Fixture) -> bool {
+    fx.config["tied_head"].as_bool().unwrap_or(false)
+}
+
+/// The `names.json` layer of a whole-GPT fixture.
+fn gpt_names(fx: &Fixture) -> &'static str {
+    if tied_head(fx) { "GptTied" } else { "Gpt" }
+}
+
 fn gpt_config(fx: &Fixture) -> GptConfig {
+    let head = if tied_head(fx) {
+        HeadKind::Tied {
+            bias: fx.bool("head_bias"),
+        }
+    } else {
+        HeadKind::default()
+    };
     GptConfig {
         mlp_hidden: fx.usize("mlp_hidden"),
         final_norm: fx.bool("final_norm"),
+        head,
         ..GptConfig::with_sizes(
             fx.usize("vocab_size"),
             fx.usize("d_model"),
@@ -583,7 +603,7 @@ fn gpt_config(fx: &Fixture) -> GptConfig {
 
 fn gpt<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
     let mut model = Gpt::<F>::new(gpt_config(fx), rng).unwrap();
-    let map = mapping_for(fx, "Gpt", &model);
+    let map = mapping_for(fx, gpt_names(fx), &model);
     load_params(fx, &map, &mut model);
     let mut cmp = Comparer::new::<F>(fx);
     let (ids, targets) = (fx.ids("input/ids"), fx.ids("input/targets"));
@@ -645,7 +665,7 @@ fn seeds(fx: &Fixture) -> Vec<u64> {
 /// parameter must match.
 fn optimizer<F: Float>(fx: &Fixture) -> f64 {
     let mut model = Gpt::<F>::new(gpt_config(fx), &mut StdRng::seed_from_u64(0)).unwrap();
-    let map = mapping_for(fx, "Gpt", &model);
+    let map = mapping_for(fx, gpt_names(fx), &model);
     load_params(fx, &map, &mut model);
     let config = AdamConfig {
         lr: fx.f64_config("lr"),
@@ -820,6 +840,9 @@ parity_cases! {
     rms_norm_large,
     swiglu,
     swiglu_b1_t1,
+    gpt_tied,
+    gpt_tied_bias_no_ln_f,
+    adamw_tied_10_steps,
 }
 
 #[test]

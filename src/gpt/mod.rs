@@ -3,6 +3,7 @@
 
 mod config;
 mod dropout;
+mod head;
 pub(crate) mod meta;
 pub mod parts;
 
@@ -12,6 +13,7 @@ use rand::{Rng, RngExt, SeedableRng};
 
 pub use config::GptConfig;
 pub use dropout::DropoutConfig;
+pub use head::Head;
 
 use crate::error::check_shape;
 use crate::exec::in_pool_if_small;
@@ -19,7 +21,7 @@ use crate::kernels::cross_entropy_forward;
 use crate::layer::{Cache, DropoutMode, DropoutSite, InferState, KvCache};
 use crate::layers::{Attention, Block, Dropout, Embedding};
 use crate::param::{ParamMap, Params};
-use crate::{CrossEntropy, Error, Float, Layer, Result, params};
+use crate::{CrossEntropy, Float, Layer, Result, params};
 
 const LAYER: &str = "Gpt";
 
@@ -28,7 +30,9 @@ const LAYER: &str = "Gpt";
 /// `forward(ids (B, T)) → logits (B, T, V)`; [`Gpt::loss`] adds the mean cross-entropy and
 /// [`Gpt::backward_loss`] accumulates every parameter's gradient from it. Parameters are
 /// named `embed.tok`, `embed.pos` (learned positions only), `blocks.{i}.{ln1,attn,ln2,mlp}.*`,
-/// `ln_f.*` and `head.*`.
+/// `ln_f.*` and `head.*`. A tied head ([`HeadKind::Tied`](parts::HeadKind::Tied)) computes the logits from
+/// `embed.tok` itself, so it has no weight of its own (at most `head.b`), and the table's
+/// gradient is the sum of its two uses.
 ///
 /// `Gpt` is also a `Layer<F, Array2<usize>>`: [`Layer::backward`] takes `dL/dlogits` from a
 /// loss of your own, and [`Layer::infer`] (or [`KvCache::infer`], for incremental decoding)
@@ -96,7 +100,7 @@ pub struct Gpt<F: Float> {
     embed: Embedding<F>,
     blocks: Vec<Block<F>>,
     ln_f: Option<Box<dyn Layer<F>>>,
-    head: Box<dyn Layer<F>>,
+    head: Head<F>,
     /// Dropout after the embeddings, when its `p` is not 0.
     embed_drop: Option<Dropout<F>>,
     loss_head: CrossEntropy<F>,
@@ -345,12 +349,11 @@ impl<F: Float> Gpt<F> {
         self.loss_head.clear();
     }
 
-    /// The layers after the embedding, in forward order: the blocks, `ln_f`, the head.
+    /// The layers between the embedding and the head, in forward order: the blocks, `ln_f`.
+    /// The head comes after them (it may read the embedding's token table).
     fn trunk(&self) -> impl DoubleEndedIterator<Item = &(dyn Layer<F> + 'static)> {
         let blocks = self.blocks.iter().map(|b| b as &(dyn Layer<F> + 'static));
-        blocks
-            .chain(self.ln_f.as_deref())
-            .chain(std::iter::once(self.head.as_ref()))
+        blocks.chain(self.ln_f.as_deref())
     }
 
     /// [`Gpt::trunk`], mutably.
@@ -359,9 +362,7 @@ impl<F: Float> Gpt<F> {
             .blocks
             .iter_mut()
             .map(|b| b as &mut (dyn Layer<F> + 'static));
-        blocks
-            .chain(self.ln_f.as_deref_mut())
-            .chain(std::iter::once(self.head.as_mut()))
+        blocks.chain(self.ln_f.as_deref_mut())
     }
 
     /// Elements of one `(B, T, C)` activation, which decides where a pass runs.
@@ -386,7 +387,7 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             for layer in self.trunk_mut() {
                 x = layer.forward(&x)?;
             }
-            Ok::<_, Error>(x)
+            self.head.forward(&x, self.embed.token_table())
         })
         .inspect_err(|_| self.restore_passes(&passes))?;
         self.done.store((), logits.dim());
@@ -400,7 +401,7 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             for layer in self.trunk() {
                 x = layer.infer_with(&x, state)?;
             }
-            Ok(x)
+            self.head.infer_with(&x, state, self.embed.token_table())
         })
     }
 
@@ -408,13 +409,10 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
         self.done.get(LAYER, d_logits)?;
         let rows = d_logits.dim().0.saturating_mul(d_logits.dim().1);
         in_pool_if_small(self.activations(rows), || {
-            let mut layers = self.trunk_mut().rev();
-            // The head is always there: the first layer backward is its.
-            let mut d = match layers.next() {
-                Some(head) => head.backward(d_logits)?,
-                None => d_logits.clone(),
-            };
-            for layer in layers {
+            // A tied head adds its share of the token table's gradient here, the embedding
+            // its own at the end: the table's gradient is the sum of both uses.
+            let mut d = self.head.backward(d_logits, self.embed.token_table_mut())?;
+            for layer in self.trunk_mut().rev() {
                 d = layer.backward(&d)?;
             }
             if let Some(drop) = &mut self.embed_drop {
@@ -435,5 +433,6 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
         for layer in self.trunk_mut() {
             layer.set_dropout(mode);
         }
+        self.head.set_dropout(mode);
     }
 }

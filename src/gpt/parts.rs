@@ -5,10 +5,11 @@
 //! Adding a part means adding its kernel, its layer, and one variant here (its arm in each
 //! `match` of its enum); nothing else changes. See `docs/architecture.md`, "Adding a part".
 
+use super::Head;
 use super::meta::Meta;
 use crate::kernels::rope::DEFAULT_ROPE_THETA;
 use crate::layers::{
-    Attention, AttentionConfig, Embedding, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu,
+    Attention, AttentionConfig, Embedding, LayerNorm, Linear, Mlp, RmsNorm, SwiGlu, TiedHead,
 };
 use crate::{Error, Float, Layer, Result};
 use rand::Rng;
@@ -394,6 +395,13 @@ pub enum HeadKind {
         /// Whether it has a bias `head.b (V)`.
         bias: bool,
     },
+    /// A [`TiedHead`]: `logits = x·tokᵀ (+ b)` with the token embedding table
+    /// `embed.tok (V, C)` as the weight (GPT-2's weight tying). It owns no matrix; the table's
+    /// gradient is the sum of the head's and the embedding's shares.
+    Tied {
+        /// Whether it has a bias `head.b (V)`.
+        bias: bool,
+    },
 }
 
 impl Default for HeadKind {
@@ -404,7 +412,8 @@ impl Default for HeadKind {
 }
 
 impl HeadKind {
-    /// The layer, for width `c` and vocabulary `v`, weights drawn from `rng`.
+    /// The head, for width `c` and vocabulary `v`, weights drawn from `rng` (a tied head
+    /// draws nothing).
     ///
     /// # Errors
     /// The layer's constructor's.
@@ -413,16 +422,19 @@ impl HeadKind {
         c: usize,
         v: usize,
         rng: &mut R,
-    ) -> Result<Box<dyn Layer<F>>> {
+    ) -> Result<Head<F>> {
         match *self {
-            Self::Linear { bias } => Ok(Box::new(Linear::new(c, v, bias, rng)?)),
+            Self::Linear { bias } => Ok(Head::Layer(Box::new(Linear::new(c, v, bias, rng)?))),
+            Self::Tied { bias } => Ok(Head::Tied(TiedHead::new(v, bias)?)),
         }
     }
 
-    /// The head's parameter count, if it fits in `usize`.
+    /// The head's own parameter count, if it fits in `usize`. A tied head counts only its
+    /// bias: the table is the embedding's, counted there once.
     pub fn param_count(&self, c: usize, v: usize) -> Option<usize> {
         match *self {
             Self::Linear { bias } => mul_add(c, v, if bias { v } else { 0 }),
+            Self::Tied { bias } => Some(if bias { v } else { 0 }),
         }
     }
 
@@ -430,6 +442,10 @@ impl HeadKind {
         match self {
             Self::Linear { bias } => {
                 meta.push(("head", "linear".into()));
+                meta.push(("head_bias", bias.to_string()));
+            }
+            Self::Tied { bias } => {
+                meta.push(("head", "tied".into()));
                 meta.push(("head_bias", bias.to_string()));
             }
         }
@@ -440,7 +456,10 @@ impl HeadKind {
             None | Some("linear") => Ok(Self::Linear {
                 bias: meta.parse("head_bias")?.unwrap_or(true),
             }),
-            Some(other) => Err(unknown("head", other, "linear")),
+            Some("tied") => Ok(Self::Tied {
+                bias: meta.require("head_bias")?,
+            }),
+            Some(other) => Err(unknown("head", other, "linear, tied")),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 pub mod swiglu;
+pub mod tied_head;
 
 pub use attention::{
     attention_backward, attention_dropout_backward, attention_dropout_forward, attention_forward,
@@ -44,3 +45,4 @@ pub use rms_norm::{RmsNormCache, rms_norm_backward, rms_norm_forward};
 pub use rope::{rope_backward, rope_forward};
 pub use softmax::{causal_softmax_forward, softmax_backward_in_place};
 pub use swiglu::{silu_backward, silu_forward, swiglu_backward, swiglu_forward};
+pub use tied_head::{tied_head_backward, tied_head_forward};

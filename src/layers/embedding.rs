@@ -138,6 +138,12 @@ impl<F: Float> Embedding<F> {
         &self.tok
     }
 
+    /// The token table `(V, C)`, mutably: for a head tied to it, whose backward adds into
+    /// its gradient.
+    pub(crate) fn token_table_mut(&mut self) -> &mut Param2<F> {
+        &mut self.tok
+    }
+
     /// The computation: `ids (B, T)` embedded at positions `start..start + T`.
     fn apply(&self, ids: &Array2<usize>, start: usize) -> Result<Array3<F>> {
         let t = ids.ncols();

@@ -17,6 +17,7 @@ mod mlp;
 mod rms_norm;
 mod sequential;
 mod swiglu;
+mod tied_head;
 
 pub use attention::{Attention, AttentionConfig};
 pub use block::Block;
@@ -30,3 +31,4 @@ pub use mlp::Mlp;
 pub use rms_norm::RmsNorm;
 pub use sequential::Sequential;
 pub use swiglu::SwiGlu;
+pub use tied_head::TiedHead;

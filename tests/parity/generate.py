@@ -362,6 +362,25 @@ class RefGptDropout(RefGpt):
         if self.ln_f is not None:
             x = self.ln_f(x)
         return self.lm_head(x)
+# Tied embeddings: the head's weight is the token table itself (GPT-2's weight tying).
+# --------------------------------------------------------------------------------------
+
+
+class RefTiedGpt(RefGpt):
+    """RefGpt whose lm_head.weight *is* wte.weight (one Parameter, so named_parameters() and
+    the optimizer see it once and autograd sums its two uses); lm_head.bias if head_bias."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.lm_head = nn.Linear(cfg["d_model"], cfg["vocab_size"], bias=cfg["head_bias"])
+        self.lm_head.weight = self.wte.weight
+
+
+def make_gpt(cfg):
+    """(module, names.json layer) for a whole-GPT case: tied when cfg["tied_head"]."""
+    if cfg.get("tied_head", False):
+        return RefTiedGpt(cfg), "GptTied"
+    return RefGpt(cfg), "Gpt"
 
 
 def mean_cross_entropy(logits, targets):
@@ -584,8 +603,11 @@ def case_gpt_dropout(mapping, gen, cfg):
 
 
 def case_gpt(mapping, gen, cfg, module=None):
-    module = RefGpt(cfg) if module is None else module
-    check_mapping(mapping, "Gpt", cfg, module)
+    if module is None:
+        module, layer = make_gpt(cfg)
+    else:
+        layer = "Gpt"
+    check_mapping(mapping, layer, cfg, module)
     init_params(module, gen)
     ids = random_ids(gen, cfg["vocab_size"], cfg["batch"], cfg["time"])
     targets = random_ids(gen, cfg["vocab_size"], cfg["batch"], cfg["time"])
@@ -602,8 +624,8 @@ def case_optimizer(mapping, gen, cfg):
     """cfg["steps"] steps of torch.optim.Adam/AdamW (single-tensor path) on the whole model,
     one fresh batch per step; records each step's loss, the loss on the first batch after the
     last step, and every final parameter."""
-    module = RefGpt(cfg)
-    check_mapping(mapping, "Gpt", cfg, module)
+    module, layer = make_gpt(cfg)
+    check_mapping(mapping, layer, cfg, module)
     init_params(module, gen)
     out = {f"param/{name}": p.detach().clone() for name, p in module.named_parameters()}
     steps, b, t, v = cfg["steps"], cfg["batch"], cfg["time"], cfg["vocab_size"]
@@ -630,6 +652,296 @@ def case_optimizer(mapping, gen, cfg):
     for name, p in module.named_parameters():
         out[f"final_param/{name}"] = p.detach()
     return out
+
+
+# --------------------------------------------------------------------------------------
+# The two model families, whole: GPT-2 and Llama. Independent float64 modules written out
+# with standard torch ops; each is also checked against the Hugging Face `transformers`
+# implementation with random weights (GPT2LMHeadModel, LlamaForCausalLM), so that the
+# conventions (fused c_attn order, tied lm_head, rotate_half, repeat_kv) are theirs.
+# --------------------------------------------------------------------------------------
+
+FAMILY_LN_EPS = 1e-5    # GPT-2's layer_norm_epsilon
+FAMILY_RMS_EPS = 1e-6   # our Llama preset's RMSNorm eps (Llama 2 uses 1e-5, Llama 3 1e-5/1e-6)
+FAMILY_ROPE_THETA = 10000.0
+
+
+class Gpt2Attention(nn.Module):
+    """Causal multi-head attention with biases on all four projections (GPT-2's c_attn split
+    into q, k, v, and c_proj)."""
+
+    def __init__(self, c, n_heads):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(c, c) for _ in range(4))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        split = lambda z: z.view(b, t, self.n_heads, c // self.n_heads).transpose(1, 2)
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(ctx.transpose(1, 2).reshape(b, t, c))
+
+
+class Gpt2Block(nn.Module):
+    def __init__(self, c, n_heads, hidden):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(c, eps=FAMILY_LN_EPS)
+        self.attn = Gpt2Attention(c, n_heads)
+        self.ln_2 = nn.LayerNorm(c, eps=FAMILY_LN_EPS)
+        self.fc = nn.Linear(c, hidden)
+        self.proj = nn.Linear(hidden, c)
+
+    def forward(self, x):
+        h = x + self.attn(self.ln_1(x))
+        return h + self.proj(F.gelu(self.fc(self.ln_2(h)), approximate="tanh"))
+
+
+class RefGpt2(nn.Module):
+    """GPT-2: learned positions, pre-LN blocks with biased attention and a 4·C GELU(tanh) MLP,
+    final LayerNorm, and a bias-free head tied to wte (logits = x·wteᵀ). Dropout is off."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c = cfg["d_model"]
+        self.wte = nn.Embedding(cfg["vocab_size"], c)
+        self.wpe = nn.Embedding(cfg["context"], c)
+        self.h = nn.ModuleList(Gpt2Block(c, cfg["n_heads"], cfg["mlp_hidden"])
+                               for _ in range(cfg["n_layers"]))
+        self.ln_f = nn.LayerNorm(c, eps=FAMILY_LN_EPS)
+
+    def forward(self, ids):
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.T
+
+
+class LlamaRmsNorm(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + FAMILY_RMS_EPS))
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary(x, theta):
+    """x (B, H, T, D) rotated at positions 0..T by angles p·theta^(−2i/D), rotate_half style."""
+    t, d = x.shape[-2], x.shape[-1]
+    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angles = torch.outer(torch.arange(t, dtype=torch.float64), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return x * angles.cos() + rotate_half(x) * angles.sin()
+
+
+class LlamaAttentionRef(nn.Module):
+    """Grouped-query attention without biases, rotary on q and k; query head h reads key/value
+    head h // (H / H_kv) (Hugging Face's repeat_kv)."""
+
+    def __init__(self, c, n_heads, n_kv_heads):
+        super().__init__()
+        self.h, self.h_kv, self.d = n_heads, n_kv_heads, c // n_heads
+        self.q_proj = nn.Linear(c, n_heads * self.d, bias=False)
+        self.k_proj = nn.Linear(c, n_kv_heads * self.d, bias=False)
+        self.v_proj = nn.Linear(c, n_kv_heads * self.d, bias=False)
+        self.o_proj = nn.Linear(n_heads * self.d, c, bias=False)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        heads = lambda z, n: z.view(b, t, n, self.d).transpose(1, 2)
+        q = rotary(heads(self.q_proj(x), self.h), FAMILY_ROPE_THETA)
+        k = rotary(heads(self.k_proj(x), self.h_kv), FAMILY_ROPE_THETA)
+        v = heads(self.v_proj(x), self.h_kv)
+        rep = self.h // self.h_kv
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(ctx.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+class LlamaBlockRef(nn.Module):
+    def __init__(self, c, n_heads, n_kv_heads, hidden):
+        super().__init__()
+        self.input_layernorm = LlamaRmsNorm(c)
+        self.self_attn = LlamaAttentionRef(c, n_heads, n_kv_heads)
+        self.post_attention_layernorm = LlamaRmsNorm(c)
+        self.gate_proj = nn.Linear(c, hidden, bias=False)
+        self.up_proj = nn.Linear(c, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, c, bias=False)
+
+    def forward(self, x):
+        h = x + self.self_attn(self.input_layernorm(x))
+        z = self.post_attention_layernorm(h)
+        return h + self.down_proj(F.silu(self.gate_proj(z)) * self.up_proj(z))
+
+
+class RefLlama(nn.Module):
+    """Llama: token embedding only, pre-RMSNorm blocks with rotary grouped-query attention and
+    a SwiGLU MLP, no biases, final RMSNorm, untied bias-free head."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c = cfg["d_model"]
+        self.embed_tokens = nn.Embedding(cfg["vocab_size"], c)
+        self.layers = nn.ModuleList(
+            LlamaBlockRef(c, cfg["n_heads"], cfg["n_kv_heads"], cfg["mlp_hidden"])
+            for _ in range(cfg["n_layers"]))
+        self.norm = LlamaRmsNorm(c)
+        self.lm_head = nn.Linear(c, cfg["vocab_size"], bias=False)
+
+    def forward(self, ids):
+        x = self.embed_tokens(ids)
+        for block in self.layers:
+            x = block(x)
+        return self.lm_head(self.norm(x))
+
+
+def init_family_params(module, gen):
+    """Seeded values for every parameter (sorted by name): norm gains near 1, LayerNorm
+    shifts and biases small, embeddings of unit scale, weights scaled by 1/sqrt(fan_in)."""
+    kinds = {}
+    for prefix, m in module.named_modules():
+        for local, _ in m.named_parameters(recurse=False):
+            kinds[join(prefix, local)] = (type(m), local)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            kind, local = kinds[name]
+            if kind in (nn.LayerNorm, LlamaRmsNorm) and local == "weight":
+                value = randn(gen, *p.shape, scale=0.2) + 1.0
+            elif kind is nn.Embedding:
+                value = randn(gen, *p.shape)
+            elif p.dim() == 1:
+                value = randn(gen, *p.shape, scale=0.2)
+            else:
+                value = randn(gen, *p.shape, scale=1.0 / math.sqrt(p.shape[1]))
+            p.copy_(value)
+
+
+def hf_gpt2(module, cfg):
+    """transformers' GPT2LMHeadModel holding `module`'s weights (Conv1D stores (in, out), and
+    c_attn is q, k, v side by side)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    conf = GPT2Config(vocab_size=cfg["vocab_size"], n_positions=cfg["context"],
+                      n_embd=cfg["d_model"], n_layer=cfg["n_layers"], n_head=cfg["n_heads"],
+                      n_inner=cfg["mlp_hidden"], activation_function="gelu_new",
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      layer_norm_epsilon=FAMILY_LN_EPS, tie_word_embeddings=True,
+                      bos_token_id=None, eos_token_id=None)
+    hf = GPT2LMHeadModel(conf).to(torch.float64).eval()
+    hf.config._attn_implementation = "eager"
+    with torch.no_grad():
+        tr = hf.transformer
+        tr.wte.weight.copy_(module.wte.weight)
+        tr.wpe.weight.copy_(module.wpe.weight)
+        for ours, theirs in zip(module.h, tr.h):
+            a = ours.attn
+            theirs.attn.c_attn.weight.copy_(torch.cat(
+                [a.q_proj.weight.T, a.k_proj.weight.T, a.v_proj.weight.T], dim=1))
+            theirs.attn.c_attn.bias.copy_(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
+            theirs.attn.c_proj.weight.copy_(a.o_proj.weight.T)
+            theirs.attn.c_proj.bias.copy_(a.o_proj.bias)
+            theirs.mlp.c_fc.weight.copy_(ours.fc.weight.T)
+            theirs.mlp.c_fc.bias.copy_(ours.fc.bias)
+            theirs.mlp.c_proj.weight.copy_(ours.proj.weight.T)
+            theirs.mlp.c_proj.bias.copy_(ours.proj.bias)
+            for mine, hfs in ((ours.ln_1, theirs.ln_1), (ours.ln_2, theirs.ln_2)):
+                hfs.weight.copy_(mine.weight)
+                hfs.bias.copy_(mine.bias)
+        tr.ln_f.weight.copy_(module.ln_f.weight)
+        tr.ln_f.bias.copy_(module.ln_f.bias)
+    assert hf.lm_head.weight.data_ptr() == tr.wte.weight.data_ptr(), "GPT-2's head is not tied"
+    return hf
+
+
+def hf_llama(module, cfg):
+    """transformers' LlamaForCausalLM holding `module`'s weights (the same names, one level
+    down: model.layers.{i}.self_attn.q_proj, model.layers.{i}.mlp.gate_proj, ...)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    conf = LlamaConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"],
+                       intermediate_size=cfg["mlp_hidden"], num_hidden_layers=cfg["n_layers"],
+                       num_attention_heads=cfg["n_heads"], num_key_value_heads=cfg["n_kv_heads"],
+                       max_position_embeddings=cfg["context"], rms_norm_eps=FAMILY_RMS_EPS,
+                       rope_theta=FAMILY_ROPE_THETA, attention_bias=False, mlp_bias=False,
+                       tie_word_embeddings=False, attention_dropout=0.0)
+    hf = LlamaForCausalLM(conf).to(torch.float64).eval()
+    hf.config._attn_implementation = "eager"
+    ours = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            mine = name.removeprefix("model.").replace("mlp.", "")
+            p.copy_(ours[mine])
+    return hf
+
+
+def check_against_transformers(module, cfg, ids, targets, logits, loss):
+    """The reference's logits and loss agree with transformers' (float64 for GPT-2; its Llama
+    computes RMSNorm and the rotary tables in float32, so only to float32 accuracy)."""
+    hf = hf_gpt2(module, cfg) if cfg["family"] == "gpt2" else hf_llama(module, cfg)
+    with torch.no_grad():
+        out = hf(input_ids=ids)
+    # (HF's `labels` would be shifted inside the model: the loss is taken on our targets.)
+    hf_loss = mean_cross_entropy(out.logits, targets)
+    tol = 1e-12 if cfg["family"] == "gpt2" else 1e-5
+    err = (out.logits - logits).abs().max().item()
+    if err > tol * max(1.0, logits.abs().max().item()) or abs(hf_loss - loss).item() > tol:
+        raise SystemExit(f"{cfg['family']}: transformers disagrees with the reference by {err}")
+
+
+def case_family(mapping, gen, cfg):
+    """A whole model of a family: logits, loss and every gradient at the initial parameters
+    (batch 0), then cfg["steps"] AdamW steps (one batch each) with every step's loss, the
+    loss on batch 0 after them and every final parameter."""
+    module = RefGpt2(cfg) if cfg["family"] == "gpt2" else RefLlama(cfg)
+    layer = {"gpt2": "Gpt2Family", "llama": "LlamaFamily"}[cfg["family"]]
+    check_mapping(mapping, layer, cfg, module)
+    init_family_params(module, gen)
+    steps, b, t, v = cfg["steps"], cfg["batch"], cfg["time"], cfg["vocab_size"]
+    ids = random_ids(gen, v, steps, b, t)
+    targets = random_ids(gen, v, steps, b, t)
+    out = {"input/ids": ids, "input/targets": targets}
+    logits = module(ids[0])
+    loss = mean_cross_entropy(logits, targets[0])
+    loss.backward()
+    check_against_transformers(module, cfg, ids[0], targets[0], logits.detach(), loss.detach())
+    out.update({"output/logits": logits.detach(), "output/loss": loss.detach()})
+    params_and_grads(module, out)
+    out = {k: (val.clone() if k.startswith("param") else val) for k, val in out.items()}
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]),
+                            eps=cfg["eps"], weight_decay=cfg["weight_decay"], foreach=False)
+    losses = []
+    for step in range(steps):
+        opt.zero_grad(set_to_none=False)
+        step_loss = mean_cross_entropy(module(ids[step]), targets[step])
+        losses.append(step_loss.detach())
+        step_loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg["max_grad_norm"], foreach=False)
+        opt.step()
+    with torch.no_grad():
+        out["output/loss_after"] = mean_cross_entropy(module(ids[0]), targets[0])
+    out["output/losses"] = torch.stack(losses)
+    for name, p in module.named_parameters():
+        out[f"final_param/{name}"] = p.detach()
+    return out
+
+
+FAMILY_ADAMW = {"steps": 10, "lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8,
+                "weight_decay": 0.1, "max_grad_norm": 1.0}
+# Not yet in CASES: the Rust side (tests/parity.rs, kind "family") needs the RMSNorm, SwiGLU,
+# grouped-query/biased attention and rotary parts, which land on their own branches; the
+# families' Rust commits add `+ FAMILY_CASES` to CASES with their runner.
+FAMILY_CASES = [
+    ("family_gpt2", "family", 127,
+     dict(FAMILY_ADAMW, family="gpt2", vocab_size=13, d_model=12, n_heads=3, n_layers=2,
+          context=8, mlp_hidden=48, batch=2, time=7)),
+    ("family_llama", "family", 128,
+     dict(FAMILY_ADAMW, family="llama", vocab_size=13, d_model=16, n_heads=4, n_kv_heads=2,
+          n_layers=2, context=8, mlp_hidden=24, batch=2, time=7)),
+]
 
 
 GPT_SMALL = {"vocab_size": 13, "d_model": 15, "n_heads": 3, "n_layers": 2, "context": 8,
@@ -719,6 +1031,18 @@ CASES = [
      {"batch": 2, "time": 3, "d_model": 6, "mlp_hidden": 11, "x_scale": 2.0}),
     ("swiglu_b1_t1", "swiglu", 127,
      {"batch": 1, "time": 1, "d_model": 5, "mlp_hidden": 7, "x_scale": 4.0}),
+    # Tied head (lm_head.weight is wte.weight): the table's gradient sums both uses, and
+    # AdamW updates it once per step.
+    ("gpt_tied", "gpt", 124, dict(GPT_SMALL, final_norm=True, tied_head=True, head_bias=False,
+                                  batch=2, time=5)),
+    ("gpt_tied_bias_no_ln_f", "gpt", 125,
+     {"vocab_size": 11, "d_model": 12, "n_heads": 4, "n_layers": 1, "context": 6,
+      "mlp_hidden": 20, "final_norm": False, "tied_head": True, "head_bias": True,
+      "batch": 3, "time": 4}),
+    ("adamw_tied_10_steps", "optimizer", 126,
+     dict(GPT_SMALL, final_norm=True, tied_head=True, head_bias=False, batch=2, time=6,
+          steps=10, lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+          decoupled_weight_decay=True, amsgrad=False, max_grad_norm=1.0)),
 ]
 
 RUNNERS = {
@@ -728,7 +1052,7 @@ RUNNERS = {
     "gpt": case_gpt, "optimizer": case_optimizer, "rms_norm": case_rms_norm,
     "swiglu": case_swiglu, "dropout": case_dropout,
     "block_dropout": case_block_dropout, "gpt_dropout": case_gpt_dropout,
-    "llama_attention": case_llama_attention,
+    "llama_attention": case_llama_attention, "family": case_family,
 }
 
 # --------------------------------------------------------------------------------------
