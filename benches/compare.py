@@ -24,10 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = ["tiny", "baregpt", "char-6l", "gpt2-small"]
-# The family presets, by name only (not in "all" until benches/train_step.rs has them too,
-# which needs the families' parts on main).
-FAMILY_PRESETS = ["gpt2-4l", "llama-4l"]
+PRESETS = ["tiny", "baregpt", "char-6l", "gpt2-small", "gpt2-4l", "llama-4l"]
 
 
 def run_json(cmd):
@@ -37,7 +34,7 @@ def run_json(cmd):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=[*PRESETS, *FAMILY_PRESETS, "all"], default="all")
+    parser.add_argument("--preset", choices=[*PRESETS, "all"], default="all")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)

@@ -4,6 +4,7 @@
 //! cargo bench --bench train_step -- --preset baregpt            # one preset, human-readable
 //! cargo bench --bench train_step -- --preset all --json         # every preset, JSON lines
 //! cargo bench --bench train_step -- --preset tiny --threads 1   # fix the thread count
+//! cargo bench --bench train_step -- --preset llama-4l            # a family preset (also gpt2-4l)
 //! ```
 //!
 //! Printed per preset: median, min and max milliseconds per step over `--steps` steps after
@@ -19,6 +20,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use baregpt::gpt::parts::{AttentionKind, MlpKind};
 use baregpt::prelude::*;
 use baregpt::{Adam, AdamConfig, Gpt, GptConfig};
 use ndarray::Array2;
@@ -71,6 +73,25 @@ const PRESETS: [(&str, usize, usize, usize, usize, usize, usize); 4] = [
     ("gpt2-small", 50257, 768, 12, 12, 64, 4),
 ];
 
+/// `(name, vocab, d_model, heads, kv heads, layers, T, B)`.
+type FamilyPreset = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+/// The family presets, as benches/torch_step.py builds them: `(name, vocab, d_model, heads,
+/// kv heads, layers, T, B)`; `gpt2-*` is [`GptConfig::gpt2`], `llama-*` [`GptConfig::llama`].
+const FAMILY_PRESETS: [FamilyPreset; 2] = [
+    ("gpt2-4l", 4096, 256, 8, 8, 4, 128, 4),
+    ("llama-4l", 4096, 256, 8, 4, 4, 128, 4),
+];
+
 struct Args {
     preset: String,
     steps: usize,
@@ -121,27 +142,48 @@ fn status_mib(field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn model_flops(vocab: usize, d: usize, layers: usize, t: usize, b: usize) -> f64 {
-    let matmul_params = layers * 12 * d * d + d * vocab;
+/// `6·(matrix parameters)·tokens + attention`, the formula torch_step.py uses: the blocks'
+/// projections (grouped K/V narrower), their MLP matrices (three for SwiGLU), the head.
+fn model_flops(config: &GptConfig, t: usize, b: usize) -> f64 {
+    let (vocab, d, layers) = (config.vocab_size, config.d_model, config.n_layers);
+    let kv = match config.attention {
+        AttentionKind::GroupedQuery { n_kv_heads, .. } => n_kv_heads * (d / config.n_heads),
+        _ => d,
+    };
+    let mlp_matrices = if config.mlp == MlpKind::SwiGlu { 3 } else { 2 };
+    let per_layer = 2 * d * d + 2 * d * kv + mlp_matrices * d * config.mlp_hidden;
+    let matmul_params = layers * per_layer + d * vocab;
     let attention = layers * b * 3 * 4 * t * t * d;
     (6 * matmul_params * b * t + attention) as f64
 }
 
-fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
-    let &(_, vocab, d, heads, layers, t, b) =
-        PRESETS
-            .iter()
-            .find(|p| p.0 == name)
-            .ok_or_else(|| baregpt::Error::InvalidConfig {
-                layer: "train_step",
-                reason: format!("unknown preset {name}"),
-            })?;
-    let rss_before = status_mib("VmRSS");
-    let config = GptConfig {
-        mlp_hidden: 4 * d,
-        final_norm: true,
-        ..GptConfig::with_sizes(vocab, d, heads, layers, t)
+/// The configuration, sequence length and batch of a preset.
+fn preset(name: &str) -> Option<(GptConfig, usize, usize)> {
+    if let Some(&(_, vocab, d, heads, layers, t, b)) = PRESETS.iter().find(|p| p.0 == name) {
+        let config = GptConfig {
+            mlp_hidden: 4 * d,
+            final_norm: true,
+            ..GptConfig::with_sizes(vocab, d, heads, layers, t)
+        };
+        return Some((config, t, b));
+    }
+    let &(_, vocab, d, heads, kv_heads, layers, t, b) =
+        FAMILY_PRESETS.iter().find(|p| p.0 == name)?;
+    let config = match name.starts_with("gpt2") {
+        true => GptConfig::gpt2(vocab, d, heads, layers, t),
+        false => GptConfig::llama(vocab, d, heads, kv_heads, layers, t),
     };
+    Some((config, t, b))
+}
+
+fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
+    let (config, t, b) = preset(name).ok_or_else(|| baregpt::Error::InvalidConfig {
+        layer: "train_step",
+        reason: format!("unknown preset {name}"),
+    })?;
+    let vocab = config.vocab_size;
+    let gflop = model_flops(&config, t, b) / 1e9;
+    let rss_before = status_mib("VmRSS");
     let mut rng = StdRng::seed_from_u64(0);
     let mut model = Gpt::<f32>::new(config, &mut rng)?;
     let mut adam = Adam::new(AdamConfig::adam(3e-4))?;
@@ -170,7 +212,6 @@ fn run(name: &str, args: &Args) -> Result<String, baregpt::Error> {
         / (1024.0 * 1024.0);
     times.sort_by(f64::total_cmp);
     let (median, min, max) = (times[times.len() / 2], times[0], times[times.len() - 1]);
-    let gflop = model_flops(vocab, d, layers, t, b) / 1e9;
     let gflops = gflop / (median / 1e3);
     let peak = status_mib("VmHWM");
     let growth = peak - rss_before;
@@ -210,7 +251,11 @@ fn main() {
         std::process::exit(2);
     }
     let names: Vec<&str> = if args.preset == "all" {
-        PRESETS.iter().map(|p| p.0).collect()
+        PRESETS
+            .iter()
+            .map(|p| p.0)
+            .chain(FAMILY_PRESETS.iter().map(|p| p.0))
+            .collect()
     } else {
         vec![args.preset.as_str()]
     };

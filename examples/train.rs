@@ -43,6 +43,15 @@ struct Args {
     /// BareGPT setup: d_model 256, 2 layers, context 128, batch 16, lr 2.5e-4, 700 steps).
     #[arg(long, value_enum, requires = "text")]
     preset: Option<Preset>,
+    /// The model family, at the sizes the task, --preset and the size flags give: `baregpt`
+    /// (the original's parts), `gpt2` (learned positions, LayerNorm, biased attention, GELU
+    /// MLP, tied head) or `llama` (RMSNorm, rotary positions, grouped-query attention, SwiGLU,
+    /// untied head).
+    #[arg(long, value_enum, default_value_t = Arch::Baregpt)]
+    arch: Arch,
+    /// Key/value heads of `--arch llama` (must divide --heads; default half of them).
+    #[arg(long)]
+    kv_heads: Option<usize>,
     /// Digits of each operand of the addition task (1–9).
     #[arg(long, default_value_t = 4, conflicts_with = "text")]
     digits: usize,
@@ -111,6 +120,13 @@ struct Args {
 enum Preset {
     Small,
     Baregpt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Arch {
+    Baregpt,
+    Gpt2,
+    Llama,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -202,6 +218,7 @@ fn setup(args: &Args, vocab_size: usize, context: usize) -> Setup {
     } else {
         c.mlp_hidden
     });
+    s.config = with_arch(args, &s.config);
     s.steps = args.steps.unwrap_or(s.steps);
     s.batch = args.batch.unwrap_or(s.batch);
     s.lr = args.lr.unwrap_or(s.lr);
@@ -210,6 +227,32 @@ fn setup(args: &Args, vocab_size: usize, context: usize) -> Setup {
     s.clip = args.clip.unwrap_or(s.clip);
     s.eval_every = args.eval_every.unwrap_or(s.eval_every).max(1);
     s
+}
+
+/// `config`'s sizes in the parts of `--arch` (`baregpt` keeps `config` as it is).
+fn with_arch(args: &Args, config: &GptConfig) -> GptConfig {
+    let (v, c, h, l, t) = (
+        config.vocab_size,
+        config.d_model,
+        config.n_heads,
+        config.n_layers,
+        config.context,
+    );
+    match args.arch {
+        Arch::Baregpt => config.clone(),
+        Arch::Gpt2 => GptConfig {
+            mlp_hidden: config.mlp_hidden,
+            ..GptConfig::gpt2(v, c, h, l, t)
+        },
+        Arch::Llama => {
+            let kv_heads = args.kv_heads.unwrap_or(if h % 2 == 0 { h / 2 } else { h });
+            let llama = GptConfig::llama(v, c, h, kv_heads, l, t);
+            GptConfig {
+                mlp_hidden: args.mlp.unwrap_or(llama.mlp_hidden),
+                ..llama
+            }
+        }
+    }
 }
 
 fn adam_config(s: &Setup) -> AnyResult<AdamConfig> {

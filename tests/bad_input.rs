@@ -11,9 +11,15 @@
 mod common;
 
 use baregpt::gpt::parts::{AttentionKind, MlpKind, NormKind, PositionKind};
-use baregpt::kernels::{attention_forward, grouped_attention_backward, grouped_attention_forward, rope_backward, rope_forward, token_embedding_backward, token_embedding_forward};
+use baregpt::kernels::{
+    attention_forward, grouped_attention_backward, grouped_attention_forward, rope_backward,
+    rope_forward, token_embedding_backward, token_embedding_forward,
+};
 use baregpt::layer::KvCache;
-use baregpt::layers::{Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu};
+use baregpt::layers::{
+    Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
+    Sequential, SwiGlu,
+};
 use baregpt::prelude::*;
 use baregpt::{CrossEntropy, Error, Gpt, GptConfig};
 use common::{config, rng, snapshot};

@@ -1,8 +1,6 @@
 //! Checkpoints: bit-identical round trips, a typed error for every kind of bad file (and no
 //! panic for any corruption or truncation), all-or-nothing loading, and atomic saving.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use baregpt::checkpoint::{self, Extras, OptimizerState, Storage};
 use baregpt::data::CharVocab;
 use baregpt::prelude::*;
@@ -11,6 +9,8 @@ use ndarray::{ArrayD, array};
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use safetensors::tensor::{Dtype, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 fn small_config(vocab_size: usize) -> GptConfig {
     GptConfig {

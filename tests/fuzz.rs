@@ -16,13 +16,18 @@ mod common;
 
 use baregpt::checkpoint::{self, Extras, OptimizerState, Storage};
 use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
-use baregpt::generate::{Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits};
-use baregpt::gpt::parts::{AttentionKind, MlpKind, NormKind, PositionKind, HeadKind};
+use baregpt::generate::{
+    Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits,
+};
+use baregpt::gpt::Head;
+use baregpt::gpt::parts::{AttentionKind, HeadKind, MlpKind, NormKind, PositionKind};
 use baregpt::gradcheck::{GradCheckOptions, check_layer};
 use baregpt::kernels::{self, LayerNormCache, RmsNormCache};
-use baregpt::layer::{KvCache, InferState};
-use baregpt::layers::{Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm, Sequential, SwiGlu, TiedHead};
-use baregpt::gpt::Head;
+use baregpt::layer::{InferState, KvCache};
+use baregpt::layers::{
+    Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
+    Sequential, SwiGlu, TiedHead,
+};
 use baregpt::optim::{clip_grad_norm, clip_grad_norm_slices, grad_norm};
 use baregpt::param::{Param2, ParamMap};
 use baregpt::prelude::*;

@@ -100,12 +100,6 @@ impl GptConfig {
         Self::with_sizes(vocab_size, 384, 6, 6, 256)
     }
 
-    /// The `gpt2-small` shape: vocabulary 50257, `d_model` 768, 12 heads, 12 layers, final
-    /// LayerNorm, with the given context.
-    pub fn gpt2_small(context: usize) -> Self {
-        Self::with_sizes(50257, 768, 12, 12, context)
-    }
-
     /// Checks that every size is positive, the heads divide `d_model`, the parts' settings
     /// and drop probabilities are valid and the parameter count fits in `usize`.
     ///

@@ -3,6 +3,7 @@
 
 mod config;
 mod dropout;
+pub mod families;
 mod head;
 pub(crate) mod meta;
 pub mod parts;
@@ -41,7 +42,7 @@ const LAYER: &str = "Gpt";
 /// A backward always differentiates the last forward: a new forward forgets the loss
 /// computed before it, and loading parameters ([`Params::import_params`], a checkpoint)
 /// forgets both, so [`Gpt::backward_loss`] then returns
-/// [`Error::BackwardBeforeForward`] instead of mixing two passes.
+/// [`Error::BackwardBeforeForward`](crate::Error::BackwardBeforeForward) instead of mixing two passes.
 ///
 /// # Dropout: training and evaluation
 ///
@@ -140,8 +141,8 @@ impl<F: Float> Gpt<F> {
     /// will take it, with its seeds drawn after these.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when the config does not [validate](GptConfig::validate) or
-    /// a part cannot be built; [`Error::TooLarge`] when one table, or all parameters
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when the config does not [validate](GptConfig::validate) or
+    /// a part cannot be built; [`Error::TooLarge`](crate::Error::TooLarge) when one table, or all parameters
     /// together, would exceed [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES). Nothing is
     /// allocated before these checks.
     pub fn new<R: Rng + ?Sized>(config: GptConfig, rng: &mut R) -> Result<Self> {
@@ -221,7 +222,7 @@ impl<F: Float> Gpt<F> {
     /// [`KvCache::infer`].
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `batch` is zero.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when `batch` is zero.
     pub fn kv_cache(&self, batch: usize) -> Result<KvCache<F>> {
         KvCache::new(batch, self.config.context)
     }
@@ -229,8 +230,8 @@ impl<F: Float> Gpt<F> {
     /// Runs the forward pass and returns the mean cross-entropy against `targets (B, T)`.
     ///
     /// # Errors
-    /// The forward's errors; [`Error::ShapeMismatch`] when `targets` is not `(B, T)`;
-    /// [`Error::TargetOutOfRange`] for a target `≥ V`.
+    /// The forward's errors; [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `targets` is not `(B, T)`;
+    /// [`Error::TargetOutOfRange`](crate::Error::TargetOutOfRange) for a target `≥ V`.
     pub fn loss(&mut self, ids: &Array2<usize>, targets: &Array2<usize>) -> Result<F> {
         // A loss is a forward: it forgets the previous one before checking anything.
         self.forget_passes();
@@ -255,8 +256,8 @@ impl<F: Float> Gpt<F> {
     /// [`Gpt::backward_loss`] is not disturbed). The evaluation loss.
     ///
     /// # Errors
-    /// As [`Layer::infer`]; [`Error::ShapeMismatch`] when `targets` is not `(B, T)`;
-    /// [`Error::TargetOutOfRange`] for a target `≥ V`.
+    /// As [`Layer::infer`]; [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when `targets` is not `(B, T)`;
+    /// [`Error::TargetOutOfRange`](crate::Error::TargetOutOfRange) for a target `≥ V`.
     pub fn eval_loss(&self, ids: &Array2<usize>, targets: &Array2<usize>) -> Result<F> {
         check_shape(
             LAYER,
@@ -298,7 +299,7 @@ impl<F: Float> Gpt<F> {
     /// Backpropagates the last [`Gpt::loss`], adding into every parameter gradient.
     ///
     /// # Errors
-    /// [`Error::BackwardBeforeForward`] when no loss has been computed since the last
+    /// [`Error::BackwardBeforeForward`](crate::Error::BackwardBeforeForward) when no loss has been computed since the last
     /// forward or parameter import.
     pub fn backward_loss(&mut self) -> Result<()> {
         let d_logits = self.loss_head.backward_loss()?;

@@ -931,9 +931,8 @@ def case_family(mapping, gen, cfg):
 
 FAMILY_ADAMW = {"steps": 10, "lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8,
                 "weight_decay": 0.1, "max_grad_norm": 1.0}
-# Not yet in CASES: the Rust side (tests/parity.rs, kind "family") needs the RMSNorm, SwiGLU,
-# grouped-query/biased attention and rotary parts, which land on their own branches; the
-# families' Rust commits add `+ FAMILY_CASES` to CASES with their runner.
+# Whole models of the two families (GptConfig::gpt2 / GptConfig::llama in Rust): logits, loss,
+# every gradient, and ten AdamW steps with clipping (tests/parity.rs, kind "family").
 FAMILY_CASES = [
     ("family_gpt2", "family", 127,
      dict(FAMILY_ADAMW, family="gpt2", vocab_size=13, d_model=12, n_heads=3, n_layers=2,
@@ -1043,7 +1042,7 @@ CASES = [
      dict(GPT_SMALL, final_norm=True, tied_head=True, head_bias=False, batch=2, time=6,
           steps=10, lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
           decoupled_weight_decay=True, amsgrad=False, max_grad_norm=1.0)),
-]
+] + FAMILY_CASES
 
 RUNNERS = {
     "linear": case_linear, "embedding": case_embedding, "layer_norm": case_layer_norm,
