@@ -502,6 +502,11 @@ fn llama_attention<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
         .kv_heads(fx.usize("n_kv_heads"))
         .with_bias(fx.bool("bias"));
     config.rope_theta = fx.config["rope_theta"].as_f64();
+    // With dropout on the probabilities: the first training forward is pass 0 of the seed.
+    let dropout = fx.config["dropout_p"].as_f64();
+    if let Some(p) = dropout {
+        config = config.with_dropout(p, fx.usize("dropout_seed") as u64);
+    }
     let mut layer = Attention::<F>::with_config(fx.usize("d_model"), config, rng).unwrap();
     let map = mapping_for(fx, "LlamaAttention", &layer);
     load_params(fx, &map, &mut layer);
@@ -535,6 +540,10 @@ fn llama_attention<F: Float>(fx: &Fixture, rng: &mut StdRng) -> f64 {
         } else {
             cmp.check(&label, grad, torch);
         }
+    }
+    if dropout.is_some() {
+        // Inference never drops, so there is no decoding to compare with torch's output.
+        return cmp.finish();
     }
     // Decoding: keys are rotated at their absolute positions as they enter the cache.
     let (b, t, _) = x.dim();
@@ -924,6 +933,7 @@ parity_cases! {
     attention_mqa,
     attention_rotary,
     attention_rotary_gqa,
+    attention_dropout_rotary_gqa,
     mlp,
     block,
     block_b1_t1,

@@ -175,9 +175,11 @@ class RefLlamaAttention(nn.Module):
     (optionally with biases), grouped key/value heads through repeat_kv, and rotary
     embeddings on queries and keys through rotate_half (when rope_theta is set)."""
 
-    def __init__(self, d_model, n_heads, n_kv_heads, bias, rope_theta):
+    def __init__(self, d_model, n_heads, n_kv_heads, bias, rope_theta, dropout=None):
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        # (p, seed): GPT-2's attn_pdrop on the probabilities, with the crate's mask of pass 0.
+        self.dropout = dropout
         self.head_dim = d_model // n_heads
         self.rope_theta = rope_theta
         kv = n_kv_heads * self.head_dim
@@ -206,6 +208,9 @@ class RefLlamaAttention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
         future = torch.ones(t, t, dtype=torch.bool).triu(1)
         probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        if self.dropout is not None:
+            p, seed = self.dropout
+            probs = probs * dropout_mask(p, seed, 0, probs.shape)
         ctx = (probs @ v).transpose(1, 2).reshape(b, t, c)
         return self.o_proj(ctx)
 
@@ -495,9 +500,12 @@ def case_attention(mapping, gen, cfg):
 
 def case_llama_attention(mapping, gen, cfg):
     b, t, c = cfg["batch"], cfg["time"], cfg["d_model"]
+    dropout = (cfg["dropout_p"], cfg["dropout_seed"]) if "dropout_p" in cfg else None
     module = RefLlamaAttention(c, cfg["n_heads"], cfg["n_kv_heads"], cfg["bias"],
-                               cfg["rope_theta"])
+                               cfg["rope_theta"], dropout)
     out = float_layer_case(mapping, "LlamaAttention", cfg, module, randn(gen, b, t, c), gen)
+    if dropout is not None:
+        return out  # SDPA below has no way to take the crate's mask
     # The written-out attention and torch's fused grouped SDPA agree (a check of the
     # reference itself): SDPA repeats the key/value heads as repeat_kv does.
     with torch.no_grad():
@@ -984,6 +992,9 @@ CASES = [
     ("attention_rotary", "llama_attention", 127,
      {"batch": 2, "time": 7, "d_model": 12, "n_heads": 3, "n_kv_heads": 3, "bias": False,
       "rope_theta": 10000.0}),
+    ("attention_dropout_rotary_gqa", "llama_attention", 129,
+     {"batch": 2, "time": 6, "d_model": 16, "n_heads": 4, "n_kv_heads": 2, "bias": True,
+      "rope_theta": 10000.0, "dropout_p": 0.25, "dropout_seed": 77}),
     ("attention_rotary_gqa", "llama_attention", 128,
      {"batch": 2, "time": 9, "d_model": 36, "n_heads": 6, "n_kv_heads": 2, "bias": True,
       "rope_theta": 100.0}),
