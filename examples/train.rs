@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use baregpt::checkpoint::{self, Extras, OptimizerState};
+use baregpt::checkpoint::{self, Extras, OptimizerState, Storage};
 use baregpt::generate::{SampleOptions, generate};
 use baregpt::prelude::*;
-use baregpt::{Adam, AdamConfig, Gpt, GptConfig, LrSchedule};
+use baregpt::{Adam, AdamConfig, DropoutConfig, Gpt, GptConfig, LrSchedule};
 use clap::{Parser, ValueEnum};
 use common::plot::{EvalPoint, loss_plot};
 use common::{Task, history_from_string, history_to_string, solve};
@@ -88,6 +88,14 @@ struct Args {
     /// Clip the global gradient norm to this value (0 turns clipping off).
     #[arg(long)]
     clip: Option<f64>,
+    /// Drop probability at the model's three dropout places (after the embeddings, on the
+    /// attention probabilities, on each residual branch) while training; evaluation and
+    /// sampling never drop (default 0: no dropout, as the original).
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Decoupled weight decay (AdamW, as `torch.optim.AdamW`); 0 is plain Adam.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
     /// Seed of the initialisation and the batches; the same seed gives the same run.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -107,6 +115,11 @@ struct Args {
     /// original BareGPT logs it; 0: off).
     #[arg(long, default_value_t = 0)]
     log_every: u64,
+    /// After training, also write the model alone (vocabulary and metadata, no optimizer
+    /// state) with its parameters stored in f16 to FILE: a quarter of the checkpoint's size,
+    /// for shipping a trained model.
+    #[arg(long, value_name = "FILE")]
+    export: Option<PathBuf>,
     /// Continue from the checkpoint (model, optimizer state and step).
     #[arg(long)]
     resume: bool,
@@ -147,6 +160,7 @@ struct Setup {
     schedule: Schedule,
     warmup: u64,
     clip: f64,
+    weight_decay: f64,
     eval_every: u64,
 }
 
@@ -179,6 +193,7 @@ fn defaults(args: &Args, vocab_size: usize, context: usize) -> Setup {
             schedule: Schedule::Cosine,
             warmup: 100,
             clip: 1.0,
+            weight_decay: 0.0,
             eval_every: 100,
         },
         (Some(_), Some(Preset::Baregpt)) => Setup {
@@ -192,6 +207,7 @@ fn defaults(args: &Args, vocab_size: usize, context: usize) -> Setup {
             schedule: Schedule::Constant,
             warmup: 0,
             clip: 0.0,
+            weight_decay: 0.0,
             eval_every: 100,
         },
         (Some(_), _) => Setup {
@@ -202,6 +218,7 @@ fn defaults(args: &Args, vocab_size: usize, context: usize) -> Setup {
             schedule: Schedule::Cosine,
             warmup: 100,
             clip: 1.0,
+            weight_decay: 0.0,
             eval_every: 100,
         },
     }
@@ -219,12 +236,16 @@ fn setup(args: &Args, vocab_size: usize, context: usize) -> Setup {
         c.mlp_hidden
     });
     s.config = with_arch(args, &s.config);
+    if let Some(p) = args.dropout {
+        s.config.dropout = DropoutConfig::uniform(p);
+    }
     s.steps = args.steps.unwrap_or(s.steps);
     s.batch = args.batch.unwrap_or(s.batch);
     s.lr = args.lr.unwrap_or(s.lr);
     s.schedule = args.schedule.unwrap_or(s.schedule);
     s.warmup = args.warmup.unwrap_or(s.warmup);
     s.clip = args.clip.unwrap_or(s.clip);
+    s.weight_decay = args.weight_decay;
     s.eval_every = args.eval_every.unwrap_or(s.eval_every).max(1);
     s
 }
@@ -268,7 +289,11 @@ fn adam_config(s: &Setup) -> AnyResult<AdamConfig> {
     Ok(AdamConfig {
         max_grad_norm: (s.clip > 0.0).then_some(s.clip),
         schedule,
-        ..AdamConfig::adam(s.lr)
+        ..if s.weight_decay > 0.0 {
+            AdamConfig::adamw(s.lr, s.weight_decay)
+        } else {
+            AdamConfig::adam(s.lr)
+        }
     })
 }
 
@@ -399,22 +424,22 @@ fn run(args: &Args) -> AnyResult<()> {
     let start = adam.step_count();
     print_header(&task, &task_name, &model, &setup, start, &ckpt_path);
 
+    let extras = |adam: Option<&Adam<f32>>, history: &[EvalPoint]| Extras {
+        vocab: Some(task.vocab().clone()),
+        optimizer: adam.map(OptimizerState::from_adam),
+        metadata: [
+            ("task".to_owned(), task_name.clone()),
+            ("seed".to_owned(), args.seed.to_string()),
+            ("batch".to_owned(), setup.batch.to_string()),
+            ("training".to_owned(), training_settings(&setup)),
+            ("history".to_owned(), history_to_string(history)),
+            ("sample_prompt".to_owned(), sample_prompt(&task)),
+        ]
+        .into_iter()
+        .collect(),
+    };
     let save = |model: &Gpt<f32>, adam: &Adam<f32>, history: &[EvalPoint]| -> AnyResult<()> {
-        let extras = Extras {
-            vocab: Some(task.vocab().clone()),
-            optimizer: Some(OptimizerState::from_adam(adam)),
-            metadata: [
-                ("task".to_owned(), task_name.clone()),
-                ("seed".to_owned(), args.seed.to_string()),
-                ("batch".to_owned(), setup.batch.to_string()),
-                ("training".to_owned(), training_settings(&setup)),
-                ("history".to_owned(), history_to_string(history)),
-                ("sample_prompt".to_owned(), sample_prompt(&task)),
-            ]
-            .into_iter()
-            .collect(),
-        };
-        checkpoint::save(&ckpt_path, model, &extras)?;
+        checkpoint::save(&ckpt_path, model, &extras(Some(adam), history))?;
         Ok(())
     };
 
@@ -476,6 +501,11 @@ fn run(args: &Args) -> AnyResult<()> {
         );
     } else {
         save(&model, &adam, &history)?;
+        if let Some(path) = &args.export {
+            checkpoint::save_with(path, &model, &extras(None, &history), Storage::F16)
+                .map_err(|e| format!("cannot export to {}: {e}", path.display()))?;
+            println!("exported (f16, no optimizer state): {}", path.display());
+        }
         println!(
             "trained {} steps in {elapsed:.1} s ({} tokens/s, evaluation left out)",
             setup.steps - start,
@@ -529,11 +559,12 @@ fn shell_quote(text: &str) -> String {
 /// The settings a resumed run must share with the run that wrote the checkpoint.
 fn training_settings(s: &Setup) -> String {
     format!(
-        "batch {}, lr {}, schedule {}, clip {}",
+        "batch {}, lr {}, schedule {}, clip {}, weight decay {}",
         s.batch,
         s.lr,
         schedule_description(s),
-        s.clip
+        s.clip,
+        s.weight_decay
     )
 }
 
@@ -660,15 +691,30 @@ fn print_header(
         c.vocab_size
     );
     println!(
-        "train:  {} steps of {} sequences, Adam lr {} ({}), clip {}{}",
+        "train:  {} steps of {} sequences, {} lr {} ({}), clip {}{}{}{}",
         s.steps,
         s.batch,
+        if s.weight_decay > 0.0 { "AdamW" } else { "Adam" },
         s.lr,
         schedule_description(s),
         if s.clip > 0.0 {
             s.clip.to_string()
         } else {
             "off".into()
+        },
+        if s.weight_decay > 0.0 {
+            format!(", weight decay {}", s.weight_decay)
+        } else {
+            String::new()
+        },
+        if c.dropout.any() {
+            let d = c.dropout;
+            format!(
+                ", dropout {}/{}/{} (embeddings/attention/residual)",
+                d.embed, d.attention, d.residual
+            )
+        } else {
+            String::new()
         },
         if start > 0 {
             format!(", resuming at step {start}")
