@@ -1,15 +1,17 @@
-//! Continue a prompt from a checkpoint written by `examples/train.rs`, streaming characters
-//! as they are drawn.
+//! Continue a prompt from a checkpoint written by `examples/train.rs` (or, with the `hf`
+//! feature, a Hugging Face folder), streaming text as it is drawn.
 //!
 //! ```text
-//! cargo run --release --example sample                                  # the default run's checkpoint
-//! cargo run --release --example sample -- --prompt "1234+5678="
+//! cargo run --release --example sample -- --prompt "ROMEO:"             # the bundled Shakespeare model
+//! cargo run --release --example sample -- --checkpoint runs/addition/model.safetensors --prompt "1234+5678="
 //! cargo run --release --example sample -- --checkpoint runs/input/model.safetensors \
 //!     --prompt "ROMEO:" --tokens 500 --temperature 0.8 --top-k 20 --seed 1
+//! cargo run --release --features hf --example sample -- --model runs/finetune --prompt "Hello"
 //! ```
 //!
-//! Generation uses a key/value cache: the prompt is run once, then each new character costs
-//! one position.
+//! With neither `--checkpoint` nor `--model` it uses the character-level Shakespeare model
+//! bundled in `models/shakespeare/` and says so. Generation uses a key/value cache: the
+//! prompt is run once, then each new token costs one position.
 
 #[path = "common/prompt.rs"]
 mod prompt;
@@ -26,21 +28,24 @@ use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-/// Continue a prompt from a baregpt checkpoint, streaming characters as they come.
+/// Continue a prompt from a baregpt checkpoint (default: the bundled Shakespeare model) or a
+/// Hugging Face folder, streaming text as it comes.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The checkpoint to load.
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "runs/addition/model.safetensors"
-    )]
-    checkpoint: PathBuf,
+    /// The checkpoint to load (default: the bundled Shakespeare model,
+    /// models/shakespeare/model.safetensors).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// A Hugging Face GPT-2 or Llama folder (config.json, model.safetensors, tokenizer.json)
+    /// instead of a checkpoint; needs the `hf` feature.
+    #[arg(long, value_name = "DIR", conflicts_with = "checkpoint")]
+    model: Option<PathBuf>,
     /// The text to continue (default: the prompt stored in the checkpoint by `train`).
     #[arg(long)]
     prompt: Option<String>,
-    /// How many characters to generate (default: one answer for the addition task, else 400).
+    /// How many tokens (characters, for a character model) to generate (default: one answer
+    /// for the addition task, else 400).
     #[arg(long)]
     tokens: Option<usize>,
     #[command(flatten)]
@@ -61,7 +66,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> AnyResult<()> {
-    let (model, extras, vocab) = prompt::load(&args.checkpoint)?;
+    if let Some(dir) = &args.model {
+        return run_hf(args, dir);
+    }
+    let path = prompt::checkpoint_or_bundled(args.checkpoint.as_deref());
+    let (model, extras, vocab) = prompt::load(&path)?;
     let addition = extras
         .metadata
         .get("task")
@@ -76,7 +85,7 @@ fn run(args: &Args) -> AnyResult<()> {
 
     eprintln!(
         "{}: {} parameters, context {}, vocabulary of {}; temperature {}, top-k {}, seed {}",
-        args.checkpoint.display(),
+        path.display(),
         model.num_params(),
         model.config().context,
         vocab.len(),
@@ -111,6 +120,78 @@ fn run(args: &Args) -> AnyResult<()> {
         explain_sum(&task, &prompt, &vocab.decode(&new)?);
     }
     Ok(())
+}
+
+/// Generation from a Hugging Face folder, decoded with its tokenizer.
+#[cfg(feature = "hf")]
+fn run_hf(args: &Args, dir: &std::path::Path) -> AnyResult<()> {
+    let pretrained = baregpt::hf::load::<f32>(dir)
+        .map_err(|e| format!("cannot load {}: {e}", dir.display()))?;
+    let tokenizer = pretrained
+        .tokenizer
+        .ok_or_else(|| format!("{} has no tokenizer.json", dir.display()))?;
+    let model = pretrained.model;
+    let prompt = args
+        .prompt
+        .clone()
+        .ok_or("a Hugging Face folder stores no prompt: give one with --prompt")?;
+    let ids = tokenizer.encode(&prompt, false)?;
+    if ids.is_empty() {
+        return Err("the prompt encodes to no tokens: give at least one character".into());
+    }
+    let options = args.sampling.options()?;
+    let tokens = args.tokens.unwrap_or(200);
+    eprintln!(
+        "{} ({:?}): {} parameters, context {}, vocabulary of {}; temperature {}, top-k {}, seed {}",
+        dir.display(),
+        pretrained.family,
+        model.num_params(),
+        model.config().context,
+        tokenizer.vocab_size(),
+        args.sampling.temperature,
+        options.top_k.map_or("off".into(), |k| k.to_string()),
+        args.sampling.seed
+    );
+    let mut rng = StdRng::seed_from_u64(args.sampling.seed);
+    let mut out = std::io::stdout().lock();
+    write!(out, "{prompt}")?;
+    out.flush()?;
+    let timer = Instant::now();
+    // A token may end inside a character (byte-level BPE): text is printed once the decoded
+    // suffix no longer ends in a replacement character.
+    let (mut drawn, mut printed, mut failure) = (Vec::new(), 0usize, None);
+    let new = generate(&model, &ids, tokens, &options, &mut rng, |id| {
+        drawn.push(id);
+        match tokenizer.decode(&drawn, false) {
+            Ok(text) if !text.ends_with('\u{fffd}') && text.len() > printed => {
+                if let Err(e) = write!(out, "{}", &text[printed..]).and_then(|()| out.flush()) {
+                    failure.get_or_insert(e.to_string());
+                }
+                printed = text.len();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failure.get_or_insert(e.to_string());
+            }
+        }
+    })?;
+    writeln!(out)?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let elapsed = timer.elapsed().as_secs_f64();
+    eprintln!(
+        "{} tokens in {:.2} s ({:.0} tokens/s)",
+        new.len(),
+        elapsed,
+        new.len() as f64 / elapsed.max(1e-9)
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "hf"))]
+fn run_hf(_: &Args, _: &std::path::Path) -> AnyResult<()> {
+    Err("--model needs the `hf` feature: cargo run --release --features hf --example sample -- --model DIR ...".into())
 }
 
 /// For an addition checkpoint, reads the (reversed) answer back as a number.

@@ -24,7 +24,6 @@ use baregpt::{Adam, AdamConfig, DropoutConfig, Gpt, GptConfig, LrSchedule};
 use clap::{Parser, ValueEnum};
 use common::plot::{EvalPoint, loss_plot};
 use common::{Task, history_from_string, history_to_string, solve};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -443,7 +442,7 @@ fn run(args: &Args) -> AnyResult<()> {
         Ok(())
     };
 
-    let bar = progress_bar(setup.steps, start);
+    let bar = common::progress_bar(setup.steps, start);
     let timer = Instant::now();
     let (mut tokens, mut since_eval) = (0usize, Vec::new());
     // Evaluation time is left out of tokens/s.
@@ -723,18 +722,6 @@ fn print_header(
         }
     );
     println!("saving: {}", ckpt.display());
-}
-
-fn progress_bar(steps: u64, start: u64) -> ProgressBar {
-    let bar = ProgressBar::new(steps);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:20.cyan/blue} step {pos}/{len} | {msg} | ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("█▉▊▋▌▍▎▏ "),
-    );
-    bar.set_position(start);
-    bar.reset_eta();
-    bar
 }
 
 /// The final report: accuracy on a larger held-out set and a few solved sums, or a text sample.

@@ -426,7 +426,7 @@ pub fn load_params_bytes_into<F: Float, P: Params<F> + ?Sized>(
 
 /// One tensor ready to be written: its name, shape, safetensors dtype and little-endian
 /// bytes.
-struct Encoded {
+pub(crate) struct Encoded {
     name: String,
     shape: Vec<usize>,
     dtype: Dtype,
@@ -435,7 +435,7 @@ struct Encoded {
 
 impl Encoded {
     /// `values` (row-major, of `shape`) encoded as `storage` says.
-    fn new<'a, F: Float>(
+    pub(crate) fn new<'a, F: Float>(
         name: String,
         shape: &[usize],
         values: impl Iterator<Item = &'a F>,
@@ -491,7 +491,7 @@ fn check_dtype_metadata<F: Float>(meta: &HashMap<String, String>) -> Result<()> 
 }
 
 /// The safetensors bytes of `tensors` with `meta`.
-fn serialize(tensors: &[Encoded], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+pub(crate) fn serialize(tensors: &[Encoded], meta: HashMap<String, String>) -> Result<Vec<u8>> {
     // Written by hand rather than by `safetensors::serialize`, whose header lists the
     // metadata in hash order: here the metadata keys and the tensors are sorted by name, so
     // one model and its extras always give the same bytes. The layout is safetensors': an
@@ -835,7 +835,7 @@ fn tensor<F: Float>(file: &SafeTensors<'_>, name: &str) -> Result<ArrayD<F>> {
 
 /// The dtype and little-endian bytes of `values` (of tensor `name`) stored as `storage`
 /// says: natively in the width of `F`, or rounded to nearest in 16 bits.
-fn encode<'a, F: Float>(
+pub(crate) fn encode<'a, F: Float>(
     name: &str,
     values: impl Iterator<Item = &'a F>,
     storage: Storage,
@@ -868,7 +868,7 @@ fn encode<'a, F: Float>(
 }
 
 /// Decodes little-endian data of `dtype` (F16, BF16, F32 or F64) into an array of `shape`.
-fn decode<F: Float>(name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<ArrayD<F>> {
+pub(crate) fn decode<F: Float>(name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<ArrayD<F>> {
     let values: Vec<F> = match dtype {
         Dtype::F16 => data
             .chunks_exact(2)
@@ -896,7 +896,7 @@ fn decode<F: Float>(name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> R
 }
 
 /// Writes `bytes` to a temporary sibling of `path`, syncs it, and renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::Checkpoint(format!("{} does not name a file", path.display())))?;

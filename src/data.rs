@@ -161,6 +161,107 @@ pub enum Split {
     Validation,
 }
 
+/// A sequence of token ids split into a training part and a validation part, from which
+/// random windows are drawn: the data of [`TextDataset`], and of any tokenizer's ids.
+///
+/// The validation part is the last `val_fraction` of the ids (at least one), so the two never
+/// overlap; with `val_fraction = 0` there is none, and every id trains.
+///
+/// ```
+/// use baregpt::data::{Split, TokenDataset};
+///
+/// let data = TokenDataset::from_ids((0..100).map(|i| i % 7).collect(), 0.1)?;
+/// assert_eq!(data.ids(Split::Validation).len(), 10);
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct TokenDataset {
+    train: Vec<usize>,
+    val: Vec<usize>,
+}
+
+const TOKENS: &str = "TokenDataset";
+
+impl TokenDataset {
+    /// Splits `ids`: the last `val_fraction` of them (rounded up, at least one, and at most all
+    /// but one) are held out.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when there are fewer than two ids or `val_fraction` is not in
+    /// `[0, 1)`.
+    pub fn from_ids(ids: Vec<usize>, val_fraction: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&val_fraction) {
+            return Err(Error::InvalidConfig {
+                layer: TOKENS,
+                reason: format!("validation fraction {val_fraction} is not in [0, 1)"),
+            });
+        }
+        if ids.len() < 2 {
+            return Err(Error::InvalidConfig {
+                layer: TOKENS,
+                reason: format!("the text has {} tokens; at least 2 are needed", ids.len()),
+            });
+        }
+        let n_val = if val_fraction == 0.0 {
+            0
+        } else {
+            ((ids.len() as f64 * val_fraction).ceil() as usize).clamp(1, ids.len() - 1)
+        };
+        let mut train = ids;
+        let val = train.split_off(train.len() - n_val);
+        Ok(Self { train, val })
+    }
+
+    /// The ids of one split.
+    pub fn ids(&self, split: Split) -> &[usize] {
+        match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.val,
+        }
+    }
+
+    /// The longest window `T` both splits can serve (one less than the shorter split; the
+    /// training split alone when there is no validation split).
+    pub fn max_context(&self) -> usize {
+        let shorter = match self.val.len() {
+            0 => self.train.len(),
+            n => self.train.len().min(n),
+        };
+        shorter.saturating_sub(1)
+    }
+
+    /// `b` random windows of length `t` from `split`: ids `(b, t)` and the next ids as targets
+    /// `(b, t)`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `b` or `t` is zero or the split is not longer than `t`;
+    /// [`Error::TooLarge`] when `(b, t)` ids would exceed
+    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
+    pub fn batch<R: Rng + ?Sized>(
+        &self,
+        split: Split,
+        b: usize,
+        t: usize,
+        rng: &mut R,
+    ) -> Result<(Array2<usize>, Array2<usize>)> {
+        let ids = self.ids(split);
+        if b == 0 || t == 0 || ids.len() <= t {
+            return Err(Error::InvalidConfig {
+                layer: TOKENS,
+                reason: format!(
+                    "cannot draw {b} windows of {t} tokens from a {split:?} split of {} tokens",
+                    ids.len()
+                ),
+            });
+        }
+        crate::limits::check_alloc::<usize>(TOKENS, "ids", &[b, t])?;
+        let starts: Vec<usize> = (0..b).map(|_| rng.random_range(0..ids.len() - t)).collect();
+        let x = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j]);
+        let y = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j + 1]);
+        Ok((x, y))
+    }
+}
+
 /// A character-level corpus split into a training part and a validation part.
 ///
 /// The validation part is the last `val_fraction` of the text (at least one character), so the
@@ -170,11 +271,8 @@ pub enum Split {
 #[derive(Clone, Debug)]
 pub struct TextDataset {
     vocab: CharVocab,
-    train: Vec<usize>,
-    val: Vec<usize>,
+    tokens: TokenDataset,
 }
-
-const DATASET: &str = "TextDataset";
 
 impl TextDataset {
     /// Builds the vocabulary from `text` and splits it.
@@ -196,28 +294,12 @@ impl TextDataset {
     pub fn with_vocab(text: &str, vocab: CharVocab, val_fraction: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&val_fraction) {
             return Err(Error::InvalidConfig {
-                layer: DATASET,
+                layer: "TextDataset",
                 reason: format!("validation fraction {val_fraction} is not in [0, 1)"),
             });
         }
-        let ids = vocab.encode(text)?;
-        if ids.len() < 2 {
-            return Err(Error::InvalidConfig {
-                layer: DATASET,
-                reason: format!(
-                    "the text has {} characters; at least 2 are needed",
-                    ids.len()
-                ),
-            });
-        }
-        let n_val = if val_fraction == 0.0 {
-            0
-        } else {
-            ((ids.len() as f64 * val_fraction).ceil() as usize).clamp(1, ids.len() - 1)
-        };
-        let mut train = ids;
-        let val = train.split_off(train.len() - n_val);
-        Ok(Self { vocab, train, val })
+        let tokens = TokenDataset::from_ids(vocab.encode(text)?, val_fraction)?;
+        Ok(Self { vocab, tokens })
     }
 
     /// The vocabulary.
@@ -225,31 +307,27 @@ impl TextDataset {
         &self.vocab
     }
 
+    /// The ids, split.
+    pub fn tokens(&self) -> &TokenDataset {
+        &self.tokens
+    }
+
     /// The ids of one split.
     pub fn ids(&self, split: Split) -> &[usize] {
-        match split {
-            Split::Train => &self.train,
-            Split::Validation => &self.val,
-        }
+        self.tokens.ids(split)
     }
 
     /// The longest window `T` both splits can serve (one less than the shorter split; the
     /// training split alone when there is no validation split).
     pub fn max_context(&self) -> usize {
-        let shorter = match self.val.len() {
-            0 => self.train.len(),
-            n => self.train.len().min(n),
-        };
-        shorter.saturating_sub(1)
+        self.tokens.max_context()
     }
 
     /// `b` random windows of length `t` from `split`: ids `(b, t)` and the next characters as
-    /// targets `(b, t)`.
+    /// targets `(b, t)` (as [`TokenDataset::batch`]).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when `b` or `t` is zero or the split is not longer than `t`;
-    /// [`Error::TooLarge`] when `(b, t)` ids would exceed
-    /// [`MAX_ALLOC_BYTES`](crate::limits::MAX_ALLOC_BYTES).
+    /// As [`TokenDataset::batch`].
     pub fn batch<R: Rng + ?Sized>(
         &self,
         split: Split,
@@ -257,21 +335,7 @@ impl TextDataset {
         t: usize,
         rng: &mut R,
     ) -> Result<(Array2<usize>, Array2<usize>)> {
-        let ids = self.ids(split);
-        if b == 0 || t == 0 || ids.len() <= t {
-            return Err(Error::InvalidConfig {
-                layer: DATASET,
-                reason: format!(
-                    "cannot draw {b} windows of {t} characters from a {split:?} split of {} characters",
-                    ids.len()
-                ),
-            });
-        }
-        crate::limits::check_alloc::<usize>(DATASET, "ids", &[b, t])?;
-        let starts: Vec<usize> = (0..b).map(|_| rng.random_range(0..ids.len() - t)).collect();
-        let x = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j]);
-        let y = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j + 1]);
-        Ok((x, y))
+        self.tokens.batch(split, b, t, rng)
     }
 }
 

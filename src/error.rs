@@ -117,6 +117,29 @@ pub enum Error {
         /// The element type found in the file.
         found: String,
     },
+    /// A Hugging Face model folder (`config.json`, safetensors, its index) that cannot be
+    /// read or does not describe a model baregpt builds.
+    #[error("{file}: {reason}")]
+    Hf {
+        /// The file (for example `"config.json"` or `"model-00001-of-00002.safetensors"`).
+        file: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A Hugging Face `config.json` option that baregpt does not implement (refused rather
+    /// than ignored, since the model would compute something else).
+    #[error("config.json: `{field}` = {value} is not supported: {reason}")]
+    Unsupported {
+        /// The config field (for example `"rope_scaling"` or `"hidden_act"`).
+        field: String,
+        /// Its value in the file, as JSON.
+        value: String,
+        /// What baregpt supports instead.
+        reason: String,
+    },
+    /// A `tokenizer.json` that cannot be read, or a text or ids it cannot encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     /// A character that is not in the vocabulary.
     #[error("character {ch:?} at position {position} is not in the vocabulary")]
     UnknownChar {

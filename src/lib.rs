@@ -57,6 +57,10 @@
 //! * [`data`]: a character vocabulary, a text data set and the embedded addition task.
 //! * [`limits`]: the per-allocation size limit every size is checked against.
 #![cfg_attr(
+    feature = "hf",
+    doc = "* [`hf`]: Hugging Face GPT-2 and Llama folders and `tokenizer.json` (feature `hf`)."
+)]
+#![cfg_attr(
     feature = "proptest",
     doc = "* [`strategies`]: proptest strategies for shapes and inputs."
 )]
@@ -69,6 +73,8 @@ pub mod exec;
 pub mod generate;
 pub mod gpt;
 pub mod gradcheck;
+#[cfg(feature = "hf")]
+pub mod hf;
 pub mod kernels;
 pub mod layer;
 pub mod layers;

@@ -10,6 +10,7 @@ use baregpt::generate::{SampleOptions, generate};
 use baregpt::optim::Adam;
 use baregpt::prelude::*;
 use baregpt::{Float, Gpt, Layer, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Array3, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -308,4 +309,17 @@ pub fn history_from_string(s: &str) -> Vec<plot::EvalPoint> {
             })
         })
         .collect()
+}
+
+/// A progress bar over `steps` steps, starting at `start` (a resumed run).
+pub fn progress_bar(steps: u64, start: u64) -> ProgressBar {
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:20.cyan/blue} step {pos}/{len} | {msg} | ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("█▉▊▋▌▍▎▏ "),
+    );
+    bar.set_position(start);
+    bar.reset_eta();
+    bar
 }

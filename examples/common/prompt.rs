@@ -1,7 +1,7 @@
 //! What `sample` and `inspect` share: their sampling options, loading a checkpoint with its
 //! vocabulary, and turning a prompt into ids, with messages that say what to do.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use baregpt::checkpoint::{self, Extras};
 use baregpt::data::CharVocab;
@@ -31,6 +31,26 @@ impl Sampling {
         };
         options.validate().map_err(|e| e.to_string())?;
         Ok(options)
+    }
+}
+
+/// The character-level Shakespeare model shipped in the repository (models/shakespeare/).
+pub const BUNDLED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/shakespeare/model.safetensors"
+);
+
+/// `given`, else the bundled Shakespeare model, saying so on stderr.
+pub fn checkpoint_or_bundled(given: Option<&Path>) -> PathBuf {
+    match given {
+        Some(path) => path.to_path_buf(),
+        None => {
+            eprintln!(
+                "using the bundled Shakespeare model {BUNDLED} (models/shakespeare/README.md; \
+                 pass --checkpoint FILE for your own)"
+            );
+            PathBuf::from(BUNDLED)
+        }
     }
 }
 
