@@ -116,6 +116,7 @@ fn run(args: &Args) -> AnyResult<()> {
             args.model.display()
         )
     })?;
+    let pretrained_config = pretrained.config_json.clone();
     let state_path = args.out.join(STATE_FILE);
     let mut adam = Adam::new(adam_config(args)?)?;
     let (mut model, mut history) = if args.resume {
@@ -194,7 +195,11 @@ fn run(args: &Args) -> AnyResult<()> {
         println!("step      0 | val loss {loss:.4}");
     }
     let save = |model: &Gpt<f32>, adam: &Adam<f32>, history: &[EvalPoint]| -> AnyResult<()> {
-        hf::save(&args.out, model, Some(&tokenizer))?;
+        let options = hf::SaveOptions {
+            base_config: Some(pretrained_config.clone()),
+            ..hf::SaveOptions::default()
+        };
+        hf::save_with(&args.out, model, Some(&tokenizer), &options)?;
         let extras = Extras {
             optimizer: Some(OptimizerState::from_adam(adam)),
             metadata: [
@@ -213,8 +218,7 @@ fn run(args: &Args) -> AnyResult<()> {
     let mut since_eval = Vec::new();
     let (mut step_time, mut timed) = (0.0f64, 0u64);
     for step in start..args.steps {
-        let mut rng =
-            StdRng::seed_from_u64(args.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = StdRng::seed_from_u64(args.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let (ids, targets) = data.batch(Split::Train, args.batch, context, &mut rng)?;
         let t0 = Instant::now();
         let loss = common::train_step(
@@ -229,7 +233,11 @@ fn run(args: &Args) -> AnyResult<()> {
         step_time += t0.elapsed().as_secs_f64();
         timed += 1;
         if !loss.is_finite() {
-            return Err(format!("the loss became {loss} at step {}: try a smaller --lr", step + 1).into());
+            return Err(format!(
+                "the loss became {loss} at step {}: try a smaller --lr",
+                step + 1
+            )
+            .into());
         }
         since_eval.push(loss);
         let done = step + 1;
@@ -293,7 +301,10 @@ fn adam_config(args: &Args) -> AnyResult<AdamConfig> {
 }
 
 /// The mean loss over the fixed validation batches (no dropout).
-fn val_loss(model: &Gpt<f32>, batches: &[(ndarray::Array2<usize>, ndarray::Array2<usize>)]) -> baregpt::Result<f64> {
+fn val_loss(
+    model: &Gpt<f32>,
+    batches: &[(ndarray::Array2<usize>, ndarray::Array2<usize>)],
+) -> baregpt::Result<f64> {
     let mut total = 0.0;
     for (ids, targets) in batches {
         total += f64::from(model.eval_loss(ids, targets)?);
@@ -303,7 +314,9 @@ fn val_loss(model: &Gpt<f32>, batches: &[(ndarray::Array2<usize>, ndarray::Array
 
 fn shell_path(path: &Path) -> String {
     let s = path.display().to_string();
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    {
         s
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))

@@ -125,8 +125,8 @@ fn run(args: &Args) -> AnyResult<()> {
 /// Generation from a Hugging Face folder, decoded with its tokenizer.
 #[cfg(feature = "hf")]
 fn run_hf(args: &Args, dir: &std::path::Path) -> AnyResult<()> {
-    let pretrained = baregpt::hf::load::<f32>(dir)
-        .map_err(|e| format!("cannot load {}: {e}", dir.display()))?;
+    let pretrained =
+        baregpt::hf::load::<f32>(dir).map_err(|e| format!("cannot load {}: {e}", dir.display()))?;
     let tokenizer = pretrained
         .tokenizer
         .ok_or_else(|| format!("{} has no tokenizer.json", dir.display()))?;

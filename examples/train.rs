@@ -693,7 +693,11 @@ fn print_header(
         "train:  {} steps of {} sequences, {} lr {} ({}), clip {}{}{}{}",
         s.steps,
         s.batch,
-        if s.weight_decay > 0.0 { "AdamW" } else { "Adam" },
+        if s.weight_decay > 0.0 {
+            "AdamW"
+        } else {
+            "Adam"
+        },
         s.lr,
         schedule_description(s),
         if s.clip > 0.0 {

@@ -868,7 +868,12 @@ pub(crate) fn encode<'a, F: Float>(
 }
 
 /// Decodes little-endian data of `dtype` (F16, BF16, F32 or F64) into an array of `shape`.
-pub(crate) fn decode<F: Float>(name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<ArrayD<F>> {
+pub(crate) fn decode<F: Float>(
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+    data: &[u8],
+) -> Result<ArrayD<F>> {
     let values: Vec<F> = match dtype {
         Dtype::F16 => data
             .chunks_exact(2)

@@ -3,8 +3,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::gpt::parts::{AttentionKind, HeadKind, MlpKind, NormKind, PositionKind};
 use crate::gpt::families::{GPT2_LN_EPS, LLAMA_RMS_EPS};
+use crate::gpt::parts::{AttentionKind, HeadKind, MlpKind, NormKind, PositionKind};
 use crate::kernels::rope::DEFAULT_ROPE_THETA;
 use crate::{DropoutConfig, Error, GptConfig, Result};
 
@@ -189,16 +189,26 @@ pub fn parse_config(text: &str) -> Result<(Family, GptConfig)> {
         }
     };
     if let Some(list) = obj.get("architectures").filter(|v| !v.is_null()) {
-        let causal = [family.architecture(), &family.architecture().replace("ForCausalLM", "Model")
-            .replace("LMHeadModel", "Model")];
-        let ok = list
-            .as_array()
-            .is_some_and(|a| a.iter().any(|n| n.as_str().is_some_and(|n| causal.contains(&n))));
+        let causal = [
+            family.architecture(),
+            &family
+                .architecture()
+                .replace("ForCausalLM", "Model")
+                .replace("LMHeadModel", "Model"),
+        ];
+        let ok = list.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|n| n.as_str().is_some_and(|n| causal.contains(&n)))
+        });
         if !ok {
             return Err(Error::Unsupported {
                 field: "architectures".into(),
                 value: list.to_string(),
-                reason: format!("a {} folder holds a {}", model_type.unwrap_or(""), family.architecture()),
+                reason: format!(
+                    "a {} folder holds a {}",
+                    model_type.unwrap_or(""),
+                    family.architecture()
+                ),
             });
         }
     }
@@ -211,17 +221,31 @@ fn gpt2_config(obj: &Map<String, Value>) -> Result<GptConfig> {
     require(
         obj,
         "activation_function",
-        &[json!("gelu_new"), json!("gelu_pytorch_tanh"), json!("gelu_fast")],
+        &[
+            json!("gelu_new"),
+            json!("gelu_pytorch_tanh"),
+            json!("gelu_fast"),
+        ],
         "baregpt's GELU is the tanh approximation (gelu_new)",
     )?;
-    require(obj, "scale_attn_weights", &[json!(true)], "scores are scaled by 1/√D")?;
+    require(
+        obj,
+        "scale_attn_weights",
+        &[json!(true)],
+        "scores are scaled by 1/√D",
+    )?;
     require(
         obj,
         "scale_attn_by_inverse_layer_idx",
         &[json!(false)],
         "scores are not scaled by the layer index",
     )?;
-    require(obj, "add_cross_attention", &[json!(false)], "decoder-only models")?;
+    require(
+        obj,
+        "add_cross_attention",
+        &[json!(false)],
+        "decoder-only models",
+    )?;
     let tied = flag(obj, "tie_word_embeddings", true)?;
     let context = size(obj, &["n_positions", "n_ctx"])?;
     let config = GptConfig {
@@ -291,7 +315,12 @@ fn llama_config(obj: &Map<String, Value>) -> Result<GptConfig> {
         &[json!("silu")],
         "the SwiGLU MLP gates with SiLU",
     )?;
-    require(obj, "mlp_bias", &[json!(false)], "the SwiGLU MLP has no biases")?;
+    require(
+        obj,
+        "mlp_bias",
+        &[json!(false)],
+        "the SwiGLU MLP has no biases",
+    )?;
     if let Some(head_dim) = optional_size(obj, "head_dim")? {
         if head_dim.checked_mul(n_heads) != Some(d_model) {
             return Err(Error::Unsupported {
@@ -336,10 +365,15 @@ fn llama_config(obj: &Map<String, Value>) -> Result<GptConfig> {
     Ok(config)
 }
 
-/// The `config.json` of a model of `config` in `family` (as `transformers`' `save_pretrained`
-/// writes it, with the keys sorted), for parameters stored as `dtype` (`"float32"`,
-/// `"float16"` or `"bfloat16"`).
-pub fn config_json(family: Family, config: &GptConfig, dtype: &str) -> Value {
+/// The `config.json` of a model of `config` in `family` (the keys `transformers` 5
+/// `save_pretrained` writes that describe the model, sorted), for parameters stored as
+/// `dtype` (`"float32"`, `"float64"`, `"float16"` or `"bfloat16"`).
+///
+/// `base` is the `config.json` a model was loaded from: its other keys (token ids such as
+/// `bos_token_id`, `transformers_version`, task settings) are kept, and every key written
+/// here replaces its value. Legacy keys that would contradict the new ones (`rope_theta`,
+/// `rope_scaling`, `torch_dtype`, `n_ctx`) are dropped.
+pub fn config_json(family: Family, config: &GptConfig, dtype: &str, base: Option<&Value>) -> Value {
     let c = config;
     let tied = matches!(c.head, HeadKind::Tied { .. });
     let mut obj = match family {
@@ -349,11 +383,11 @@ pub fn config_json(family: Family, config: &GptConfig, dtype: &str) -> Value {
             };
             json!({
                 "activation_function": "gelu_new",
+                "add_cross_attention": false,
                 "attn_pdrop": c.dropout.attention,
                 "embd_pdrop": c.dropout.embed,
                 "initializer_range": 0.02,
                 "layer_norm_epsilon": eps,
-                "n_ctx": c.context,
                 "n_embd": c.d_model,
                 "n_head": c.n_heads,
                 "n_inner": c.mlp_hidden,
@@ -393,7 +427,6 @@ pub fn config_json(family: Family, config: &GptConfig, dtype: &str) -> Value {
                 "pretraining_tp": 1,
                 "rms_norm_eps": eps,
                 "rope_parameters": { "rope_theta": theta, "rope_type": "default" },
-                "rope_theta": theta,
             })
         }
     };
@@ -404,6 +437,14 @@ pub fn config_json(family: Family, config: &GptConfig, dtype: &str) -> Value {
         map.insert("tie_word_embeddings".into(), json!(tied));
         map.insert("use_cache".into(), json!(true));
         map.insert("vocab_size".into(), json!(c.vocab_size));
+        if let Some(Value::Object(base)) = base {
+            for (key, value) in base {
+                let legacy = ["rope_theta", "rope_scaling", "torch_dtype", "n_ctx"];
+                if !map.contains_key(key) && !legacy.contains(&key.as_str()) {
+                    map.insert(key.clone(), value.clone());
+                }
+            }
+        }
     }
     obj
 }

@@ -83,12 +83,17 @@ impl Shards {
             .ok_or_else(|| hf_error(INDEX_FILE, "has no `weight_map` object"))?;
         let mut weight_map = BTreeMap::new();
         for (tensor, file) in map {
-            let file = file.as_str().filter(|f| is_plain_file_name(f)).ok_or_else(|| {
-                hf_error(
-                    INDEX_FILE,
-                    format!("`weight_map[{tensor:?}]` = {file} is not a file name in the folder"),
-                )
-            })?;
+            let file = file
+                .as_str()
+                .filter(|f| is_plain_file_name(f))
+                .ok_or_else(|| {
+                    hf_error(
+                        INDEX_FILE,
+                        format!(
+                            "`weight_map[{tensor:?}]` = {file} is not a file name in the folder"
+                        ),
+                    )
+                })?;
             weight_map.insert(tensor.clone(), file.to_owned());
         }
         let mut names: Vec<&String> = weight_map.values().collect();
@@ -148,11 +153,7 @@ impl Shards {
 
 /// A file name with no directory part (so that an index cannot point outside the folder).
 fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\\')
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\\')
 }
 
 /// The tensors of a folder's files by name.

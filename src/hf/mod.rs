@@ -60,6 +60,19 @@ pub struct Pretrained<F: Float> {
     pub family: Family,
     /// The folder's `tokenizer.json`, if it has one.
     pub tokenizer: Option<Tokenizer>,
+    /// The folder's `config.json` as it was, for [`SaveOptions::base_config`] (so that a
+    /// fine-tuned model keeps its token ids and other settings baregpt does not use).
+    pub config_json: serde_json::Value,
+}
+
+/// How [`save_with`] writes a folder.
+#[derive(Clone, Debug, Default)]
+pub struct SaveOptions {
+    /// How the parameters are stored (`Storage::Native`: the model's float type).
+    pub storage: Storage,
+    /// The `config.json` the model was loaded from ([`Pretrained::config_json`]), whose keys
+    /// baregpt does not write are kept (see [`config_json`]).
+    pub base_config: Option<serde_json::Value>,
 }
 
 /// Reads `dir/config.json`: the family and the [`GptConfig`] of its model.
@@ -67,12 +80,15 @@ pub struct Pretrained<F: Float> {
 /// # Errors
 /// [`Error::Io`] when the file cannot be read; otherwise as [`parse_config`].
 pub fn read_config(dir: impl AsRef<Path>) -> Result<(Family, GptConfig)> {
-    let bytes = files::read_file(dir.as_ref(), CONFIG_FILE)?;
-    let text = String::from_utf8(bytes).map_err(|_| Error::Hf {
+    parse_config(&read_config_text(dir.as_ref())?)
+}
+
+fn read_config_text(dir: &Path) -> Result<String> {
+    let bytes = files::read_file(dir, CONFIG_FILE)?;
+    String::from_utf8(bytes).map_err(|_| Error::Hf {
         file: CONFIG_FILE.into(),
         reason: "is not UTF-8 text".into(),
-    })?;
-    parse_config(&text)
+    })
 }
 
 /// Loads a `GPT2LMHeadModel` or `LlamaForCausalLM` folder: its config, weights and (if
@@ -89,7 +105,12 @@ pub fn read_config(dir: impl AsRef<Path>) -> Result<(Family, GptConfig)> {
 /// unreadable, and [`Error::InvalidConfig`] when it has more ids than the model's vocabulary.
 pub fn load<F: Float>(dir: impl AsRef<Path>) -> Result<Pretrained<F>> {
     let dir = dir.as_ref();
-    let (family, config) = read_config(dir)?;
+    let text = read_config_text(dir)?;
+    let (family, config) = parse_config(&text)?;
+    let config_json = serde_json::from_str(&text).map_err(|e| Error::Hf {
+        file: CONFIG_FILE.into(),
+        reason: format!("is not valid JSON: {e}"),
+    })?;
     let shards = files::Shards::read(dir)?;
     let tensors = shards.index()?;
     let mut model = Gpt::<F>::new(config, &mut StdRng::seed_from_u64(0))?;
@@ -115,6 +136,7 @@ pub fn load<F: Float>(dir: impl AsRef<Path>) -> Result<Pretrained<F>> {
         model,
         family,
         tokenizer,
+        config_json,
     })
 }
 
@@ -281,7 +303,11 @@ pub fn hf_tensors<F: Float>(model: &Gpt<F>, which: Which) -> Result<Vec<(String,
                     .as_standard_layout()
                     .into_owned(),
                 Source::Fused(names) => {
-                    crate::limits::check_alloc::<F>("hf", "a fused tensor", &hf_shape(model, &map.source)?)?;
+                    crate::limits::check_alloc::<F>(
+                        "hf",
+                        "a fused tensor",
+                        &hf_shape(model, &map.source)?,
+                    )?;
                     let parts = names.iter().map(|n| view(n)).collect::<Result<Vec<_>>>()?;
                     let axis = Axis(parts[0].ndim() - 1);
                     ndarray::concatenate(axis, &parts).map_err(|e| Error::ParamMismatch {
@@ -304,11 +330,11 @@ pub fn save<F: Float>(
     model: &Gpt<F>,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<()> {
-    save_with(dir, model, tokenizer, Storage::Native)
+    save_with(dir, model, tokenizer, &SaveOptions::default())
 }
 
 /// Saves a GPT-2- or Llama-family model as a Hugging Face folder: `config.json`,
-/// `model.safetensors` (parameters stored as `storage` says) and, when given,
+/// `model.safetensors` (parameters stored as `options.storage` says) and, when given,
 /// `tokenizer.json`. `transformers.AutoModelForCausalLM.from_pretrained(dir)` loads it, and
 /// [`load`] gives back the same parameters bit for bit (`Storage::Native`). `dir` is created
 /// if needed; each file is written whole or not at all.
@@ -322,9 +348,10 @@ pub fn save_with<F: Float>(
     dir: impl AsRef<Path>,
     model: &Gpt<F>,
     tokenizer: Option<&Tokenizer>,
-    storage: Storage,
+    options: &SaveOptions,
 ) -> Result<()> {
     let dir = dir.as_ref();
+    let storage = options.storage;
     let family = Family::of(model.config())?;
     if dir.join(INDEX_FILE).exists() {
         return Err(Error::Hf {
@@ -346,13 +373,20 @@ pub fn save_with<F: Float>(
         .into_iter()
         .map(|(name, array)| Encoded::new(name, &array.shape().to_vec(), array.iter(), storage))
         .collect::<Result<Vec<_>>>()?;
-    let meta = [("format".to_owned(), "pt".to_owned())].into_iter().collect();
+    let meta = [("format".to_owned(), "pt".to_owned())]
+        .into_iter()
+        .collect();
     let bytes = serialize(&tensors, meta)?;
-    let mut config = serde_json::to_string_pretty(&config_json(family, model.config(), dtype))
-        .map_err(|e| Error::Hf {
-            file: CONFIG_FILE.into(),
-            reason: format!("cannot be written: {e}"),
-        })?;
+    let mut config = serde_json::to_string_pretty(&config_json(
+        family,
+        model.config(),
+        dtype,
+        options.base_config.as_ref(),
+    ))
+    .map_err(|e| Error::Hf {
+        file: CONFIG_FILE.into(),
+        reason: format!("cannot be written: {e}"),
+    })?;
     config.push('\n');
     std::fs::create_dir_all(dir).map_err(|e| {
         Error::Io(std::io::Error::new(

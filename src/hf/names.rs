@@ -19,8 +19,8 @@
 //! head has no tensor of its own: `transformers` ties `lm_head.weight` to the embedding table.
 
 use super::Family;
-use crate::gpt::parts::{AttentionKind, HeadKind};
 use crate::GptConfig;
+use crate::gpt::parts::{AttentionKind, HeadKind};
 
 /// How one Hugging Face tensor is made of baregpt parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +74,11 @@ pub fn tensor_maps(family: Family, config: &GptConfig, gpt2_prefix: &str) -> Vec
                 out.push(same(format!("{h}.ln_1.weight"), format!("{b}.ln1.gamma")));
                 out.push(same(format!("{h}.ln_1.bias"), format!("{b}.ln1.beta")));
                 let fused = |kind: &str| {
-                    Source::Fused(["q", "k", "v"].map(|x| format!("{b}.attn.{kind}_{x}")).to_vec())
+                    Source::Fused(
+                        ["q", "k", "v"]
+                            .map(|x| format!("{b}.attn.{kind}_{x}"))
+                            .to_vec(),
+                    )
                 };
                 out.push(TensorMap {
                     hf: format!("{h}.attn.c_attn.weight"),
@@ -84,8 +88,14 @@ pub fn tensor_maps(family: Family, config: &GptConfig, gpt2_prefix: &str) -> Vec
                     hf: format!("{h}.attn.c_attn.bias"),
                     source: fused("b"),
                 });
-                out.push(same(format!("{h}.attn.c_proj.weight"), format!("{b}.attn.w_o")));
-                out.push(same(format!("{h}.attn.c_proj.bias"), format!("{b}.attn.b_o")));
+                out.push(same(
+                    format!("{h}.attn.c_proj.weight"),
+                    format!("{b}.attn.w_o"),
+                ));
+                out.push(same(
+                    format!("{h}.attn.c_proj.bias"),
+                    format!("{b}.attn.b_o"),
+                ));
                 out.push(same(format!("{h}.ln_2.weight"), format!("{b}.ln2.gamma")));
                 out.push(same(format!("{h}.ln_2.bias"), format!("{b}.ln2.beta")));
                 for (theirs, ours) in [("c_fc", "fc"), ("c_proj", "proj")] {
@@ -103,13 +113,11 @@ pub fn tensor_maps(family: Family, config: &GptConfig, gpt2_prefix: &str) -> Vec
             out.push(same(format!("{p}ln_f.bias"), "ln_f.beta".into()));
         }
         Family::Llama => {
-            out.push(same(
-                "model.embed_tokens.weight".into(),
-                "embed.tok".into(),
-            ));
+            out.push(same("model.embed_tokens.weight".into(), "embed.tok".into()));
             let bias = matches!(
                 config.attention,
-                AttentionKind::GroupedQuery { bias: true, .. } | AttentionKind::MultiHead { bias: true }
+                AttentionKind::GroupedQuery { bias: true, .. }
+                    | AttentionKind::MultiHead { bias: true }
             );
             for i in 0..config.n_layers {
                 let (h, b) = (format!("model.layers.{i}"), format!("blocks.{i}"));
