@@ -15,8 +15,14 @@ The two family presets build what `GptConfig::gpt2` / `GptConfig::llama` build:
   10000 in the rotate_half convention, grouped-query attention, SwiGLU MLP, no biases, final
   RMSNorm, untied bias-free head).
 
+The scaling presets `char-6l-t256`, `-t512`, `-t1024`, `-t2048`, `-t4096` are `char-6l`'s
+model at that context with a fixed 4,096 tokens per step (B = 4096 / T), as in train_step.rs.
+`--context T` and `--batch B` override any preset's sequence length and batch.
+
 Usage:
     python3 benches/torch_step.py --preset baregpt --threads 2 --json
+    python3 benches/torch_step.py --preset scaling --threads 2          # the five scaling presets
+    python3 benches/torch_step.py --preset char-6l --context 512 --batch 4
 
 Prints, per preset, the median/min/max milliseconds of `--steps` steps after `--warmup`,
 tokens/s, GFLOP/s (the same FLOP formula as train_step.rs) and memory: the process's peak
@@ -48,6 +54,12 @@ FAMILY_PRESETS = {
     "gpt2-4l": ("gpt2", (4096, 256, 8, 8, 4, 1024, 128, 4)),
     "llama-4l": ("llama", (4096, 256, 8, 4, 4, 768, 128, 4)),
 }
+
+
+# The scaling presets: char-6l at each context, 4,096 tokens per step (B = 4096 / T).
+SCALING_CONTEXTS = (256, 512, 1024, 2048, 4096)
+SCALING_TOKENS = 4096
+SCALING_PRESETS = {f"char-6l-t{t}": t for t in SCALING_CONTEXTS}
 
 
 def rss_mib(field):
@@ -185,10 +197,14 @@ def family_flops(vocab, d, heads, kv_heads, layers, hidden, t, b, swiglu):
     return 6 * (layers * per_layer + d * vocab) * b * t + layers * b * 3 * 4 * t * t * d
 
 
-def build(name):
-    """(model, vocab, T, B, GFLOP per step) of a preset."""
+def build(name, context=None, batch=None):
+    """(model, vocab, T, B, GFLOP per step) of a preset, with T and B overridden if given."""
+    if name in SCALING_PRESETS:
+        t = SCALING_PRESETS[name]
+        return build("char-6l", context or t, batch or SCALING_TOKENS // t)
     if name in FAMILY_PRESETS:
         arch, (vocab, d, heads, kv_heads, layers, hidden, t, b) = FAMILY_PRESETS[name]
+        t, b = context or t, batch or b
         if arch == "gpt2":
             model = Gpt2(vocab, d, heads, layers, hidden, t)
         else:
@@ -196,13 +212,14 @@ def build(name):
         f = family_flops(vocab, d, heads, kv_heads, layers, hidden, t, b, arch == "llama")
         return model, vocab, t, b, f / 1e9
     vocab, d, heads, layers, t, b = PRESETS[name]
+    t, b = context or t, batch or b
     return Gpt(vocab, d, heads, layers, t), vocab, t, b, flops(vocab, d, layers, t, b) / 1e9
 
 
-def run(name, steps, warmup):
+def run(name, steps, warmup, context=None, batch=None):
     rss_before = rss_mib("VmRSS")
     torch.manual_seed(0)
-    model, vocab, t, b, gflop = build(name)
+    model, vocab, t, b, gflop = build(name, context, batch)
     adam = torch.optim.Adam(model.parameters(), lr=3e-4)
     ids, targets = torch.randint(0, vocab, (b, t)), torch.randint(0, vocab, (b, t))
     times = []
@@ -219,6 +236,8 @@ def run(name, steps, warmup):
     return {
         "impl": "pytorch",
         "preset": name,
+        "context": t,
+        "batch": b,
         "threads": torch.get_num_threads(),
         "ms_per_step_median": round(median, 2),
         "ms_min": round(min(times), 2),
@@ -234,20 +253,29 @@ def run(name, steps, warmup):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=[*PRESETS, *FAMILY_PRESETS, "all"], default="all")
+    parser.add_argument("--preset", choices=[*PRESETS, *FAMILY_PRESETS, *SCALING_PRESETS, "all", "scaling"],
+                        default="all")
+    parser.add_argument("--context", type=int, help="override the preset's sequence length T")
+    parser.add_argument("--batch", type=int, help="override the preset's batch B")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    for flag in ("context", "batch"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be positive")
+    if args.steps < 1:
+        parser.error("--steps must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
-    for name in PRESETS if args.preset == "all" else [args.preset]:
-        r = run(name, args.steps, args.warmup)
+    groups = {"all": [*PRESETS, *FAMILY_PRESETS], "scaling": [*SCALING_PRESETS]}
+    for name in groups.get(args.preset, [args.preset]):
+        r = run(name, args.steps, args.warmup, args.context, args.batch)
         if args.json:
             print(json.dumps(r), flush=True)
         else:
-            print(f"{name:>11} f32 threads={r['threads']}: {r['ms_per_step_median']:9.2f} ms/step "
+            print(f"{name:>11} f32 T={r['context']} B={r['batch']} threads={r['threads']}: {r['ms_per_step_median']:9.2f} ms/step "
                   f"(min {r['ms_min']}, max {r['ms_max']}), {r['tokens_per_s']:9.1f} tok/s, "
                   f"{r['gflops']:6.2f} GFLOP/s, peak RSS {r['peak_rss_mib']:.0f} MiB "
                   f"(+{r['rss_growth_mib']:.0f} MiB)", flush=True)
