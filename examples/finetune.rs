@@ -85,6 +85,9 @@ struct Args {
     /// Continue from `<out>/training-state.safetensors` (model, optimizer state and step).
     #[arg(long)]
     resume: bool,
+    /// Stop (and save) after this step, as an interrupted run would; `--resume` continues.
+    #[arg(long)]
+    stop_at: Option<u64>,
     /// Seed of the batches; the same seed gives the same run.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -127,6 +130,17 @@ fn run(args: &Args) -> AnyResult<()> {
                 "{} was trained from another model than {}",
                 state_path.display(),
                 args.model.display()
+            )
+            .into());
+        }
+        let recorded = extras.metadata.get("schedule").map(String::as_str);
+        if recorded != Some(schedule(args).as_str()) {
+            return Err(format!(
+                "{} was trained with {}, this run asks for {}: pass the same --steps, --lr, \
+                 --warmup, --weight-decay, --clip, --batch and --context",
+                state_path.display(),
+                recorded.unwrap_or("unrecorded settings"),
+                schedule(args)
             )
             .into());
         }
@@ -205,6 +219,7 @@ fn run(args: &Args) -> AnyResult<()> {
             metadata: [
                 ("history".to_owned(), common::history_to_string(history)),
                 ("seed".to_owned(), args.seed.to_string()),
+                ("schedule".to_owned(), schedule(args)),
             ]
             .into_iter()
             .collect(),
@@ -217,7 +232,10 @@ fn run(args: &Args) -> AnyResult<()> {
     let timer = Instant::now();
     let mut since_eval = Vec::new();
     let (mut step_time, mut timed) = (0.0f64, 0u64);
-    for step in start..args.steps {
+    let end = args
+        .stop_at
+        .map_or(args.steps, |s| s.clamp(start, args.steps));
+    for step in start..end {
         let mut rng = StdRng::seed_from_u64(args.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let (ids, targets) = data.batch(Split::Train, args.batch, context, &mut rng)?;
         let t0 = Instant::now();
@@ -257,7 +275,7 @@ fn run(args: &Args) -> AnyResult<()> {
             });
             bar.suspend(|| println!("step {done:>6} | train loss {train:.4} | val loss {val:.4}"));
         }
-        if args.checkpoint_every > 0 && done % args.checkpoint_every == 0 && done < args.steps {
+        if args.checkpoint_every > 0 && done % args.checkpoint_every == 0 && done < end {
             save(&model, &adam, &history)?;
         }
     }
@@ -268,10 +286,18 @@ fn run(args: &Args) -> AnyResult<()> {
     }
     save(&model, &adam, &history)?;
     println!(
-        "trained {} steps in {:.1} s ({:.1} ms per step)",
-        args.steps - start,
+        "trained {} steps in {:.1} s ({:.1} ms per step){}",
+        end - start,
         timer.elapsed().as_secs_f64(),
-        1e3 * step_time / timed.max(1) as f64
+        1e3 * step_time / timed.max(1) as f64,
+        if end < args.steps {
+            format!(
+                "; stopped at step {end} of {} (continue with --resume)",
+                args.steps
+            )
+        } else {
+            String::new()
+        }
     );
     println!("saved:  {} (Hugging Face folder)", args.out.display());
     println!("        {} (for --resume)", state_path.display());
@@ -280,6 +306,21 @@ fn run(args: &Args) -> AnyResult<()> {
         shell_path(&args.out)
     );
     Ok(())
+}
+
+/// The settings a resumed run must share with the run that wrote the training state.
+fn schedule(args: &Args) -> String {
+    format!(
+        "steps {}, lr {}, warmup {}, weight decay {}, clip {}, batch {}, context {}, seed {}",
+        args.steps,
+        args.lr,
+        args.warmup,
+        args.weight_decay,
+        args.clip,
+        args.batch,
+        args.context,
+        args.seed
+    )
 }
 
 fn adam_config(args: &Args) -> AnyResult<AdamConfig> {

@@ -15,7 +15,7 @@
 mod common;
 
 use baregpt::checkpoint::{self, Extras, OptimizerState, Storage};
-use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset};
+use baregpt::data::{AdditionTask, CharVocab, Split, TextDataset, TokenDataset};
 use baregpt::generate::{
     Candidates, SampleOptions, generate, generate_uncached, generate_with, sample_logits,
 };
@@ -1444,6 +1444,21 @@ fn fuzz_data(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
             };
             f.call("TextDataset::batch", || data.batch(split, b, t, r));
         }
+        let ids: Vec<usize> = (0..size(r) * 2)
+            .map(|_| r.random_range(0..9usize))
+            .collect();
+        if let Some(data) = f.call("TokenDataset::from_ids", || {
+            TokenDataset::from_ids(ids, fraction)
+        }) {
+            let (b, t) = if r.random() {
+                (1 << 40, 1 << 40)
+            } else {
+                (size(r), size(r))
+            };
+            f.call("TokenDataset::batch", || {
+                data.batch(Split::Validation, b, t, r)
+            });
+        }
         let digits = size(r) + r.random_range(0..2usize) * 5;
         if let Some(task) = f.call("AdditionTask::new", || AdditionTask::new(digits)) {
             let n = match r.random_range(0..3u32) {
@@ -1822,9 +1837,154 @@ fn ten_thousand_bad_inputs_no_panic_no_half_update() {
     fuzz_layer_helpers(&mut f, &mut r, 500);
     fuzz_checker(&mut f, &mut r, 150);
     fuzz_dropout(&mut f, &mut r, 200);
+    #[cfg(feature = "hf")]
+    fuzz_hf(&mut f, &mut r, 300);
     nan_policy(&mut f);
     let _ = std::panic::take_hook();
     f.assert_clean("public API", 10_000);
+}
+
+/// A random JSON value of a kind a config field might wrongly hold.
+#[cfg(feature = "hf")]
+fn wild_json(r: &mut StdRng) -> serde_json::Value {
+    use serde_json::json;
+    match r.random_range(0..9u32) {
+        0 => json!(null),
+        1 => json!(-1),
+        2 => json!(0),
+        3 => json!(u64::MAX),
+        4 => json!(1e300),
+        5 => json!("gelu"),
+        6 => json!(true),
+        7 => json!({"rope_type": "dynamic", "factor": 4.0}),
+        _ => json!(size(r)),
+    }
+}
+
+/// Hugging Face interop: configs with random fields replaced, folders with corrupted weights
+/// and configs, tokenizers with flipped bytes, random texts and ids, saves of models of
+/// neither family. A failed load returns no model, so "no half-update" is the file on disk.
+#[cfg(feature = "hf")]
+fn fuzz_hf(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
+    use baregpt::hf::{self, Family, Tokenizer};
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/hf/fixtures");
+    let folders = ["tiny-gpt2", "tiny-llama"];
+    let configs: Vec<serde_json::Value> = folders
+        .iter()
+        .map(|d| {
+            serde_json::from_str(
+                &std::fs::read_to_string(fixtures.join(d).join("config.json")).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let tokenizer_bytes: Vec<Vec<u8>> = folders
+        .iter()
+        .map(|d| std::fs::read(fixtures.join(d).join("tokenizer.json")).unwrap())
+        .collect();
+    let tokenizers: Vec<Tokenizer> = tokenizer_bytes
+        .iter()
+        .map(|b| Tokenizer::from_bytes(b).unwrap())
+        .collect();
+    let weights: Vec<Vec<u8>> = folders
+        .iter()
+        .map(|d| std::fs::read(fixtures.join(d).join("model.safetensors")).unwrap())
+        .collect();
+    let scratch = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-hf");
+    for round in 0..rounds {
+        let k = r.random_range(0..2usize);
+        // A config with one field replaced (or removed).
+        let mut config = configs[k].clone();
+        let keys: Vec<String> = config.as_object().unwrap().keys().cloned().collect();
+        let key = keys[r.random_range(0..keys.len())].clone();
+        if r.random_range(0..4u32) == 0 {
+            config.as_object_mut().unwrap().remove(&key);
+        } else {
+            config[&key] = wild_json(r);
+        }
+        let text = config.to_string();
+        if let Some((family, parsed)) = f.call("hf::parse_config", || hf::parse_config(&text)) {
+            f.infallible("hf::config_json", || {
+                hf::config_json(family, &parsed, "float32", None)
+            });
+            f.call("Family::of", || Family::of(&parsed));
+        }
+        let cut = r.random_range(0..=text.len());
+        f.call("hf::parse_config (truncated)", || {
+            hf::parse_config(&text[..cut])
+        });
+        // Tokenizers: flipped bytes, random text, random ids.
+        let mut bytes = tokenizer_bytes[k].clone();
+        for _ in 0..r.random_range(1..4usize) {
+            let i = r.random_range(0..bytes.len());
+            bytes[i] = r.random();
+        }
+        f.call("Tokenizer::from_bytes", || Tokenizer::from_bytes(&bytes));
+        let alphabet = ['a', ' ', '\n', 'é', '日', '\u{0}', '🙂', '\t', '<', '|'];
+        let sample: String = (0..size(r) * 3)
+            .map(|_| alphabet[r.random_range(0..alphabet.len())])
+            .collect();
+        let tok = &tokenizers[k];
+        if let Some(ids) = f.call("Tokenizer::encode", || tok.encode(&sample, r.random())) {
+            let back = f.call("Tokenizer::decode", || tok.decode(&ids, false));
+            f.rule(k == 1 || back.as_deref() == Some(sample.as_str()), || {
+                format!("byte-level BPE does not round-trip {sample:?}")
+            });
+        }
+        let ids: Vec<usize> = (0..size(r))
+            .map(|_| r.random_range(0..tok.vocab_size() + 3))
+            .collect();
+        f.call("Tokenizer::decode", || tok.decode(&ids, r.random()));
+        // A folder with corrupted weights or config (fewer rounds: it touches the disk).
+        if round % 6 == 0 {
+            let dir = scratch.join(format!("{round}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut w = weights[k].clone();
+            match r.random_range(0..3u32) {
+                0 => w.truncate(r.random_range(0..w.len())),
+                1 => {
+                    // A flip in the header (names, shapes, offsets).
+                    let i = 8 + r.random_range(0..600usize.min(w.len() - 8));
+                    w[i] = r.random();
+                }
+                _ => {
+                    // A NaN or infinity somewhere in the data.
+                    let i = (w.len() - 4 - r.random_range(0..1000usize)) & !3;
+                    let bad = if r.random() { f32::NAN } else { f32::INFINITY };
+                    w[i..i + 4].copy_from_slice(&bad.to_le_bytes());
+                }
+            }
+            std::fs::write(dir.join("model.safetensors"), &w).unwrap();
+            let config_text = if r.random() {
+                configs[k].to_string()
+            } else {
+                text.clone()
+            };
+            std::fs::write(dir.join("config.json"), config_text).unwrap();
+            f.run(
+                "hf::load",
+                &mut (),
+                |_| std::fs::read(dir.join("model.safetensors")).unwrap(),
+                |_| hf::load::<f32>(&dir).map(|_| ()),
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    // Models of neither family are refused before anything is written.
+    for _ in 0..20 {
+        let config = small_config(r);
+        if let Ok(model) = Gpt::<f64>::new(config, r) {
+            let dir = scratch.join("save");
+            let _ = std::fs::remove_dir_all(&dir);
+            if f.call("hf::save", || hf::save(&dir, &model, None))
+                .is_none()
+            {
+                f.rule(!dir.exists(), || "a refused hf::save wrote files".into());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// Kept so that the helpers' types are checked even where a group does not use them.

@@ -60,8 +60,19 @@ impl Tokenizer {
     /// # Errors
     /// [`Error::Tokenizer`] when the bytes are not a tokenizer the `tokenizers` crate reads.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| error("not a readable tokenizer.json", e))?;
+        // The tokenizers crate re-parses parts of the file with `unwrap` (a malformed
+        // `decoder` panics inside it): the JSON is checked here first, and a panic that still
+        // escapes is turned into an error.
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| error("not a readable tokenizer.json (invalid JSON)", e))?;
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|_| {
+                error(
+                    "not a readable tokenizer.json",
+                    "the tokenizers crate panicked",
+                )
+            })?;
+        let inner = parsed.map_err(|e| error("not a readable tokenizer.json", e))?;
         Ok(Self { inner })
     }
 
