@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = ["tiny", "baregpt", "char-6l", "gpt2-small", "gpt2-4l", "llama-4l"]
+PRESETS = ["tiny", "baregpt", "char-6l", "gpt2-small", "gpt2-4l", "llama-4l", "gpt2-124m"]
 SCALING_CONTEXTS = [256, 512, 1024, 2048, 4096]
 SCALING_TOKENS = 4096
 

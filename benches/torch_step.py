@@ -53,7 +53,10 @@ PRESETS = {
 FAMILY_PRESETS = {
     "gpt2-4l": ("gpt2", (4096, 256, 8, 8, 4, 1024, 128, 4)),
     "llama-4l": ("llama", (4096, 256, 8, 4, 4, 768, 128, 4)),
+    # GPT-2 small itself (its 1,024 positions), stepped on sequences of 128.
+    "gpt2-124m": ("gpt2", (50257, 768, 12, 12, 12, 3072, 128, 4)),
 }
+FAMILY_POSITIONS = {"gpt2-124m": 1024}
 
 
 # The scaling presets: char-6l at each context, 4,096 tokens per step (B = 4096 / T).
@@ -206,7 +209,7 @@ def build(name, context=None, batch=None):
         arch, (vocab, d, heads, kv_heads, layers, hidden, t, b) = FAMILY_PRESETS[name]
         t, b = context or t, batch or b
         if arch == "gpt2":
-            model = Gpt2(vocab, d, heads, layers, hidden, t)
+            model = Gpt2(vocab, d, heads, layers, hidden, FAMILY_POSITIONS.get(name, t))
         else:
             model = Llama(vocab, d, heads, kv_heads, layers, hidden)
         f = family_flops(vocab, d, heads, kv_heads, layers, hidden, t, b, arch == "llama")

@@ -173,9 +173,12 @@ type FamilyPreset = (
 
 /// The family presets, as benches/torch_step.py builds them: `(name, vocab, d_model, heads,
 /// kv heads, layers, T, B)`; `gpt2-*` is [`GptConfig::gpt2`], `llama-*` [`GptConfig::llama`].
-const FAMILY_PRESETS: [FamilyPreset; 2] = [
+/// `gpt2-124m` is GPT-2 small itself ([`GptConfig::gpt2_small`], 124,439,808 parameters
+/// with its 1,024 positions), stepped on sequences of 128.
+const FAMILY_PRESETS: [FamilyPreset; 3] = [
     ("gpt2-4l", 4096, 256, 8, 8, 4, 128, 4),
     ("llama-4l", 4096, 256, 8, 4, 4, 128, 4),
+    ("gpt2-124m", 50257, 768, 12, 12, 12, 128, 4),
 ];
 
 /// The contexts of the scaling presets `char-6l-t{T}`.
@@ -285,9 +288,10 @@ fn preset(name: &str) -> Option<(GptConfig, usize, usize)> {
     }
     let &(_, vocab, d, heads, kv_heads, layers, t, b) =
         FAMILY_PRESETS.iter().find(|p| p.0 == name)?;
-    let config = match name.starts_with("gpt2") {
-        true => GptConfig::gpt2(vocab, d, heads, layers, t),
-        false => GptConfig::llama(vocab, d, heads, kv_heads, layers, t),
+    let config = match name {
+        "gpt2-124m" => GptConfig::gpt2_small(),
+        _ if name.starts_with("gpt2") => GptConfig::gpt2(vocab, d, heads, layers, t),
+        _ => GptConfig::llama(vocab, d, heads, kv_heads, layers, t),
     };
     Some((config, t, b))
 }

@@ -3,9 +3,13 @@
 //! generates.
 //!
 //! ```text
+//! cargo run --release --example inspect                      # the bundled Shakespeare model
 //! cargo run --release --example inspect -- --checkpoint runs/input/model.safetensors \
 //!     --prompt "ROMEO: how, t" --layer 1 --tokens 20 --out runs/inspect
 //! ```
+//!
+//! With no `--checkpoint` it inspects the character-level Shakespeare model bundled in
+//! `models/shakespeare/`, and says so.
 //!
 //! It writes `attention.png` and `attention.svg` into `--out`: one panel per head, numbered,
 //! with the prompt's characters on both axes (rows: the position attending; columns: the
@@ -34,13 +38,10 @@ use rand::rngs::StdRng;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The checkpoint to inspect (written by the `train` example).
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "runs/addition/model.safetensors"
-    )]
-    checkpoint: PathBuf,
+    /// The checkpoint to inspect, written by the `train` example (default: the bundled
+    /// Shakespeare model, models/shakespeare/model.safetensors).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
     /// The prompt whose attention is drawn and which generation continues (default: the one
     /// stored in the checkpoint).
     #[arg(long)]
@@ -74,7 +75,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> AnyResult<()> {
-    let (model, extras, vocab) = prompt::load(&args.checkpoint)?;
+    let path = prompt::checkpoint_or_bundled(args.checkpoint.as_deref());
+    let (model, extras, vocab) = prompt::load(&path)?;
     let (prompt, ids) = prompt::encode(args.prompt.as_deref(), &extras, &vocab)?;
     let options = args.sampling.options()?;
     let context = model.config().context;

@@ -321,16 +321,16 @@ fn llama_config(obj: &Map<String, Value>) -> Result<GptConfig> {
         &[json!(false)],
         "the SwiGLU MLP has no biases",
     )?;
-    if let Some(head_dim) = optional_size(obj, "head_dim")? {
-        if head_dim.checked_mul(n_heads) != Some(d_model) {
-            return Err(Error::Unsupported {
-                field: "head_dim".into(),
-                value: head_dim.to_string(),
-                reason: format!(
-                    "heads are hidden_size / num_attention_heads = {d_model} / {n_heads} wide"
-                ),
-            });
-        }
+    if let Some(head_dim) = optional_size(obj, "head_dim")?
+        && head_dim.checked_mul(n_heads) != Some(d_model)
+    {
+        return Err(Error::Unsupported {
+            field: "head_dim".into(),
+            value: head_dim.to_string(),
+            reason: format!(
+                "heads are hidden_size / num_attention_heads = {d_model} / {n_heads} wide"
+            ),
+        });
     }
     let n_kv_heads = optional_size(obj, "num_key_value_heads")?.unwrap_or(n_heads);
     let bias = flag(obj, "attention_bias", false)?;

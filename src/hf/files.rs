@@ -120,16 +120,16 @@ impl Shards {
             let parsed = SafeTensors::deserialize(bytes)
                 .map_err(|e| hf_error(file, format!("is not a readable safetensors file: {e}")))?;
             for (name, view) in parsed.tensors() {
-                if let Some(map) = &self.weight_map {
-                    if map.get(&name) != Some(file) {
-                        return Err(hf_error(
-                            file,
-                            format!(
-                                "holds tensor `{name}`, which {INDEX_FILE} places in {}",
-                                map.get(&name).map_or("no file", String::as_str)
-                            ),
-                        ));
-                    }
+                if let Some(map) = &self.weight_map
+                    && map.get(&name) != Some(file)
+                {
+                    return Err(hf_error(
+                        file,
+                        format!(
+                            "holds tensor `{name}`, which {INDEX_FILE} places in {}",
+                            map.get(&name).map_or("no file", String::as_str)
+                        ),
+                    ));
                 }
                 if let Some((other, _)) = tensors.insert(name.clone(), (file.as_str(), view)) {
                     return Err(hf_error(
@@ -139,13 +139,13 @@ impl Shards {
                 }
             }
         }
-        if let Some(map) = &self.weight_map {
-            if let Some((name, file)) = map.iter().find(|(name, _)| !tensors.contains_key(*name)) {
-                return Err(hf_error(
-                    file,
-                    format!("lacks tensor `{name}`, which {INDEX_FILE} places there"),
-                ));
-            }
+        if let Some(map) = &self.weight_map
+            && let Some((name, file)) = map.iter().find(|(name, _)| !tensors.contains_key(*name))
+        {
+            return Err(hf_error(
+                file,
+                format!("lacks tensor `{name}`, which {INDEX_FILE} places there"),
+            ));
         }
         Ok(Tensors { tensors })
     }

@@ -371,7 +371,7 @@ pub fn save_with<F: Float>(
     };
     let tensors = hf_tensors(model, Which::Values)?
         .into_iter()
-        .map(|(name, array)| Encoded::new(name, &array.shape().to_vec(), array.iter(), storage))
+        .map(|(name, array)| Encoded::new(name, array.shape(), array.iter(), storage))
         .collect::<Result<Vec<_>>>()?;
     let meta = [("format".to_owned(), "pt".to_owned())]
         .into_iter()
