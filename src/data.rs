@@ -262,6 +262,49 @@ impl TokenDataset {
     }
 }
 
+/// Every non-overlapping window of `t` ids in `ids` with its next ids as targets, grouped
+/// into batches of at most `batch` windows: ids and targets `(b, t)` per batch, `b ≤ batch`.
+/// The windows start at `0, t, 2t, …` and the last ids that do not fill a window (at most
+/// `t`, since each window needs one more id for its last target) are left out, so the mean of
+/// [`Gpt::eval_loss`](crate::Gpt::eval_loss) over the batches, weighted by their sizes, is the
+/// loss over the whole of `ids` as a model with context `t` sees it.
+///
+/// ```
+/// use baregpt::data::windows;
+///
+/// let batches = windows(&(0..10).collect::<Vec<_>>(), 3, 2)?;
+/// assert_eq!(batches.len(), 2);                       // windows 0..3, 3..6 | 6..9
+/// assert_eq!(batches[1].0.row(0).to_vec(), vec![6, 7, 8]);
+/// assert_eq!(batches[1].1.row(0).to_vec(), vec![7, 8, 9]);
+/// # Ok::<(), baregpt::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidConfig`] when `t` or `batch` is zero or `ids` has fewer than `t + 1` ids.
+pub fn windows(ids: &[usize], t: usize, batch: usize) -> Result<Vec<(Array2<usize>, Array2<usize>)>> {
+    if t == 0 || batch == 0 || ids.len() <= t {
+        return Err(Error::InvalidConfig {
+            layer: "windows",
+            reason: format!(
+                "cannot cut windows of {t} (in batches of {batch}) from {} ids",
+                ids.len()
+            ),
+        });
+    }
+    let n = (ids.len() - 1) / t;
+    let mut out = Vec::with_capacity(n.div_ceil(batch));
+    let mut start = 0;
+    while start < n {
+        let b = batch.min(n - start);
+        let first = start * t;
+        let x = Array2::from_shape_fn((b, t), |(i, j)| ids[first + i * t + j]);
+        let y = Array2::from_shape_fn((b, t), |(i, j)| ids[first + i * t + j + 1]);
+        out.push((x, y));
+        start += b;
+    }
+    Ok(out)
+}
+
 /// A character-level corpus split into a training part and a validation part.
 ///
 /// The validation part is the last `val_fraction` of the text (at least one character), so the

@@ -323,3 +323,15 @@ pub fn progress_bar(steps: u64, start: u64) -> ProgressBar {
     bar.reset_eta();
     bar
 }
+
+/// The mean loss of `model` over all of `ids`, in non-overlapping windows of `context`
+/// ([`baregpt::data::windows`]), with dropout off; and the number of windows.
+pub fn split_loss<F: Float>(model: &Gpt<F>, ids: &[usize], context: usize) -> Result<(f64, usize)> {
+    let (mut total, mut windows) = (0.0, 0usize);
+    for (x, y) in baregpt::data::windows(ids, context, 16)? {
+        let b = x.nrows();
+        total += model.eval_loss(&x, &y)?.to_f64_exact() * b as f64;
+        windows += b;
+    }
+    Ok((total / windows as f64, windows))
+}

@@ -1,6 +1,9 @@
 //! What `sample` and `inspect` share: their sampling options, loading a checkpoint with its
 //! vocabulary, and turning a prompt into ids, with messages that say what to do.
 
+// Each example that includes this module uses part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 
 use baregpt::checkpoint::{self, Extras};
