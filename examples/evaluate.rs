@@ -59,7 +59,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let data = TextDataset::with_vocab(&text, vocab, args.val_fraction)?;
         let ids = data.ids(Split::Validation).to_vec();
-        (ids, format!("its last {} (the validation split)", args.val_fraction))
+        (
+            ids,
+            format!("its last {} (the validation split)", args.val_fraction),
+        )
     };
     let (loss, windows) = common::split_loss(&model, &ids, context)?;
     println!(

@@ -281,7 +281,11 @@ impl TokenDataset {
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] when `t` or `batch` is zero or `ids` has fewer than `t + 1` ids.
-pub fn windows(ids: &[usize], t: usize, batch: usize) -> Result<Vec<(Array2<usize>, Array2<usize>)>> {
+pub fn windows(
+    ids: &[usize],
+    t: usize,
+    batch: usize,
+) -> Result<Vec<(Array2<usize>, Array2<usize>)>> {
     if t == 0 || batch == 0 || ids.len() <= t {
         return Err(Error::InvalidConfig {
             layer: "windows",
