@@ -214,3 +214,11 @@ pub(crate) const LANES: usize = 16;
 /// rows match the height of the GEMM's widest micro-kernel. `char-6l` ran 4–8% faster than
 /// with one block (`docs/performance.md`); results agree with one block to rounding.
 pub(crate) const QUERY_BLOCK: usize = 64;
+
+/// Query rows per tile of the tiled attention (`kernels::flash_attention`): the height of the
+/// GEMM's widest micro-kernel, as [`QUERY_BLOCK`]. A tile of scores is
+/// `FLASH_QUERY_BLOCK × FLASH_KEY_BLOCK`; see [`FLASH_KEY_BLOCK`] for the measurements.
+pub(crate) const FLASH_QUERY_BLOCK: usize = 64;
+
+/// Keys per tile of the tiled attention (`kernels::flash_attention`).
+pub(crate) const FLASH_KEY_BLOCK: usize = 128;
