@@ -218,7 +218,7 @@ pub(crate) const QUERY_BLOCK: usize = 64;
 /// Query rows per tile of the tiled attention (`kernels::flash_attention`): the height of the
 /// GEMM's widest micro-kernel, as [`QUERY_BLOCK`]. A tile of scores is
 /// `FLASH_QUERY_BLOCK × FLASH_KEY_BLOCK`; see [`FLASH_KEY_BLOCK`] for the measurements.
-pub(crate) const FLASH_QUERY_BLOCK: usize = 64;
+pub(crate) const FLASH_QUERY_BLOCK: usize = 128;
 
 /// Keys per tile of the tiled attention (`kernels::flash_attention`).
 pub(crate) const FLASH_KEY_BLOCK: usize = 128;

@@ -62,8 +62,8 @@
 use std::ops::Range;
 
 use ndarray::{
-    Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, ArrayViewMut3,
-    ArrayViewMut4, Axis, Zip, s,
+    Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2,
+    ArrayViewMut3, ArrayViewMut4, Axis, Zip, s,
 };
 
 use super::attention::{Dims, check_dims, query_blocks};
@@ -253,8 +253,7 @@ impl MaskSite<'_> {
     fn apply<F: Float>(&self, values: &mut [F], row: usize, first_key: usize) {
         // No overflow: checked against u64 by `check_mask_indices`.
         let index = self.head_start + row as u64 * self.t_k + first_key as u64;
-        self.mask
-            .apply_in_place(ArrayViewMut1::from(values), index);
+        self.mask.apply_in_place(ArrayViewMut1::from(values), index);
     }
 }
 
@@ -317,7 +316,8 @@ impl<F: Float> WideLoop for OnlineTile<'_, F> {
         let width = self.scores.ncols();
         let rows = self.scores.rows_mut().into_iter();
         let stats = self.max.iter_mut().zip(self.sum.iter_mut());
-        for (i, ((row, (max, sum)), alpha)) in rows.zip(stats).zip(self.alpha.iter_mut()).enumerate()
+        for (i, ((row, (max, sum)), alpha)) in
+            rows.zip(stats).zip(self.alpha.iter_mut()).enumerate()
         {
             let seen = self.visible.seen(i, width);
             *alpha = on_slice(row, |values| online_row(values, seen, max, sum));
@@ -556,7 +556,11 @@ fn forward_head<F: Float>(
     let (bq, bk) = head.tiles;
     let scale = head.scale::<F>();
     let mut scores = Array2::<F>::zeros((bq, bk));
-    let (mut max, mut sum, mut alpha) = (vec![F::zero(); bq], vec![F::zero(); bq], vec![F::zero(); bq]);
+    let (mut max, mut sum, mut alpha) = (
+        vec![F::zero(); bq],
+        vec![F::zero(); bq],
+        vec![F::zero(); bq],
+    );
     for (rows, keys) in query_blocks(q.nrows(), head.offset, bq) {
         let n = rows.len();
         let q_rows = q.slice(s![rows.clone(), ..]);
@@ -568,7 +572,13 @@ fn forward_head<F: Float>(
             let cols = first_key..(first_key + bk).min(keys);
             let mut tile = scores.slice_mut(s![..n, ..cols.len()]);
             // (S)
-            matmul_into(scale, q_rows, k.slice(s![cols.clone(), ..]).t(), F::zero(), &mut tile);
+            matmul_into(
+                scale,
+                q_rows,
+                k.slice(s![cols.clone(), ..]).t(),
+                F::zero(),
+                &mut tile,
+            );
             let visible = Visible::new(head.offset, &rows, first_key);
             // (online)
             run_widest(OnlineTile {
@@ -769,7 +779,9 @@ fn backward_head<F: Float>(
             .zip(g_rows.rows())
             .zip(x.o.slice(s![rows.clone(), ..]).rows())
         {
-            *d = Zip::from(&g).and(&o).fold(F::zero(), |acc, &g, &o| acc + g * o);
+            *d = Zip::from(&g)
+                .and(&o)
+                .fold(F::zero(), |acc, &g, &o| acc + g * o);
         }
         for first_key in (0..keys).step_by(bk) {
             let cols = first_key..(first_key + bk).min(keys);
@@ -897,8 +909,16 @@ mod tests {
     #[test]
     fn lse_is_the_log_of_the_visible_scores_exponentials() {
         let [q, k, v, _] = inputs(1, (4, 6), (2, 1, 3));
-        let out = forward_tiled(q.view(), k.view(), v.view(), 2, 1, None, Tiles { query: 2, key: 3 })
-            .unwrap();
+        let out = forward_tiled(
+            q.view(),
+            k.view(),
+            v.view(),
+            2,
+            1,
+            None,
+            Tiles { query: 2, key: 3 },
+        )
+        .unwrap();
         for h in 0..2 {
             for i in 0..4 {
                 let total: f64 = (0..=2 + i)
