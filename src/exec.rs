@@ -222,3 +222,15 @@ pub(crate) const FLASH_QUERY_BLOCK: usize = 128;
 
 /// Keys per tile of the tiled attention (`kernels::flash_attention`).
 pub(crate) const FLASH_KEY_BLOCK: usize = 128;
+
+/// Query rows per block of the tiles the causal mask cuts, in the tiled attention
+/// (`kernels::flash_attention`): such a tile is taken in blocks of this many rows, each
+/// with only the keys its last row sees, as the plain kernel's [`QUERY_BLOCK`] does.
+pub(crate) const FLASH_DIAGONAL_BLOCK: usize = 64;
+
+/// Keys from which an `Attention` layer left at `AttentionKernel::Auto` runs the tiled
+/// kernel instead of the plain one (`AttentionKernel::TILED_MIN_KEYS`). Measured with
+/// `benches/layers.rs`' `attention_length` group (`C = 384`, 6 heads, `B·T = 2048`, two
+/// threads; `docs/performance.md`): the layer's forward and backward were 6% and 2% slower on
+/// the tiled kernel at `T = 64` and 128, even at 256, and 20–23% faster from 512 to 2048.
+pub(crate) const FLASH_MIN_KEYS: usize = 256;

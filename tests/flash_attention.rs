@@ -305,7 +305,7 @@ proptest! {
     }
 }
 
-/// Two layers with the same weights, one per kernel.
+/// Two layers with the same weights, on the tiled and on the plain kernel.
 fn layer_pair(c: usize, config: AttentionConfig, seed: u64) -> [Attention<f64>; 2] {
     [AttentionKernel::Tiled, AttentionKernel::Plain].map(|kernel| {
         Attention::with_config(c, config.with_kernel(kernel), &mut rng(seed)).unwrap()
@@ -326,23 +326,35 @@ fn the_layer_gives_the_same_outputs_and_gradients_on_either_kernel() {
         let c = 4 * config.n_heads;
         let [mut tiled, mut plain] = layer_pair(c, config, 1);
         let x = inputs(2, 2, (70, 70), (config.n_heads, 1, 4))[0].clone();
-        // Two steps, so that the dropout masks of both passes agree too.
-        for _ in 0..2 {
-            let (y_t, y_p) = (tiled.forward(&x).unwrap(), plain.forward(&x).unwrap());
-            assert_abs_diff_eq!(y_t, y_p, epsilon = 1e-12);
-            let dy = y_t.mapv(f64::cos);
-            let (dx_t, dx_p) = (tiled.backward(&dy).unwrap(), plain.backward(&dy).unwrap());
-            assert_abs_diff_eq!(dx_t, dx_p, epsilon = 1e-12);
-        }
-        let mut grads = Vec::new();
-        plain.for_each_param(&mut |_, p| grads.push(p.grad.to_owned()));
-        let mut i = 0;
-        tiled.for_each_param(&mut |name, p| {
-            assert_abs_diff_eq!(p.grad, grads[i].view(), epsilon = 1e-12);
-            assert!(!name.is_empty());
-            i += 1;
-        });
+        compare_layers(&mut tiled, &mut plain, &x);
     }
+    // The default kernel from `TILED_MIN_KEYS` keys on is the tiled one: same results.
+    let config = AttentionConfig::new(2).kv_heads(1).with_dropout(0.1, 3);
+    let t = AttentionKernel::TILED_MIN_KEYS + 7;
+    let mut auto = Attention::with_config(6, config, &mut rng(2)).unwrap();
+    let [_, mut plain] = layer_pair(6, config, 2);
+    let x = inputs(6, 1, (t, t), (2, 1, 3))[0].clone();
+    compare_layers(&mut auto, &mut plain, &x);
+}
+
+/// Two steps of `a` and `b` (built alike) on `x` give the same outputs, input gradients and
+/// parameter gradients; two, so that the dropout masks of both passes agree too.
+fn compare_layers(a: &mut Attention<f64>, b: &mut Attention<f64>, x: &Array3<f64>) {
+    for _ in 0..2 {
+        let (y_a, y_b) = (a.forward(x).unwrap(), b.forward(x).unwrap());
+        assert_abs_diff_eq!(y_a, y_b, epsilon = 1e-12);
+        let dy = y_a.mapv(f64::cos);
+        let (dx_a, dx_b) = (a.backward(&dy).unwrap(), b.backward(&dy).unwrap());
+        assert_abs_diff_eq!(dx_a, dx_b, epsilon = 1e-12);
+    }
+    let mut grads = Vec::new();
+    b.for_each_param(&mut |_, p| grads.push(p.grad.to_owned()));
+    let mut i = 0;
+    a.for_each_param(&mut |_, p| {
+        assert_abs_diff_eq!(p.grad, grads[i].view(), epsilon = 1e-12);
+        i += 1;
+    });
+    assert_eq!(i, grads.len());
 }
 
 #[test]
@@ -380,12 +392,16 @@ fn inference_and_decoding_agree_on_either_kernel() {
 }
 
 #[test]
-fn attention_maps_of_a_model_on_the_tiled_kernel() {
-    let gpt = Gpt::<f64>::new(GptConfig::tiny(10), &mut rng(0)).unwrap();
-    let ids = ndarray::array![[1, 2, 3, 4]];
+fn attention_maps_of_a_model_long_enough_for_the_tiled_kernel() {
+    // 260 positions: the default kernel is the tiled one, and recording the maps (which
+    // needs the plain kernel's probabilities) leaves the logits bit for bit as they are.
+    let t = AttentionKernel::TILED_MIN_KEYS + 4;
+    let gpt = Gpt::<f64>::new(GptConfig::with_sizes(10, 8, 2, 2, t), &mut rng(0)).unwrap();
+    let ids = ndarray::Array2::from_shape_fn((1, t), |(_, i)| (i * 7) % 10);
     let (logits, maps) = gpt.attention_maps(&ids).unwrap();
     assert_eq!(logits, gpt.infer(&ids).unwrap());
     assert_eq!(maps.len(), 2);
+    assert_eq!(maps[1].shape(), &[1, 2, t, t]);
     for row in maps[0].lanes(ndarray::Axis(3)) {
         assert_abs_diff_eq!(row.sum(), 1.0, epsilon = 1e-12);
     }

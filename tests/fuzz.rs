@@ -616,11 +616,11 @@ fn fuzz_layers(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
                 .random::<bool>()
                 .then(|| if r.random() { 1e4 } else { float(r) }),
             dropout: (if r.random() { 0.0 } else { float(r) }, r.random()),
-            kernel: if r.random() {
-                AttentionKernel::Tiled
-            } else {
-                AttentionKernel::Plain
-            },
+            kernel: [
+                AttentionKernel::Auto,
+                AttentionKernel::Tiled,
+                AttentionKernel::Plain,
+            ][r.random_range(0..3)],
         };
         if let Some(mut l) = f.call("Attention::with_config", || {
             Attention::<f64>::with_config(c, attention, r)

@@ -45,14 +45,19 @@ fn attention_case(
 
 /// `(x (B, T, H·D), config, seed)` for an attention layer of any shape: `H_kv` key/value
 /// heads shared by `H/H_kv` query heads each, biases or not, rotary embeddings (with an even
-/// head size) or not, on the tiled or the plain kernel.
+/// head size) or not, on either kernel (or the default, which is the plain one at these
+/// lengths).
 fn attention_variant_case() -> impl Strategy<Value = (Array3<f64>, AttentionConfig, u64)> {
     (
         (1..=2usize, 1..=5usize, 1..=2usize, 1..=3usize, 1..=2usize),
         (
             any::<bool>(),
             prop::option::of(prop_oneof![Just(10_000.0), 2.0..50.0f64]),
-            prop_oneof![Just(AttentionKernel::Tiled), Just(AttentionKernel::Plain)],
+            prop_oneof![
+                Just(AttentionKernel::Auto),
+                Just(AttentionKernel::Tiled),
+                Just(AttentionKernel::Plain)
+            ],
         ),
     )
         .prop_flat_map(|((b, t, h_kv, group, d), (bias, rope, kernel))| {

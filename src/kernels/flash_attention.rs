@@ -72,7 +72,9 @@ use super::elementwise::{WideLoop, run_widest};
 use super::fast_math::exp_nonpositive;
 use super::matmul::matmul_into;
 use crate::error::check_shape;
-use crate::exec::{FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK, LANES, for_each_split, on_one_thread};
+use crate::exec::{
+    FLASH_DIAGONAL_BLOCK, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK, LANES, for_each_split, on_one_thread,
+};
 use crate::limits::{MAX_ALLOC_BYTES, check_alloc};
 use crate::{Error, Float, Result};
 
@@ -117,6 +119,8 @@ pub(crate) struct Tiles {
     pub(crate) query: usize,
     /// Keys per block (`Bk`).
     pub(crate) key: usize,
+    /// Query rows per block of a tile the causal mask cuts.
+    pub(crate) diagonal: usize,
 }
 
 impl Tiles {
@@ -124,14 +128,18 @@ impl Tiles {
     pub(crate) const DEFAULT: Self = Self {
         query: FLASH_QUERY_BLOCK,
         key: FLASH_KEY_BLOCK,
+        diagonal: FLASH_DIAGONAL_BLOCK,
     };
 
-    /// The sizes for `t_q` queries and `t_k` keys: at least 1, at most the whole axis.
-    fn fit(self, t_q: usize, t_k: usize) -> (usize, usize) {
-        (
-            self.query.clamp(1, t_q.max(1)),
-            self.key.clamp(1, t_k.max(1)),
-        )
+    /// The sizes for `t_q` queries and `t_k` keys: at least 1, at most the whole axis (and
+    /// the diagonal blocks at most a query block).
+    fn fit(self, t_q: usize, t_k: usize) -> Self {
+        let query = self.query.clamp(1, t_q.max(1));
+        Self {
+            query,
+            key: self.key.clamp(1, t_k.max(1)),
+            diagonal: self.diagonal.clamp(1, query),
+        }
     }
 }
 
@@ -286,11 +294,23 @@ impl Visible {
 
 /// Runs `f` on the row as a slice: tiles are in standard layout, so their rows always are
 /// contiguous; a strided row would be copied in and out.
+///
+/// The vectorised loops below call their row functions directly on the slice instead (a
+/// closure handed through here is not reliably inlined into [`run_widest`]'s wide variants)
+/// and come here only for the strided case.
 #[inline(always)]
 fn on_slice<F: Float, R>(mut row: ArrayViewMut1<'_, F>, f: impl FnOnce(&mut [F]) -> R) -> R {
     if let Some(values) = row.as_slice_mut() {
         return f(values);
     }
+    strided_row(row, f)
+}
+
+/// [`on_slice`]'s fallback for a strided row: copies it into a vector for `f`, and back.
+/// Never taken for the tiles, kept so that no layout can panic.
+#[cold]
+#[inline(never)]
+fn strided_row<F: Float, R>(mut row: ArrayViewMut1<'_, F>, f: impl FnOnce(&mut [F]) -> R) -> R {
     let mut values = row.to_vec();
     let result = f(&mut values);
     row.assign(&ArrayView1::from(&values[..]));
@@ -320,7 +340,11 @@ impl<F: Float> WideLoop for OnlineTile<'_, F> {
             rows.zip(stats).zip(self.alpha.iter_mut()).enumerate()
         {
             let seen = self.visible.seen(i, width);
-            *alpha = on_slice(row, |values| online_row(values, seen, max, sum));
+            let mut row = row;
+            *alpha = match row.as_slice_mut() {
+                Some(values) => online_row(values, seen, max, sum),
+                None => strided_row(row, |values| online_row(values, seen, max, sum)),
+            };
         }
     }
 }
@@ -349,9 +373,10 @@ fn online_row<F: Float>(values: &mut [F], seen: usize, max: &mut F, sum: &mut F)
         block_sum += *v;
     }
     let block_sum = lanes.iter().fold(block_sum, |acc, &lane| acc + lane);
-    // The first visible tile has nothing to rescale (m_old = −∞, l_old = 0).
+    // A row's first visible tile has nothing to rescale (m_old = −∞, l_old = 0, a = 0): α is
+    // taken as 1, which leaves them as they are.
     let alpha = if *max == F::neg_infinity() {
-        F::zero()
+        F::one()
     } else {
         exp_nonpositive(*max - new_max)
     };
@@ -387,18 +412,25 @@ impl<F: Float> WideLoop for RecomputeTile<'_, F> {
     #[inline(always)]
     fn run(mut self) {
         let width = self.scores.ncols();
-        for (i, (row, &lse)) in self.scores.rows_mut().into_iter().zip(self.lse).enumerate() {
+        for (i, (mut row, &lse)) in self.scores.rows_mut().into_iter().zip(self.lse).enumerate() {
             let seen = self.visible.seen(i, width);
-            on_slice(row, |values| {
-                let (visible, hidden) = values.split_at_mut(seen);
-                // S ≤ lse up to rounding, so the exponent is at most a few ulps above 0.
-                for v in visible {
-                    *v = exp_nonpositive(*v - lse);
-                }
-                hidden.fill(F::zero());
-            });
+            match row.as_slice_mut() {
+                Some(values) => recompute_row(values, seen, lse),
+                None => strided_row(row, |values| recompute_row(values, seen, lse)),
+            }
         }
     }
+}
+
+/// One row of [`RecomputeTile`].
+#[inline(always)]
+fn recompute_row<F: Float>(values: &mut [F], seen: usize, lse: F) {
+    let (visible, hidden) = values.split_at_mut(seen);
+    // S ≤ lse up to rounding, so the exponent is at most a few ulps above 0.
+    for v in visible {
+        *v = exp_nonpositive(*v - lse);
+    }
+    hidden.fill(F::zero());
 }
 
 /// *(dS)* on one tile: `dP` becomes `P ⊙ (dP − Δ_i)` row by row.
@@ -414,20 +446,20 @@ impl<F: Float> WideLoop for SoftmaxBackwardTile<'_, F> {
     #[inline(always)]
     fn run(mut self) {
         let rows = self.probs.rows().into_iter().zip(self.d_probs.rows_mut());
-        for ((p, dp), &delta) in rows.zip(self.delta) {
-            on_slice(dp, |dp| match p.as_slice() {
-                Some(p) => {
-                    for (dp, &p) in dp.iter_mut().zip(p) {
-                        *dp = p * (*dp - delta);
-                    }
-                }
-                None => {
-                    for (dp, &p) in dp.iter_mut().zip(&p) {
-                        *dp = p * (*dp - delta);
-                    }
-                }
-            });
+        for ((p, mut dp), &delta) in rows.zip(self.delta) {
+            match (p.as_slice(), dp.as_slice_mut()) {
+                (Some(p), Some(dp)) => softmax_backward_row(p, dp, delta),
+                _ => strided_row(dp, |dp| softmax_backward_row(&p.to_vec(), dp, delta)),
+            }
         }
+    }
+}
+
+/// One row of [`SoftmaxBackwardTile`].
+#[inline(always)]
+fn softmax_backward_row<F: Float>(p: &[F], dp: &mut [F], delta: F) {
+    for (dp, &p) in dp.iter_mut().zip(p) {
+        *dp = p * (*dp - delta);
     }
 }
 
@@ -437,7 +469,7 @@ struct Head<'m> {
     /// `1/√D`.
     scale: f64,
     offset: usize,
-    tiles: (usize, usize),
+    tiles: Tiles,
     mask: Option<MaskSite<'m>>,
 }
 
@@ -446,7 +478,7 @@ impl<'m> Head<'m> {
     fn new(
         (bi, h): (usize, usize),
         dims: (usize, usize, usize, usize),
-        tiles: (usize, usize),
+        tiles: Tiles,
         mask: Option<&'m DropoutMask>,
     ) -> Self {
         let (n_heads, t_q, t_k, d) = dims;
@@ -489,8 +521,8 @@ pub(crate) fn forward_tiled<F: Float>(
     } = check_dims(KERNEL, &q, &k, &v, n_heads, n_kv_heads)?;
     check_alloc::<F>(KERNEL, "ctx", &[b, t_q, c])?;
     check_alloc::<F>(KERNEL, "lse", &[b, n_heads, t_q])?;
-    let (bq, bk) = tiles.fit(t_q, t_k);
-    check_alloc::<F>(KERNEL, "scores tile", &[bq, bk])?;
+    let tiles = tiles.fit(t_q, t_k);
+    check_alloc::<F>(KERNEL, "scores tile", &[tiles.query, tiles.key])?;
     if mask.is_some() {
         check_mask_indices(b, n_heads, t_q, t_k)?;
     }
@@ -521,7 +553,7 @@ pub(crate) fn forward_tiled<F: Float>(
                 v.slice(s![bi, .., g * d..(g + 1) * d]),
                 ctx,
                 lse,
-                Head::new((bi, h), (n_heads, t_q, t_k, d), (bq, bk), mask),
+                Head::new((bi, h), (n_heads, t_q, t_k, d), tiles, mask),
             );
         })
     );
@@ -553,7 +585,9 @@ fn forward_head<F: Float>(
     mut lse: ArrayViewMut1<'_, F>,
     head: Head<'_>,
 ) {
-    let (bq, bk) = head.tiles;
+    let Tiles {
+        query: bq, key: bk, ..
+    } = head.tiles;
     let scale = head.scale::<F>();
     let mut scores = Array2::<F>::zeros((bq, bk));
     let (mut max, mut sum, mut alpha) = (
@@ -563,57 +597,49 @@ fn forward_head<F: Float>(
     );
     for (rows, keys) in query_blocks(q.nrows(), head.offset, bq) {
         let n = rows.len();
-        let q_rows = q.slice(s![rows.clone(), ..]);
-        let mut acc = ctx.slice_mut(s![rows.clone(), ..]);
-        let (max, sum, alpha) = (&mut max[..n], &mut sum[..n], &mut alpha[..n]);
+        let (max, sum) = (&mut max[..n], &mut sum[..n]);
         max.fill(F::neg_infinity());
         sum.fill(F::zero());
-        for first_key in (0..keys).step_by(bk) {
-            let cols = first_key..(first_key + bk).min(keys);
-            let mut tile = scores.slice_mut(s![..n, ..cols.len()]);
+        // Each row meets its keys in increasing order, as the recurrence needs.
+        for (sub, cols) in tile_units(&rows, keys, head.offset, head.tiles) {
+            let local = sub.start - rows.start..sub.end - rows.start;
+            let (max, sum) = (&mut max[local.clone()], &mut sum[local]);
+            let alpha = &mut alpha[..sub.len()];
+            let mut acc = ctx.slice_mut(s![sub.clone(), ..]);
+            let mut tile = scores.slice_mut(s![..sub.len(), ..cols.len()]);
             // (S)
-            matmul_into(
-                scale,
-                q_rows,
-                k.slice(s![cols.clone(), ..]).t(),
-                F::zero(),
-                &mut tile,
-            );
-            let visible = Visible::new(head.offset, &rows, first_key);
+            let k_block = k.slice(s![cols.clone(), ..]);
+            let q_rows = q.slice(s![sub.clone(), ..]);
+            matmul_into(scale, q_rows, k_block.t(), F::zero(), &mut tile);
+            let visible = Visible::new(head.offset, &sub, cols.start);
             // (online)
             run_widest(OnlineTile {
                 scores: tile.view_mut(),
                 visible,
-                max: &mut *max,
-                sum: &mut *sum,
-                alpha: &mut *alpha,
+                max,
+                sum,
+                alpha,
             });
-            // (rescale): nothing is accumulated before the first tile.
-            if first_key > 0 {
-                for (mut row, &a) in acc.rows_mut().into_iter().zip(alpha.iter()) {
-                    if a != F::one() {
-                        row.mapv_inplace(|x| x * a);
-                    }
+            // (rescale), skipped where α = 1 (the maximum did not move, or the row's first tile).
+            for (mut row, &a) in acc.rows_mut().into_iter().zip(alpha.iter()) {
+                if a != F::one() {
+                    row.mapv_inplace(|x| x * a);
                 }
             }
             if let Some(site) = head.mask {
                 for (i, row) in tile.rows_mut().into_iter().enumerate() {
                     let seen = visible.seen(i, cols.len());
                     on_slice(row, |values| {
-                        site.apply(&mut values[..seen], rows.start + i, first_key);
+                        site.apply(&mut values[..seen], sub.start + i, cols.start);
                     });
                 }
             }
             // (ctx)
-            matmul_into(
-                F::one(),
-                tile.view(),
-                v.slice(s![cols, ..]),
-                F::one(),
-                &mut acc,
-            );
+            let v_block = v.slice(s![cols, ..]);
+            matmul_into(F::one(), tile.view(), v_block, F::one(), &mut acc);
         }
         // (lse), and the division by the sum. Every row saw key 0, so l ≥ 1.
+        let mut acc = ctx.slice_mut(s![rows.clone(), ..]);
         for ((mut row, &l), (m, lse)) in acc
             .rows_mut()
             .into_iter()
@@ -625,6 +651,33 @@ fn forward_head<F: Float>(
             *lse = *m + l.ln();
         }
     }
+}
+
+/// The tiles of one block of query rows that sees `keys` keys: `(rows, keys)` pairs, the
+/// key blocks of `tiles.key` in order. A tile that every row sees whole is taken at the
+/// block's full height; a tile the causal mask cuts (the block's last, or last two) is split
+/// into row blocks of `tiles.diagonal`, each with only the keys its last row sees, so the
+/// products skip most of the hidden triangle.
+fn tile_units(
+    rows: &Range<usize>,
+    keys: usize,
+    offset: usize,
+    tiles: Tiles,
+) -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
+    let (rows, bk) = (rows.clone(), tiles.key.max(1));
+    (0..keys).step_by(bk).flat_map(move |start| {
+        let end = (start + bk).min(keys);
+        // Row r sees keys ..offset + r + 1: all of the tile from the first row on?
+        let whole = end <= offset + rows.start + 1;
+        let height = if whole { rows.len() } else { tiles.diagonal };
+        (rows.start..rows.end)
+            .step_by(height.max(1))
+            .filter_map(move |first| {
+                let sub = first..(first + height).min(rows.end);
+                let seen_end = end.min(offset + sub.end);
+                (seen_end > start).then(|| (sub, start..seen_end))
+            })
+    })
 }
 
 /// [`flash_attention_backward`] with tiles of `tiles` rows × keys.
@@ -662,8 +715,8 @@ pub(crate) fn backward_tiled<F: Float>(
     let c_kv = k.dim().2;
     check_alloc::<F>(KERNEL, "dq", &[b, t_q, c])?;
     check_alloc::<F>(KERNEL, "dk", &[b, t_k, c_kv])?;
-    let (bq, bk) = tiles.fit(t_q, t_k);
-    check_alloc::<F>(KERNEL, "scores tile", &[bq, bk])?;
+    let tiles = tiles.fit(t_q, t_k);
+    check_alloc::<F>(KERNEL, "scores tile", &[tiles.query, tiles.key])?;
     if mask.is_some() {
         check_mask_indices(b, n_heads, t_q, t_k)?;
     }
@@ -688,7 +741,7 @@ pub(crate) fn backward_tiled<F: Float>(
             let (mut dq, mut dk, mut dv) = (squeeze(dq), squeeze(dk), squeeze(dv));
             let kv = s![bi, .., g * d..(g + 1) * d];
             let (k, v) = (k.slice(kv), v.slice(kv));
-            let mut scratch = Scratch::new((bq, bk), mask.is_some());
+            let mut scratch = Scratch::new((tiles.query, tiles.key), mask.is_some());
             for j in 0..group {
                 let h = g * group + j;
                 let cols = s![bi, .., h * d..(h + 1) * d];
@@ -707,7 +760,7 @@ pub(crate) fn backward_tiled<F: Float>(
                         dv: dv.view_mut(),
                     },
                     &mut scratch,
-                    Head::new((bi, h), (n_heads, t_q, t_k, d), (bq, bk), mask),
+                    Head::new((bi, h), (n_heads, t_q, t_k, d), tiles, mask),
                 );
             }
         })
@@ -764,40 +817,35 @@ fn backward_head<F: Float>(
     scratch: &mut Scratch<F>,
     head: Head<'_>,
 ) {
-    let (_, bk) = head.tiles;
+    let Tiles { query: bq, .. } = head.tiles;
     let scale = head.scale::<F>();
-    for (rows, keys) in query_blocks(x.q.nrows(), head.offset, head.tiles.0) {
-        let n = rows.len();
-        let q_rows = x.q.slice(s![rows.clone(), ..]);
-        let g_rows = x.d_o.slice(s![rows.clone(), ..]);
-        let lse_rows = x.lse.slice(s![rows.clone()]);
-        let mut dq_rows = grads.dq.slice_mut(s![rows.clone(), ..]);
+    for (rows, keys) in query_blocks(x.q.nrows(), head.offset, bq) {
         // (Δ) = rowsum(dO ⊙ O)
-        let delta = &mut scratch.delta[..n];
-        for ((d, g), o) in delta
-            .iter_mut()
-            .zip(g_rows.rows())
-            .zip(x.o.slice(s![rows.clone(), ..]).rows())
-        {
+        let delta = &mut scratch.delta[..rows.len()];
+        let o_rows = x.o.slice(s![rows.clone(), ..]);
+        let g_rows = x.d_o.slice(s![rows.clone(), ..]);
+        for ((d, g), o) in delta.iter_mut().zip(g_rows.rows()).zip(o_rows.rows()) {
             *d = Zip::from(&g)
                 .and(&o)
                 .fold(F::zero(), |acc, &g, &o| acc + g * o);
         }
-        for first_key in (0..keys).step_by(bk) {
-            let cols = first_key..(first_key + bk).min(keys);
-            let width = cols.len();
+        for (sub, cols) in tile_units(&rows, keys, head.offset, head.tiles) {
+            let (n, width) = (sub.len(), cols.len());
+            let delta = &delta[sub.start - rows.start..sub.end - rows.start];
+            let q_rows = x.q.slice(s![sub.clone(), ..]);
+            let g_rows = x.d_o.slice(s![sub.clone(), ..]);
             let (k_block, v_block) = (
                 x.k.slice(s![cols.clone(), ..]),
                 x.v.slice(s![cols.clone(), ..]),
             );
-            let visible = Visible::new(head.offset, &rows, first_key);
+            let visible = Visible::new(head.offset, &sub, cols.start);
             let mut probs = scratch.probs.slice_mut(s![..n, ..width]);
             // (P): the scores, then exp(S − lse).
             matmul_into(scale, q_rows, k_block.t(), F::zero(), &mut probs);
             run_widest(RecomputeTile {
                 scores: probs.view_mut(),
                 visible,
-                lse: lse_rows,
+                lse: x.lse.slice(s![sub.clone()]),
             });
             let mut d_probs = scratch.d_probs.slice_mut(s![..n, ..width]);
             // (dP) = dO·V_blockᵀ, masked below.
@@ -810,9 +858,9 @@ fn backward_head<F: Float>(
                     let tiles = dropped.rows_mut().into_iter().zip(d_probs.rows_mut());
                     for (i, (pm, dp)) in tiles.enumerate() {
                         let seen = visible.seen(i, width);
-                        let row = rows.start + i;
-                        on_slice(pm, |pm| site.apply(&mut pm[..seen], row, first_key));
-                        on_slice(dp, |dp| site.apply(&mut dp[..seen], row, first_key));
+                        let row = sub.start + i;
+                        on_slice(pm, |pm| site.apply(&mut pm[..seen], row, cols.start));
+                        on_slice(dp, |dp| site.apply(&mut dp[..seen], row, cols.start));
                     }
                     // (dv) with P ⊙ M
                     matmul_into(F::one(), dropped.t(), g_rows, F::one(), &mut dv_block);
@@ -827,14 +875,10 @@ fn backward_head<F: Float>(
                 delta,
             });
             // (dq, dk)
+            let mut dq_rows = grads.dq.slice_mut(s![sub.clone(), ..]);
             matmul_into(scale, d_probs.view(), k_block, F::one(), &mut dq_rows);
-            matmul_into(
-                scale,
-                d_probs.t(),
-                q_rows,
-                F::one(),
-                &mut grads.dk.slice_mut(s![cols, ..]),
-            );
+            let mut dk_block = grads.dk.slice_mut(s![cols, ..]);
+            matmul_into(scale, d_probs.t(), q_rows, F::one(), &mut dk_block);
         }
     }
 }
@@ -870,10 +914,31 @@ mod tests {
     fn small_tiles_match_the_plain_kernel_forward_and_backward() {
         let mask = DropoutMask::new(0.3, 5, 2).unwrap();
         for tiles in [
-            Tiles { query: 3, key: 5 },
-            Tiles { query: 4, key: 4 },
-            Tiles { query: 7, key: 2 },
-            Tiles { query: 1, key: 1 },
+            Tiles {
+                query: 3,
+                key: 5,
+                diagonal: 3,
+            },
+            Tiles {
+                query: 4,
+                key: 4,
+                diagonal: 2,
+            },
+            Tiles {
+                query: 7,
+                key: 2,
+                diagonal: 3,
+            },
+            Tiles {
+                query: 8,
+                key: 6,
+                diagonal: 1,
+            },
+            Tiles {
+                query: 1,
+                key: 1,
+                diagonal: 1,
+            },
         ] {
             for t_k in 1..=23usize {
                 for t_q in [t_k, 1, t_k.div_ceil(2)] {
@@ -916,7 +981,11 @@ mod tests {
             2,
             1,
             None,
-            Tiles { query: 2, key: 3 },
+            Tiles {
+                query: 2,
+                key: 3,
+                diagonal: 1,
+            },
         )
         .unwrap();
         for h in 0..2 {
@@ -928,6 +997,47 @@ mod tests {
                     })
                     .sum();
                 assert_abs_diff_eq!(out.lse[[0, h, i]], total.ln(), epsilon = 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn tile_units_cover_each_visible_pair_once_in_key_order() {
+        for (t_q, t_k) in [(1, 1), (9, 9), (20, 20), (5, 17), (33, 40)] {
+            for (query, key, diagonal) in [(4, 3, 2), (8, 8, 8), (6, 5, 1), (3, 7, 3)] {
+                let tiles = Tiles {
+                    query,
+                    key,
+                    diagonal,
+                };
+                let offset = t_k - t_q;
+                let mut seen = vec![vec![0u32; t_k]; t_q];
+                let mut last_key = vec![0usize; t_q];
+                for (rows, keys) in query_blocks(t_q, offset, query) {
+                    for (sub, cols) in tile_units(&rows, keys, offset, tiles) {
+                        assert!(sub.start >= rows.start && sub.end <= rows.end);
+                        // Some row of the unit sees its first key.
+                        assert!(cols.start < offset + sub.end, "{sub:?} {cols:?}");
+                        for r in sub {
+                            assert!(cols.start >= last_key[r], "row {r} goes back");
+                            last_key[r] = cols.end;
+                            for j in cols.clone() {
+                                seen[r][j] += 1;
+                            }
+                        }
+                    }
+                }
+                for (r, row) in seen.iter().enumerate() {
+                    for (j, &n) in row.iter().enumerate() {
+                        // Hidden keys may sit in a unit (and are masked there); visible ones
+                        // are in exactly one.
+                        if j <= offset + r {
+                            assert_eq!(n, 1, "T_q {t_q} T_k {t_k} {tiles:?}: ({r}, {j})");
+                        } else {
+                            assert!(n <= 1);
+                        }
+                    }
+                }
             }
         }
     }

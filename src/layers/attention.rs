@@ -64,22 +64,46 @@ enum Softmax<F> {
 /// ```
 /// use baregpt::layers::{AttentionConfig, AttentionKernel};
 ///
-/// assert_eq!(AttentionConfig::new(4).kernel, AttentionKernel::Tiled);
+/// assert_eq!(AttentionConfig::new(4).kernel, AttentionKernel::Auto);
+/// assert_eq!(AttentionKernel::Auto.for_keys(128), AttentionKernel::Plain);
+/// assert_eq!(AttentionKernel::Auto.for_keys(1024), AttentionKernel::Tiled);
 /// let reference = AttentionConfig::new(4).with_kernel(AttentionKernel::Plain);
-/// assert_eq!(reference.kernel, AttentionKernel::Plain);
+/// assert_eq!(reference.kernel.for_keys(1024), AttentionKernel::Plain);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// The tiled kernel ([`flash_attention_forward`](crate::kernels::flash_attention_forward)),
-    /// the default: the cache keeps each query's log-sum-exp, `B·H·T` numbers, and the
-    /// backward recomputes the probabilities tile by tile. As fast or faster than the plain
-    /// kernel from `T = 64` up on the measured machine (`docs/performance.md`).
+    /// The default: [`Tiled`](Self::Tiled) when a pass attends over at least
+    /// [`AttentionKernel::TILED_MIN_KEYS`] keys, [`Plain`](Self::Plain) below. Chosen by
+    /// measurement (`docs/performance.md`): below that length the plain kernel is faster (the
+    /// tiled backward does one more product per tile, to rebuild the probabilities) and its
+    /// probabilities are a small part of the cache; from there on the tiled one is as fast or
+    /// faster and the probabilities would dominate the memory.
     #[default]
+    Auto,
+    /// The tiled kernel ([`flash_attention_forward`](crate::kernels::flash_attention_forward)):
+    /// the cache keeps each query's log-sum-exp, `B·H·T` numbers, and the backward
+    /// recomputes the probabilities tile by tile.
     Tiled,
     /// The plain kernel ([`grouped_attention_forward`](crate::kernels::grouped_attention_forward)):
     /// the cache keeps the probabilities `(B, H, T, T)`. The readable reference, and the
     /// oracle the tiled kernel is tested against.
     Plain,
+}
+
+impl AttentionKernel {
+    /// The number of keys from which [`AttentionKernel::Auto`] takes the tiled kernel: 256
+    /// (the measurements are in `docs/performance.md`).
+    pub const TILED_MIN_KEYS: usize = crate::exec::FLASH_MIN_KEYS;
+
+    /// The kernel a pass over `t_k` keys runs: [`Tiled`](Self::Tiled) or
+    /// [`Plain`](Self::Plain) (never `Auto`).
+    pub fn for_keys(self, t_k: usize) -> Self {
+        match self {
+            Self::Auto if t_k >= Self::TILED_MIN_KEYS => Self::Tiled,
+            Self::Auto => Self::Plain,
+            kernel => kernel,
+        }
+    }
 }
 
 /// The shape of an [`Attention`] layer: its heads, whether its projections have biases, and
@@ -109,8 +133,9 @@ pub struct AttentionConfig {
     /// the drop probability `p` (`0 ≤ p < 1`; 0, the default, is none) and the seed of its
     /// masks. Inference never drops.
     pub dropout: (f64, u64),
-    /// The kernel of the heads ([`AttentionKernel::Tiled`] unless asked otherwise). It does not
-    /// change the function (beyond rounding), the parameters or a checkpoint. Inference that
+    /// The kernel of the heads ([`AttentionKernel::Auto`] unless asked otherwise: tiled for
+    /// long sequences, plain for short ones). It does not change the function (beyond
+    /// rounding), the parameters or a checkpoint. Inference that
     /// records the probabilities
     /// ([`InferState::recording_attention`](crate::layer::InferState::recording_attention))
     /// also runs the plain kernel for them, since only that one forms them; the output is
@@ -127,12 +152,12 @@ impl AttentionConfig {
             bias: false,
             rope_theta: None,
             dropout: (0.0, 0),
-            kernel: AttentionKernel::Tiled,
+            kernel: AttentionKernel::Auto,
         }
     }
 
     /// With the heads computed by `kernel` (for example [`AttentionKernel::Plain`], the
-    /// reference kernel that keeps the probabilities).
+    /// reference kernel that keeps the probabilities, at every length).
     #[must_use]
     pub fn with_kernel(self, kernel: AttentionKernel) -> Self {
         Self { kernel, ..self }
@@ -225,9 +250,10 @@ impl AttentionConfig {
 /// [`Layer::set_dropout`] for holding it or turning it off); inference never drops. [`Attention::new`] is the original's layer: `H_kv = H`,
 /// no biases, no rotation; [`Attention::with_config`] builds any combination.
 ///
-/// The heads run on the tiled kernel by default, whose training cache keeps `lse (B, H, T)`
-/// instead of the probabilities `(B, H, T, T)`; [`AttentionConfig::with_kernel`] picks the
-/// plain one ([`AttentionKernel`]).
+/// From [`AttentionKernel::TILED_MIN_KEYS`] keys on, the heads run on the tiled kernel by
+/// default, whose training cache keeps `lse (B, H, T)` instead of the probabilities
+/// `(B, H, T, T)`; [`AttentionConfig::with_kernel`] fixes one kernel for every length
+/// ([`AttentionKernel`]).
 ///
 /// With a [`KvCache`](crate::layer::KvCache) in the inference state, the new positions'
 /// keys (already rotated, at their absolute positions) and values, `H_kv·D` wide, are
@@ -390,8 +416,8 @@ impl<F: Float> Attention<F> {
             k = rope_forward(k.view(), self.head_dim(), start, theta)?;
         }
         let (h, h_kv) = (self.config.n_heads, self.config.n_kv_heads);
-        let heads =
-            |keys: ArrayView3<'_, F>, values: ArrayView3<'_, F>| match (self.config.kernel, mask) {
+        let heads = |keys: ArrayView3<'_, F>, values: ArrayView3<'_, F>| {
+            match (self.config.kernel.for_keys(keys.dim().1), mask) {
                 (AttentionKernel::Tiled, mask) => {
                     let out = flash_attention_forward(q.view(), keys, values, h, h_kv, mask)?;
                     let softmax = if record {
@@ -403,15 +429,17 @@ impl<F: Float> Attention<F> {
                     };
                     Ok((out.ctx, softmax))
                 }
-                (AttentionKernel::Plain, None) => {
+                // `for_keys` never gives Auto.
+                (AttentionKernel::Plain | AttentionKernel::Auto, None) => {
                     grouped_attention_forward(q.view(), keys, values, h, h_kv)
                         .map(|(ctx, probs)| (ctx, Softmax::Probs(probs)))
                 }
-                (AttentionKernel::Plain, Some(mask)) => {
+                (AttentionKernel::Plain | AttentionKernel::Auto, Some(mask)) => {
                     attention_dropout_forward(q.view(), keys, values, h, h_kv, mask)
                         .map(|(ctx, probs)| (ctx, Softmax::Probs(probs)))
                 }
-            };
+            }
+        };
         let (ctx, softmax) = match kv {
             None => heads(k.view(), v.view())?,
             // Inference passes no mask.
