@@ -53,8 +53,11 @@
 //!
 //! # Work and threads
 //!
-//! Query blocks take only the keys their last query sees, and key blocks past it are never
-//! visited; within the last block a row's hidden keys get an exact zero. The forward runs one
+//! Queries are taken in blocks of `Bq = 128` rows and keys in blocks of `Bk = 128`. A query
+//! block takes only the keys its last query sees; a tile the causal mask cuts is taken in
+//! row blocks of 64, each with only the keys its last row sees (so the hidden triangle costs
+//! about what it costs the plain kernel), and within a tile a row's hidden keys get an exact
+//! zero. The forward runs one
 //! task per `(b, h)`; the backward one task per `(b, g)` (the query heads sharing a key/value
 //! head in turn, adding into that head's `dk`, `dv` columns, so no two tasks write the same
 //! element). Products are the crate's GEMM on the tiles, on the task's thread.
@@ -675,7 +678,7 @@ fn tile_units(
             .filter_map(move |first| {
                 let sub = first..(first + height).min(rows.end);
                 let seen_end = end.min(offset + sub.end);
-                (seen_end > start).then(|| (sub, start..seen_end))
+                (seen_end > start).then_some((sub, start..seen_end))
             })
     })
 }
