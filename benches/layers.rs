@@ -29,6 +29,15 @@
 //!   `kernel_forward/attention` plus four 256 × 256 projections, separates the layer's
 //!   overhead (reshapes, caches, copies) from kernel time.
 //!
+//! * `attention_length/<kernel>_<pass>/<T>`: the attention kernels against the sequence
+//!   length, at `C = 384` with 6 heads (`D = 64`) and `B = 2048 / T` (the same number of
+//!   positions at every length), for `T` = 64, 128, …, 2048. `<kernel>` is `plain`
+//!   (`grouped_attention_forward` / `_backward`, which keep the `(B, H, T, T)` probabilities)
+//!   or `tiled` (`flash_attention_forward` / `_backward`, which keep `lse (B, H, T)`);
+//!   `<pass>` is `forward`, `backward` (given that kernel's forward results) or `layer`
+//!   (an `Attention` layer on that kernel: one `forward` and one `backward`, the projections
+//!   included). `cargo bench --bench layers -- attention_length` runs only these.
+//!
 //! Sampling is kept short (10 samples, 1 s warm-up, 2 s measurement, 3 s for the whole `Gpt`;
 //! flat sampling) so that the whole file runs in a few minutes once built; the numbers are for
 //! spotting where time goes, not for resolving a few percent. The kernels run on rayon's global
@@ -37,8 +46,13 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use baregpt::kernels::{attention_backward, attention_forward, linear_backward, linear_forward};
-use baregpt::layers::{Attention, Block, Embedding, Gelu, LayerNorm, Linear, Mlp};
+use baregpt::kernels::{
+    attention_backward, attention_forward, flash_attention_backward, flash_attention_forward,
+    grouped_attention_backward, grouped_attention_forward, linear_backward, linear_forward,
+};
+use baregpt::layers::{
+    Attention, AttentionConfig, AttentionKernel, Block, Embedding, Gelu, LayerNorm, Linear, Mlp,
+};
 use baregpt::{Adam, AdamConfig, CrossEntropy, Gpt, GptConfig, Layer, LayerInput};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, criterion_group, criterion_main};
@@ -289,6 +303,63 @@ fn kernels(c: &mut Criterion) {
     g.finish();
 }
 
+/// The width, heads and positions per batch of the `attention_length` group.
+const LENGTH_C: usize = 384;
+const LENGTH_HEADS: usize = 6;
+const LENGTH_POSITIONS: usize = 2048;
+
+/// The plain and the tiled attention kernels, and a layer on each, against the length.
+fn attention_length(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut g = group(c, "attention_length");
+    for t in [64, 128, 256, 512, 1024, 2048] {
+        let shape = (LENGTH_POSITIONS / t, t, LENGTH_C);
+        let [q, k, v, d_ctx] = [(); 4].map(|()| uniform3(shape, &mut rng));
+        let (q, k, v, d_ctx) = (q.view(), k.view(), v.view(), d_ctx.view());
+        let h = LENGTH_HEADS;
+        let id = |name: &str| format!("{name}/{t}");
+        g.bench_function(id("plain_forward"), |b| {
+            b.iter(|| grouped_attention_forward(black_box(q), k, v, h, h).expect("valid shapes"));
+        });
+        g.bench_function(id("tiled_forward"), |b| {
+            b.iter(|| {
+                flash_attention_forward(black_box(q), k, v, h, h, None).expect("valid shapes")
+            });
+        });
+        let (_, probs) = grouped_attention_forward(q, k, v, h, h).expect("valid shapes");
+        g.bench_function(id("plain_backward"), |b| {
+            b.iter(|| {
+                grouped_attention_backward(q, k, v, probs.view(), black_box(d_ctx), h)
+                    .expect("valid shapes")
+            });
+        });
+        drop(probs);
+        let out = flash_attention_forward(q, k, v, h, h, None).expect("valid shapes");
+        g.bench_function(id("tiled_backward"), |b| {
+            b.iter(|| {
+                flash_attention_backward(q, k, v, out.view(), black_box(d_ctx), h, None)
+                    .expect("valid shapes")
+            });
+        });
+        let x = uniform3(shape, &mut rng);
+        for (name, kernel) in [
+            ("plain_layer", AttentionKernel::Plain),
+            ("tiled_layer", AttentionKernel::Tiled),
+        ] {
+            let config = AttentionConfig::new(h).with_kernel(kernel);
+            let mut layer = Attention::<f32>::with_config(LENGTH_C, config, &mut rng)
+                .expect("6 heads divide 384");
+            g.bench_function(id(name), |b| {
+                b.iter(|| {
+                    let y = layer.forward(black_box(&x)).expect("valid shape");
+                    layer.backward(&y).expect("backward after forward")
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
 /// Short sampling, so that the file runs in minutes on a small machine.
 fn config() -> Criterion {
     Criterion::default()
@@ -301,6 +372,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = forward, backward, adam_step, kernels
+    targets = forward, backward, adam_step, kernels, attention_length
 }
 criterion_main!(benches);

@@ -17,7 +17,8 @@
 //! and how its value was chosen, and `docs/performance.md` records the measurements. They
 //! change only speed, except where a fixed split sets the order of a floating-point sum (the
 //! gradient norm's chunks and lanes, the column sums' blocks, the softmax's lanes, attention's
-//! query blocks): there another value can change the last bits of a result. None depends on
+//! query blocks, the tiled attention's tiles): there another value can change the last bits of
+//! a result. None depends on
 //! the thread count.
 
 use std::cell::Cell;
@@ -214,3 +215,29 @@ pub(crate) const LANES: usize = 16;
 /// rows match the height of the GEMM's widest micro-kernel. `char-6l` ran 4–8% faster than
 /// with one block (`docs/performance.md`); results agree with one block to rounding.
 pub(crate) const QUERY_BLOCK: usize = 64;
+
+/// Query rows per tile of the tiled attention (`kernels::flash_attention`): twice the height
+/// of the GEMM's widest micro-kernel. A tile of scores is `FLASH_QUERY_BLOCK ×
+/// FLASH_KEY_BLOCK`; see [`FLASH_KEY_BLOCK`] for the measurements.
+pub(crate) const FLASH_QUERY_BLOCK: usize = 128;
+
+/// Keys per tile of the tiled attention (`kernels::flash_attention`). With
+/// [`FLASH_QUERY_BLOCK`] and [`FLASH_DIAGONAL_BLOCK`], chosen among 32–256 query rows and
+/// 64–512 keys by single-thread timings of the forward and backward at `C = 384`, 6 heads,
+/// `T` = 64 to 2048 (`docs/performance.md`): 64-row tiles were about 10% slower in the
+/// backward at `T = 2048`, and 128-row tiles with an undivided diagonal a quarter to a third
+/// slower at `T = 128`; 256 keys changed little. A `128 × 128` tile of `f32` is 64 KiB, three
+/// of them (the backward's) fit the 2 MiB L2. Results agree with any other tiling to rounding.
+pub(crate) const FLASH_KEY_BLOCK: usize = 128;
+
+/// Query rows per block of the tiles the causal mask cuts, in the tiled attention
+/// (`kernels::flash_attention`): such a tile is taken in blocks of this many rows, each
+/// with only the keys its last row sees, as the plain kernel's [`QUERY_BLOCK`] does.
+pub(crate) const FLASH_DIAGONAL_BLOCK: usize = 64;
+
+/// Keys from which an `Attention` layer left at `AttentionKernel::Auto` runs the tiled
+/// kernel instead of the plain one (`AttentionKernel::TILED_MIN_KEYS`). Measured with
+/// `benches/layers.rs`' `attention_length` group (`C = 384`, 6 heads, `B·T = 2048`, two
+/// threads; `docs/performance.md`): the layer's forward and backward were 6% and 2% slower on
+/// the tiled kernel at `T = 64` and 128, even at 256, and 20–23% faster from 512 to 2048.
+pub(crate) const FLASH_MIN_KEYS: usize = 256;

@@ -25,8 +25,8 @@ use baregpt::gradcheck::{GradCheckOptions, check_layer};
 use baregpt::kernels::{self, LayerNormCache, RmsNormCache};
 use baregpt::layer::{InferState, KvCache};
 use baregpt::layers::{
-    Attention, AttentionConfig, Block, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
-    Sequential, SwiGlu, TiedHead,
+    Attention, AttentionConfig, AttentionKernel, Block, Embedding, Gelu, LayerNorm, Linear, Mlp,
+    RmsNorm, Sequential, SwiGlu, TiedHead,
 };
 use baregpt::optim::{clip_grad_norm, clip_grad_norm_slices, grad_norm};
 use baregpt::param::{Param2, ParamMap};
@@ -616,6 +616,11 @@ fn fuzz_layers(f: &mut Fuzz, r: &mut StdRng, rounds: usize) {
                 .random::<bool>()
                 .then(|| if r.random() { 1e4 } else { float(r) }),
             dropout: (if r.random() { 0.0 } else { float(r) }, r.random()),
+            kernel: [
+                AttentionKernel::Auto,
+                AttentionKernel::Tiled,
+                AttentionKernel::Plain,
+            ][r.random_range(0..3)],
         };
         if let Some(mut l) = f.call("Attention::with_config", || {
             Attention::<f64>::with_config(c, attention, r)

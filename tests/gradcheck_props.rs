@@ -11,8 +11,8 @@ use baregpt::gpt::parts::{HeadKind, MlpKind, NormKind};
 use baregpt::gradcheck::GradCheckReport;
 use baregpt::layer::{DropoutMode, InferState};
 use baregpt::layers::{
-    Attention, AttentionConfig, Block, Dropout, Embedding, Gelu, LayerNorm, Linear, Mlp, RmsNorm,
-    Sequential, SwiGlu, TiedHead,
+    Attention, AttentionConfig, AttentionKernel, Block, Dropout, Embedding, Gelu, LayerNorm,
+    Linear, Mlp, RmsNorm, Sequential, SwiGlu, TiedHead,
 };
 use baregpt::param::{Param2, ParamPath, ParamVisitor, ParamVisitorMut};
 use baregpt::prelude::*;
@@ -45,19 +45,28 @@ fn attention_case(
 
 /// `(x (B, T, H·D), config, seed)` for an attention layer of any shape: `H_kv` key/value
 /// heads shared by `H/H_kv` query heads each, biases or not, rotary embeddings (with an even
-/// head size) or not.
+/// head size) or not, on either kernel (or the default, which is the plain one at these
+/// lengths).
 fn attention_variant_case() -> impl Strategy<Value = (Array3<f64>, AttentionConfig, u64)> {
     (
         (1..=2usize, 1..=5usize, 1..=2usize, 1..=3usize, 1..=2usize),
         (
             any::<bool>(),
             prop::option::of(prop_oneof![Just(10_000.0), 2.0..50.0f64]),
+            prop_oneof![
+                Just(AttentionKernel::Auto),
+                Just(AttentionKernel::Tiled),
+                Just(AttentionKernel::Plain)
+            ],
         ),
     )
-        .prop_flat_map(|((b, t, h_kv, group, d), (bias, rope))| {
+        .prop_flat_map(|((b, t, h_kv, group, d), (bias, rope, kernel))| {
             let d = if rope.is_some() { 2 * d } else { d };
             let h = h_kv * group;
-            let mut config = AttentionConfig::new(h).kv_heads(h_kv).with_bias(bias);
+            let mut config = AttentionConfig::new(h)
+                .kv_heads(h_kv)
+                .with_bias(bias)
+                .with_kernel(kernel);
             config.rope_theta = rope;
             (
                 strategies::activations(b, t, h * d),

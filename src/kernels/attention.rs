@@ -28,17 +28,19 @@ use crate::{Error, Float, Result};
 const KERNEL: &str = "attention";
 
 /// The sizes of one attention call: `(B, T_q, T_k, C, D)` and the group size `H / H_kv`.
-struct Dims {
-    b: usize,
-    t_q: usize,
-    t_k: usize,
-    c: usize,
-    d: usize,
-    group: usize,
+pub(super) struct Dims {
+    pub(super) b: usize,
+    pub(super) t_q: usize,
+    pub(super) t_k: usize,
+    pub(super) c: usize,
+    pub(super) d: usize,
+    pub(super) group: usize,
 }
 
-/// Checks the attention shapes: `q (B, T_q, H·D)`, `k, v (B, T_k, H_kv·D)`, `T_q ≤ T_k`.
-fn check_dims<F>(
+/// Checks the attention shapes: `q (B, T_q, H·D)`, `k, v (B, T_k, H_kv·D)`, `T_q ≤ T_k`;
+/// errors name `kernel` (this one's, or the tiled kernel's).
+pub(super) fn check_dims<F>(
+    kernel: &'static str,
     q: &ArrayView3<'_, F>,
     k: &ArrayView3<'_, F>,
     v: &ArrayView3<'_, F>,
@@ -48,25 +50,25 @@ fn check_dims<F>(
     let (b, t_q, c) = q.dim();
     if n_heads == 0 || c % n_heads != 0 {
         return Err(Error::InvalidConfig {
-            layer: KERNEL,
+            layer: kernel,
             reason: format!("{n_heads} heads do not divide the width {c}"),
         });
     }
     if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
         return Err(Error::InvalidConfig {
-            layer: KERNEL,
+            layer: kernel,
             reason: format!("{n_kv_heads} key/value heads do not divide the {n_heads} heads"),
         });
     }
     let d = c / n_heads;
     // No overflow: n_kv_heads ≤ n_heads, so the product is at most c.
     let c_kv = n_kv_heads * d;
-    check_shape(KERNEL, "k", k.shape(), &[Some(b), None, Some(c_kv)])?;
+    check_shape(kernel, "k", k.shape(), &[Some(b), None, Some(c_kv)])?;
     let t_k = k.dim().1;
-    check_shape(KERNEL, "v", v.shape(), &[Some(b), Some(t_k), Some(c_kv)])?;
+    check_shape(kernel, "v", v.shape(), &[Some(b), Some(t_k), Some(c_kv)])?;
     if t_q > t_k {
         return Err(Error::ShapeMismatch {
-            layer: KERNEL,
+            layer: kernel,
             what: "q",
             expected: crate::error::ExpectedShape(vec![Some(b), Some(t_k), Some(c)]),
             actual: q.shape().to_vec(),
@@ -160,7 +162,7 @@ fn apply_mask<F: Float>(
 
 /// The query blocks of `T_q` rows, `block` at a time, each with the number of keys it sees:
 /// `offset + rows.end`, where `offset = T_k − T_q`.
-fn query_blocks(
+pub(super) fn query_blocks(
     t_q: usize,
     offset: usize,
     block: usize,
@@ -190,7 +192,7 @@ fn forward_blocked<F: Float>(
         c,
         d,
         group,
-    } = check_dims(&q, &k, &v, n_heads, n_kv_heads)?;
+    } = check_dims(KERNEL, &q, &k, &v, n_heads, n_kv_heads)?;
     check_alloc::<F>(KERNEL, "probs", &[b, n_heads, t_q, t_k])?;
     check_alloc::<F>(KERNEL, "ctx", &[b, t_q, c])?;
     let scale = F::one() / F::of(d as f64).sqrt();
@@ -351,7 +353,7 @@ fn backward_blocked<F: Float>(
         c,
         d,
         group,
-    } = check_dims(&q, &k, &v, n_heads, n_kv_heads)?;
+    } = check_dims(KERNEL, &q, &k, &v, n_heads, n_kv_heads)?;
     check_shape(
         KERNEL,
         "probs",

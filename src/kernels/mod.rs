@@ -18,6 +18,7 @@ pub mod dropout;
 pub(crate) mod elementwise;
 pub mod embedding;
 pub(crate) mod fast_math;
+pub mod flash_attention;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
@@ -37,6 +38,9 @@ pub use cross_entropy::{cross_entropy_backward, cross_entropy_forward};
 pub use dropout::{DropoutMask, dropout_backward, dropout_forward};
 pub use embedding::{
     embedding_backward, embedding_forward, token_embedding_backward, token_embedding_forward,
+};
+pub use flash_attention::{
+    FlashOutput, FlashView, flash_attention_backward, flash_attention_forward,
 };
 pub use gelu::{gelu_backward, gelu_forward};
 pub use layer_norm::{LayerNormCache, layer_norm_backward, layer_norm_forward};

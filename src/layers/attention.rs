@@ -1,13 +1,17 @@
 //! [`Attention`]: causal self-attention with multi-head, grouped-query or multi-query heads,
-//! optional projection biases and optional rotary position embeddings ([`AttentionConfig`]).
+//! optional projection biases and optional rotary position embeddings ([`AttentionConfig`]),
+//! on the tiled or the plain attention kernel ([`AttentionKernel`]).
 
-use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, Axis};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, ArrayView3, Axis};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
 use crate::kernels::dropout::{DropoutMask, check_probability};
 use crate::kernels::linear::linear_backward_add;
-use crate::kernels::{attention_dropout_backward, attention_dropout_forward};
+use crate::kernels::{
+    FlashView, attention_dropout_backward, attention_dropout_forward, flash_attention_backward,
+    flash_attention_forward,
+};
 use crate::kernels::{
     grouped_attention_backward, grouped_attention_forward, linear_backward, linear_forward,
     rope_backward, rope_forward,
@@ -31,15 +35,75 @@ struct AttentionCache<F> {
 }
 
 /// The intermediate results of one pass: `q (B, T, H·D)` and `k, v (B, T, H_kv·D)` (`q` and
-/// `k` after the rotation, when there is one), `probs (B, H, T, T)` and the context rows
-/// `(N, C)`. Not the scores: the softmax backward needs only its output.
+/// `k` after the rotation, when there is one), what the kernel's backward needs of the
+/// softmax, and the context rows `(N, C)`. Not the scores.
 #[derive(Clone, Debug)]
 struct Heads<F> {
     q: Array3<F>,
     k: Array3<F>,
     v: Array3<F>,
-    probs: Array4<F>,
+    softmax: Softmax<F>,
     ctx_rows: Array2<F>,
+}
+
+/// What the attention backward keeps of the softmax: the plain kernel's probabilities, or the
+/// tiled kernel's per-row log-sum-exp (from which, with `q`, `k` and the context, it rebuilds
+/// them).
+#[derive(Clone, Debug)]
+enum Softmax<F> {
+    /// `probs (B, H, T_q, T_k)` from [`AttentionKernel::Plain`].
+    Probs(Array4<F>),
+    /// `lse (B, H, T_q)` from [`AttentionKernel::Tiled`].
+    Lse(Array3<F>),
+}
+
+/// Which kernel an [`Attention`] layer computes its heads with. Both give the same function
+/// and gradients (to rounding; the tests hold them to `1e-12` in `f64`) and draw the same
+/// dropout masks; they differ in what a training forward keeps for the backward and in speed.
+///
+/// ```
+/// use baregpt::layers::{AttentionConfig, AttentionKernel};
+///
+/// assert_eq!(AttentionConfig::new(4).kernel, AttentionKernel::Auto);
+/// assert_eq!(AttentionKernel::Auto.for_keys(128), AttentionKernel::Plain);
+/// assert_eq!(AttentionKernel::Auto.for_keys(1024), AttentionKernel::Tiled);
+/// let reference = AttentionConfig::new(4).with_kernel(AttentionKernel::Plain);
+/// assert_eq!(reference.kernel.for_keys(1024), AttentionKernel::Plain);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The default: [`Tiled`](Self::Tiled) when a pass attends over at least
+    /// [`AttentionKernel::TILED_MIN_KEYS`] keys, [`Plain`](Self::Plain) below. Chosen by
+    /// measurement (`docs/performance.md`): below that length the plain kernel is faster (the
+    /// tiled backward does one more product per tile, to rebuild the probabilities) and its
+    /// probabilities are a small part of the cache; from there on the tiled one is as fast or
+    /// faster and the probabilities would dominate the memory.
+    #[default]
+    Auto,
+    /// The tiled kernel ([`flash_attention_forward`](crate::kernels::flash_attention_forward)):
+    /// the cache keeps each query's log-sum-exp, `B·H·T` numbers, and the backward
+    /// recomputes the probabilities tile by tile.
+    Tiled,
+    /// The plain kernel ([`grouped_attention_forward`](crate::kernels::grouped_attention_forward)):
+    /// the cache keeps the probabilities `(B, H, T, T)`. The readable reference, and the
+    /// oracle the tiled kernel is tested against.
+    Plain,
+}
+
+impl AttentionKernel {
+    /// The number of keys from which [`AttentionKernel::Auto`] takes the tiled kernel: 256
+    /// (the measurements are in `docs/performance.md`).
+    pub const TILED_MIN_KEYS: usize = crate::exec::FLASH_MIN_KEYS;
+
+    /// The kernel a pass over `t_k` keys runs: [`Tiled`](Self::Tiled) or
+    /// [`Plain`](Self::Plain) (never `Auto`).
+    pub fn for_keys(self, t_k: usize) -> Self {
+        match self {
+            Self::Auto if t_k >= Self::TILED_MIN_KEYS => Self::Tiled,
+            Self::Auto => Self::Plain,
+            kernel => kernel,
+        }
+    }
 }
 
 /// The shape of an [`Attention`] layer: its heads, whether its projections have biases, and
@@ -69,6 +133,14 @@ pub struct AttentionConfig {
     /// the drop probability `p` (`0 ≤ p < 1`; 0, the default, is none) and the seed of its
     /// masks. Inference never drops.
     pub dropout: (f64, u64),
+    /// The kernel of the heads ([`AttentionKernel::Auto`] unless asked otherwise: tiled for
+    /// long sequences, plain for short ones). It does not change the function (beyond
+    /// rounding), the parameters or a checkpoint. Inference that
+    /// records the probabilities
+    /// ([`InferState::recording_attention`](crate::layer::InferState::recording_attention))
+    /// also runs the plain kernel for them, since only that one forms them; the output is
+    /// still this kernel's, bit for bit as without recording.
+    pub kernel: AttentionKernel,
 }
 
 impl AttentionConfig {
@@ -80,7 +152,15 @@ impl AttentionConfig {
             bias: false,
             rope_theta: None,
             dropout: (0.0, 0),
+            kernel: AttentionKernel::Auto,
         }
+    }
+
+    /// With the heads computed by `kernel` (for example [`AttentionKernel::Plain`], the
+    /// reference kernel that keeps the probabilities, at every length).
+    #[must_use]
+    pub fn with_kernel(self, kernel: AttentionKernel) -> Self {
+        Self { kernel, ..self }
     }
 
     /// With dropout of probability `p` on the attention probabilities, masks seeded by
@@ -170,12 +250,18 @@ impl AttentionConfig {
 /// [`Layer::set_dropout`] for holding it or turning it off); inference never drops. [`Attention::new`] is the original's layer: `H_kv = H`,
 /// no biases, no rotation; [`Attention::with_config`] builds any combination.
 ///
+/// From [`AttentionKernel::TILED_MIN_KEYS`] keys on, the heads run on the tiled kernel by
+/// default, whose training cache keeps `lse (B, H, T)` instead of the probabilities
+/// `(B, H, T, T)`; [`AttentionConfig::with_kernel`] fixes one kernel for every length
+/// ([`AttentionKernel`]).
+///
 /// With a [`KvCache`](crate::layer::KvCache) in the inference state, the new positions'
 /// keys (already rotated, at their absolute positions) and values, `H_kv·D` wide, are
 /// appended to this layer's slot and the new queries attend over all cached keys, each up to
 /// its own position. When the state is
 /// [recording attention](crate::layer::InferState::recording_attention), inference hands it
-/// the probabilities `(B, H, T_q, T_k)`.
+/// the probabilities `(B, H, T_q, T_k)` (from the plain kernel, beside the tiled one's output
+/// on a tiled layer).
 ///
 /// # Example
 ///
@@ -305,14 +391,16 @@ impl<F: Float> Attention<F> {
 
     /// The computation on input rows `x (B·T, C)` at positions `start..start + T`: the
     /// output rows and the intermediates. With a key/value slot, the new keys and values are
-    /// appended to it and the queries attend over all of them.
+    /// appended to it and the queries attend over all of them. With `record` (inference
+    /// only), the intermediates hold the probabilities whatever the kernel: the tiled kernel
+    /// still computes the output, and the plain one the probabilities beside it.
     fn apply(
         &self,
         x_rows: ArrayView2<'_, F>,
-        bt: (usize, usize),
-        start: usize,
+        (bt, start): ((usize, usize), usize),
         kv: Option<&mut LayerKv<F>>,
         mask: Option<&DropoutMask>,
+        record: bool,
     ) -> Result<(Array2<F>, Heads<F>)> {
         let project = |w: &Param2<F>, b: &Option<Param1<F>>| {
             let b = b.as_ref().map(|b| b.value.view());
@@ -328,15 +416,36 @@ impl<F: Float> Attention<F> {
             k = rope_forward(k.view(), self.head_dim(), start, theta)?;
         }
         let (h, h_kv) = (self.config.n_heads, self.config.n_kv_heads);
-        let (ctx, probs) = match (kv, mask) {
-            (None, None) => grouped_attention_forward(q.view(), k.view(), v.view(), h, h_kv)?,
-            (None, Some(mask)) => {
-                attention_dropout_forward(q.view(), k.view(), v.view(), h, h_kv, mask)?
+        let heads = |keys: ArrayView3<'_, F>, values: ArrayView3<'_, F>| {
+            match (self.config.kernel.for_keys(keys.dim().1), mask) {
+                (AttentionKernel::Tiled, mask) => {
+                    let out = flash_attention_forward(q.view(), keys, values, h, h_kv, mask)?;
+                    let softmax = if record {
+                        let (_, probs) =
+                            grouped_attention_forward(q.view(), keys, values, h, h_kv)?;
+                        Softmax::Probs(probs)
+                    } else {
+                        Softmax::Lse(out.lse)
+                    };
+                    Ok((out.ctx, softmax))
+                }
+                // `for_keys` never gives Auto.
+                (AttentionKernel::Plain | AttentionKernel::Auto, None) => {
+                    grouped_attention_forward(q.view(), keys, values, h, h_kv)
+                        .map(|(ctx, probs)| (ctx, Softmax::Probs(probs)))
+                }
+                (AttentionKernel::Plain | AttentionKernel::Auto, Some(mask)) => {
+                    attention_dropout_forward(q.view(), keys, values, h, h_kv, mask)
+                        .map(|(ctx, probs)| (ctx, Softmax::Probs(probs)))
+                }
             }
+        };
+        let (ctx, softmax) = match kv {
+            None => heads(k.view(), v.view())?,
             // Inference passes no mask.
-            (Some(kv), _) => {
+            Some(kv) => {
                 let (keys, values) = kv.append(k.view(), v.view())?;
-                grouped_attention_forward(q.view(), keys, values, h, h_kv)?
+                heads(keys, values)?
             }
         };
         let ctx_rows = into_rows(ctx);
@@ -346,7 +455,7 @@ impl<F: Float> Attention<F> {
             q,
             k,
             v,
-            probs,
+            softmax,
             ctx_rows,
         };
         Ok((y, heads))
@@ -364,7 +473,7 @@ impl<F: Float> Layer<F> for Attention<F> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         let x_rows = rows_reusing(buffer, x.view());
         let mask = self.attn_drop.as_mut().and_then(DropoutSite::next_mask);
-        let (y, heads) = self.apply(x_rows.view(), bt, 0, None, mask.as_ref())?;
+        let (y, heads) = self.apply(x_rows.view(), (bt, 0), None, mask.as_ref(), false)?;
         let y = from_rows(LAYER, y, bt)?;
         self.cache.store(
             AttentionCache {
@@ -387,9 +496,13 @@ impl<F: Float> Layer<F> for Attention<F> {
     fn infer_with(&self, x: &Array3<F>, state: &mut InferState<'_, F>) -> Result<Array3<F>> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         let positions = state.positions(LAYER, bt.1)?;
+        let record = state.is_recording_attention();
         let kv = state.next_kv(LAYER, bt.0, self.kv_width())?;
-        let (y, heads) = self.apply(rows(x.view()).view(), bt, positions.start, kv, None)?;
-        state.record_attention(heads.probs);
+        let x_rows = rows(x.view());
+        let (y, heads) = self.apply(x_rows.view(), (bt, positions.start), kv, None, record)?;
+        if let Softmax::Probs(probs) = heads.softmax {
+            state.record_attention(probs);
+        }
         from_rows(LAYER, y, bt)
     }
 
@@ -413,16 +526,24 @@ impl<F: Float> Layer<F> for Attention<F> {
             self.b_o.as_mut().map(|b| b.grad.view_mut()),
         )?;
         let d_ctx = from_rows(LAYER, d_ctx, (b, t))?;
-        let (q, k, v, probs) = (
-            heads.q.view(),
-            heads.k.view(),
-            heads.v.view(),
-            heads.probs.view(),
-        );
-        let h_kv = self.config.n_kv_heads;
-        let (mut dq, mut dk, dv) = match mask {
-            None => grouped_attention_backward(q, k, v, probs, d_ctx.view(), h_kv)?,
-            Some(mask) => attention_dropout_backward(q, k, v, probs, d_ctx.view(), h_kv, mask)?,
+        let (q, k, v) = (heads.q.view(), heads.k.view(), heads.v.view());
+        let (h_kv, d_ctx) = (self.config.n_kv_heads, d_ctx.view());
+        let (mut dq, mut dk, dv) = match (&heads.softmax, mask) {
+            (Softmax::Probs(probs), None) => {
+                grouped_attention_backward(q, k, v, probs.view(), d_ctx, h_kv)?
+            }
+            (Softmax::Probs(probs), Some(mask)) => {
+                attention_dropout_backward(q, k, v, probs.view(), d_ctx, h_kv, mask)?
+            }
+            (Softmax::Lse(lse), mask) => {
+                // The context the forward returned, as (B, T, H·D).
+                let ctx = from_rows_view(heads.ctx_rows.view(), (b, t))?;
+                let saved = FlashView {
+                    ctx,
+                    lse: lse.view(),
+                };
+                flash_attention_backward(q, k, v, saved, d_ctx, h_kv, mask.as_ref())?
+            }
         };
         if let Some(theta) = self.config.rope_theta {
             // Training passes are at positions 0..T.
@@ -459,4 +580,22 @@ impl<F: Float> Layer<F> for Attention<F> {
         }
         from_rows(LAYER, dx, (b, t))
     }
+}
+
+/// Views cached rows `(B·T, C)` as `(B, T, C)`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when the rows are not `B·T` standard-layout rows.
+fn from_rows_view<F: Float>(
+    rows: ArrayView2<'_, F>,
+    (b, t): (usize, usize),
+) -> Result<ArrayView3<'_, F>> {
+    let (n, c) = rows.dim();
+    rows.into_shape_with_order((b, t, c))
+        .map_err(|_| Error::ShapeMismatch {
+            layer: LAYER,
+            what: "cached context rows",
+            expected: crate::error::ExpectedShape(vec![b.checked_mul(t), Some(c)]),
+            actual: vec![n, c],
+        })
 }

@@ -19,7 +19,7 @@ mod sequential;
 mod swiglu;
 mod tied_head;
 
-pub use attention::{Attention, AttentionConfig};
+pub use attention::{Attention, AttentionConfig, AttentionKernel};
 pub use block::Block;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
