@@ -83,20 +83,14 @@ fn run(args: &Args) -> AnyResult<()> {
         .tokens
         .unwrap_or(addition.as_ref().map_or(400, AdditionTask::answer_len));
 
-    eprintln!(
-        "{}: {} parameters, context {}, vocabulary of {}; temperature {}, top-k {}, seed {}",
-        path.display(),
-        model.num_params(),
-        model.config().context,
+    let (mut rng, mut out) = start(
+        &path.display().to_string(),
+        &model,
         vocab.len(),
-        args.sampling.temperature,
-        options.top_k.map_or("off".into(), |k| k.to_string()),
-        args.sampling.seed
-    );
-    let mut rng = StdRng::seed_from_u64(args.sampling.seed);
-    let mut out = std::io::stdout().lock();
-    write!(out, "{prompt}")?;
-    out.flush()?;
+        args,
+        &options,
+        &prompt,
+    )?;
     let timer = Instant::now();
     let mut write_error = None;
     let new = generate(&model, &ids, tokens, &options, &mut rng, |id| {
@@ -141,21 +135,15 @@ fn run_hf(args: &Args, dir: &std::path::Path) -> AnyResult<()> {
     }
     let options = args.sampling.options()?;
     let tokens = args.tokens.unwrap_or(200);
-    eprintln!(
-        "{} ({:?}): {} parameters, context {}, vocabulary of {}; temperature {}, top-k {}, seed {}",
-        dir.display(),
-        pretrained.family,
-        model.num_params(),
-        model.config().context,
+    let source = format!("{} ({:?})", dir.display(), pretrained.family);
+    let (mut rng, mut out) = start(
+        &source,
+        &model,
         tokenizer.vocab_size(),
-        args.sampling.temperature,
-        options.top_k.map_or("off".into(), |k| k.to_string()),
-        args.sampling.seed
-    );
-    let mut rng = StdRng::seed_from_u64(args.sampling.seed);
-    let mut out = std::io::stdout().lock();
-    write!(out, "{prompt}")?;
-    out.flush()?;
+        args,
+        &options,
+        &prompt,
+    )?;
     let timer = Instant::now();
     // A token may end inside a character (byte-level BPE): text is printed once the decoded
     // suffix no longer ends in a replacement character.
@@ -192,6 +180,31 @@ fn run_hf(args: &Args, dir: &std::path::Path) -> AnyResult<()> {
 #[cfg(not(feature = "hf"))]
 fn run_hf(_: &Args, _: &std::path::Path) -> AnyResult<()> {
     Err("--model needs the `hf` feature: cargo run --release --features hf --example sample -- --model DIR ...".into())
+}
+
+/// Says what is sampled from and how (on stderr), prints the prompt, and returns the
+/// sampler's generator and the locked standard output.
+fn start(
+    source: &str,
+    model: &baregpt::Gpt<f32>,
+    vocab: usize,
+    args: &Args,
+    options: &baregpt::generate::SampleOptions,
+    prompt: &str,
+) -> AnyResult<(StdRng, std::io::StdoutLock<'static>)> {
+    eprintln!(
+        "{source}: {} parameters, context {}, vocabulary of {vocab}; temperature {}, top-k {}, \
+         seed {}",
+        model.num_params(),
+        model.config().context,
+        args.sampling.temperature,
+        options.top_k.map_or("off".into(), |k| k.to_string()),
+        args.sampling.seed
+    );
+    let mut out = std::io::stdout().lock();
+    write!(out, "{prompt}")?;
+    out.flush()?;
+    Ok((StdRng::seed_from_u64(args.sampling.seed), out))
 }
 
 /// For an addition checkpoint, reads the (reversed) answer back as a number.

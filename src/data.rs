@@ -256,10 +256,17 @@ impl TokenDataset {
         }
         crate::limits::check_alloc::<usize>(TOKENS, "ids", &[b, t])?;
         let starts: Vec<usize> = (0..b).map(|_| rng.random_range(0..ids.len() - t)).collect();
-        let x = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j]);
-        let y = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j + 1]);
-        Ok((x, y))
+        Ok(windows_at(ids, &starts, t))
     }
+}
+
+/// The windows of `t` ids starting at `starts` `(b, t)`, and their next ids as targets
+/// `(b, t)`; every `start + t` must be below `ids.len()`.
+fn windows_at(ids: &[usize], starts: &[usize], t: usize) -> (Array2<usize>, Array2<usize>) {
+    let b = starts.len();
+    let x = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j]);
+    let y = Array2::from_shape_fn((b, t), |(i, j)| ids[starts[i] + j + 1]);
+    (x, y)
 }
 
 /// Every non-overlapping window of `t` ids in `ids` with its next ids as targets, grouped
@@ -300,10 +307,8 @@ pub fn windows(
     let mut start = 0;
     while start < n {
         let b = batch.min(n - start);
-        let first = start * t;
-        let x = Array2::from_shape_fn((b, t), |(i, j)| ids[first + i * t + j]);
-        let y = Array2::from_shape_fn((b, t), |(i, j)| ids[first + i * t + j + 1]);
-        out.push((x, y));
+        let starts: Vec<usize> = (start..start + b).map(|w| w * t).collect();
+        out.push(windows_at(ids, &starts, t));
         start += b;
     }
     Ok(out)
