@@ -221,14 +221,20 @@ pub(crate) const QUERY_BLOCK: usize = 64;
 /// FLASH_KEY_BLOCK`; see [`FLASH_KEY_BLOCK`] for the measurements.
 pub(crate) const FLASH_QUERY_BLOCK: usize = 128;
 
-/// Keys per tile of the tiled attention (`kernels::flash_attention`). With
-/// [`FLASH_QUERY_BLOCK`] and [`FLASH_DIAGONAL_BLOCK`], chosen among 32–256 query rows and
-/// 64–512 keys by single-thread timings of the forward and backward at `C = 384`, 6 heads,
-/// `T` = 64 to 2048 (`docs/performance.md`): 64-row tiles were about 10% slower in the
-/// backward at `T = 2048`, and 128-row tiles with an undivided diagonal a quarter to a third
-/// slower at `T = 128`; 256 keys changed little. A `128 × 128` tile of `f32` is 64 KiB, three
-/// of them (the backward's) fit the 2 MiB L2. Results agree with any other tiling to rounding.
-pub(crate) const FLASH_KEY_BLOCK: usize = 128;
+/// Keys per tile of the tiled attention (`kernels::flash_attention`): a query block meets up
+/// to this many keys in one tile, so up to `T = 4096` the number of tile products per step
+/// (and with it the GEMM's per-call allocations) does not grow with `T` at a fixed number of
+/// tokens, and each product is `Bq × T_k × D` rather than many `Bq × 128 × D`. The first
+/// tiling (`128 × 128`, chosen among 32–256 query rows and 64–512 keys by single-thread
+/// timings at `C = 384`, 6 heads, `T` = 64 to 2048, where 64-row tiles were about 10% slower
+/// in the backward at `T = 2048` and an undivided diagonal a quarter to a third slower at
+/// `T = 128`) issued `B·H·(T/128)²/2` of each product: at `char-6l`'s width and 4,096 tokens
+/// per step a warmed step made 77,566 allocations at `T = 1024` and 242,697 at `T = 4096`,
+/// against 23,998 and 25,401 with this block, and the whole step ran 0.97× as long at
+/// `T = 1024` (median of five alternated runs, 2-core AMD EPYC; `docs/performance.md`). A
+/// `128 × 4096` tile of `f32` is 2 MiB, lent from the thread's scratch, not allocated per
+/// call. Results agree with any other tiling to rounding.
+pub(crate) const FLASH_KEY_BLOCK: usize = 4096;
 
 /// Query rows per block of the tiles the causal mask cuts, in the tiled attention
 /// (`kernels::flash_attention`): such a tile is taken in blocks of this many rows, each

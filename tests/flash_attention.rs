@@ -1,7 +1,7 @@
 //! The tiled (flash) attention kernel against the plain kernel, its oracle: the same context
 //! and the same `dq`, `dk`, `dv` to `1e-12` in f64 for every length from 1 to 70 and around
-//! the tile edges (128, 256), for multi-head, grouped-query and multi-query heads, with and
-//! without a dropout mask, and with fewer queries than keys (a key/value cache); gradient
+//! the tile edges (128, 256 queries; 4096 keys), for multi-head, grouped-query and
+//! multi-query heads, with and without a dropout mask, and with fewer queries than keys (a key/value cache); gradient
 //! checks of the tiled kernel over random odd shapes; its typed errors; and the `Attention`
 //! layer on either kernel (training, inference, the key/value cache, attention maps).
 
@@ -109,8 +109,31 @@ fn tiled_equals_plain_for_every_length_up_to_70() {
 
 #[test]
 fn tiled_equals_plain_around_the_tile_edges() {
-    // The default tiles are 128 × 128: one tile, two, and a partial third.
+    // The default tiles are 128 queries × 4096 keys: one query block, two, and a partial
+    // third.
     sweep([127, 128, 129, 255, 256, 257].into_iter(), 1, 2);
+}
+
+#[test]
+fn tiled_equals_plain_across_the_key_tile_edge() {
+    // A few queries at the end of 4095 to 4097 keys (the KV-cache shape): the last rows see
+    // one key tile, a full one, and one key into a second tile, whose online rescaling runs.
+    let mask = DropoutMask::new(0.3, 5, 2).unwrap();
+    for t_k in [4095, 4096, 4097, 4200] {
+        for mask in [None, Some(&mask)] {
+            let mut x = inputs(t_k as u64, 1, (3, t_k), (2, 1, 2));
+            // A last key far from the others, so that where it opens a second tile it moves
+            // the rows' running maximum and the rescaling matters.
+            x[1].slice_mut(s![.., t_k - 1, ..])
+                .mapv_inplace(|v| 6.0 * v);
+            let worst = tiled_vs_plain(&x, (2, 1), mask);
+            assert!(
+                worst < 1e-12,
+                "T_k {t_k}, mask {}: {worst:e}",
+                mask.is_some()
+            );
+        }
+    }
 }
 
 #[test]

@@ -47,14 +47,18 @@
 //!
 //! The forward keeps `lse`, `B·H·T_q` numbers, where the plain kernel keeps `B·H·T_q·T_k`
 //! probabilities; the backward also needs `ctx`, which a layer keeps anyway (its output
-//! projection's backward reads it). Each task allocates its tiles once: one `(Bq, Bk)` scores
-//! tile (three in the backward) and a few `Bq`-long vectors, `Bq`, `Bk` the query and key
-//! block sizes.
+//! projection's backward reads it). Each task borrows its tiles from its thread's scratch
+//! buffers, which outlive the call: one `(Bq, Bk)` scores tile (three in the backward, with
+//! dropout) and a few `Bq`-long vectors, `Bq`, `Bk` the query and key block sizes, so a
+//! warmed-up step allocates no tiles at all.
 //!
 //! # Work and threads
 //!
-//! Queries are taken in blocks of `Bq = 128` rows and keys in blocks of `Bk = 128`. A query
-//! block takes only the keys its last query sees; a tile the causal mask cuts is taken in
+//! Queries are taken in blocks of `Bq = 128` rows and keys in blocks of `Bk = 4096`: up to
+//! 4,096 keys a query block meets all the keys it sees in one tile, so a step issues the same
+//! number of products whatever `T` (at a fixed number of tokens), each `Bq × T_k × D`, and the
+//! online softmax's rescaling only starts beyond 4,096 keys. A query block takes only the keys
+//! its last query sees; a tile the causal mask cuts is taken in
 //! row blocks of 64, each with only the keys its last row sees (so the hidden triangle costs
 //! about what it costs the plain kernel), and within a tile a row's hidden keys get an exact
 //! zero. The forward runs one
@@ -65,8 +69,8 @@
 use std::ops::Range;
 
 use ndarray::{
-    Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2,
-    ArrayViewMut3, ArrayViewMut4, Axis, Zip, s,
+    Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut1, ArrayViewMut2, ArrayViewMut3,
+    ArrayViewMut4, Axis, Zip, s,
 };
 
 use super::attention::{Dims, check_dims, query_blocks};
@@ -74,6 +78,7 @@ use super::dropout::DropoutMask;
 use super::elementwise::{WideLoop, run_widest};
 use super::fast_math::exp_nonpositive;
 use super::matmul::matmul_into;
+use super::scratch::with_scratch;
 use crate::error::check_shape;
 use crate::exec::{
     FLASH_DIAGONAL_BLOCK, FLASH_KEY_BLOCK, FLASH_QUERY_BLOCK, LANES, for_each_split, on_one_thread,
@@ -584,20 +589,37 @@ fn forward_head<F: Float>(
     q: ArrayView2<'_, F>,
     k: ArrayView2<'_, F>,
     v: ArrayView2<'_, F>,
-    mut ctx: ArrayViewMut2<'_, F>,
-    mut lse: ArrayViewMut1<'_, F>,
+    ctx: ArrayViewMut2<'_, F>,
+    lse: ArrayViewMut1<'_, F>,
     head: Head<'_>,
 ) {
     let Tiles {
         query: bq, key: bk, ..
     } = head.tiles;
+    with_scratch::<F, _>(bq * bk + 3 * bq, |buffer| {
+        let (scores, stats) = buffer.split_at_mut(bq * bk);
+        let (max, stats) = stats.split_at_mut(bq);
+        let (sum, alpha) = stats.split_at_mut(bq);
+        // (bq, bk) from a slice of bq·bk elements.
+        let scores = ArrayViewMut2::from_shape((bq, bk), scores)
+            .unwrap_or_else(|e| unreachable!("the scratch holds a whole tile: {e}"));
+        forward_blocks(q, k, v, (ctx, lse), head, scores, (max, sum, alpha));
+    });
+}
+
+/// [`forward_head`]'s loop over query blocks, with its scratch: the `(Bq, Bk)` scores tile
+/// and the `Bq`-long running maximum, sum and rescaling factor.
+fn forward_blocks<F: Float>(
+    q: ArrayView2<'_, F>,
+    k: ArrayView2<'_, F>,
+    v: ArrayView2<'_, F>,
+    (mut ctx, mut lse): (ArrayViewMut2<'_, F>, ArrayViewMut1<'_, F>),
+    head: Head<'_>,
+    mut scores: ArrayViewMut2<'_, F>,
+    (max, sum, alpha): (&mut [F], &mut [F], &mut [F]),
+) {
+    let bq = head.tiles.query;
     let scale = head.scale::<F>();
-    let mut scores = Array2::<F>::zeros((bq, bk));
-    let (mut max, mut sum, mut alpha) = (
-        vec![F::zero(); bq],
-        vec![F::zero(); bq],
-        vec![F::zero(); bq],
-    );
     for (rows, keys) in query_blocks(q.nrows(), head.offset, bq) {
         let n = rows.len();
         let (max, sum) = (&mut max[..n], &mut sum[..n]);
@@ -744,52 +766,77 @@ pub(crate) fn backward_tiled<F: Float>(
             let (mut dq, mut dk, mut dv) = (squeeze(dq), squeeze(dk), squeeze(dv));
             let kv = s![bi, .., g * d..(g + 1) * d];
             let (k, v) = (k.slice(kv), v.slice(kv));
-            let mut scratch = Scratch::new((tiles.query, tiles.key), mask.is_some());
-            for j in 0..group {
-                let h = g * group + j;
-                let cols = s![bi, .., h * d..(h + 1) * d];
-                backward_head(
-                    HeadInputs {
-                        q: q.slice(cols),
-                        k,
-                        v,
-                        o: ctx.slice(cols),
-                        d_o: d_ctx.slice(cols),
-                        lse: lse.slice(s![bi, h, ..]),
-                    },
-                    HeadGrads {
-                        dq: dq.slice_mut(s![.., j * d..(j + 1) * d]),
-                        dk: dk.view_mut(),
-                        dv: dv.view_mut(),
-                    },
-                    &mut scratch,
-                    Head::new((bi, h), (n_heads, t_q, t_k, d), tiles, mask),
-                );
-            }
+            let masked = mask.is_some();
+            with_scratch::<F, _>(
+                Scratch::<F>::len((tiles.query, tiles.key), masked),
+                |buffer| {
+                    let mut scratch = Scratch::new(buffer, (tiles.query, tiles.key), masked);
+                    for j in 0..group {
+                        let h = g * group + j;
+                        let cols = s![bi, .., h * d..(h + 1) * d];
+                        backward_head(
+                            HeadInputs {
+                                q: q.slice(cols),
+                                k,
+                                v,
+                                o: ctx.slice(cols),
+                                d_o: d_ctx.slice(cols),
+                                lse: lse.slice(s![bi, h, ..]),
+                            },
+                            HeadGrads {
+                                dq: dq.slice_mut(s![.., j * d..(j + 1) * d]),
+                                dk: dk.view_mut(),
+                                dv: dv.view_mut(),
+                            },
+                            &mut scratch,
+                            Head::new((bi, h), (n_heads, t_q, t_k, d), tiles, mask),
+                        );
+                    }
+                },
+            );
         })
     );
     Ok((dq, dk, dv))
 }
 
-/// The tiles of one backward task, allocated once and reused by every block and head.
-struct Scratch<F> {
+/// The tiles of one backward task, lent once (from the thread's [scratch](with_scratch)) and
+/// reused by every block and head.
+struct Scratch<'a, F> {
     /// `P` of the current tile.
-    probs: Array2<F>,
+    probs: ArrayViewMut2<'a, F>,
     /// `dP`, then `dS`, of the current tile.
-    d_probs: Array2<F>,
+    d_probs: ArrayViewMut2<'a, F>,
     /// `P ⊙ M` under dropout.
-    dropped: Option<Array2<F>>,
+    dropped: Option<ArrayViewMut2<'a, F>>,
     /// `Δ` of the current block's rows.
-    delta: Vec<F>,
+    delta: &'a mut [F],
 }
 
-impl<F: Float> Scratch<F> {
-    fn new((bq, bk): (usize, usize), masked: bool) -> Self {
+impl<'a, F: Float> Scratch<'a, F> {
+    /// The elements a task's scratch takes: two or three `(Bq, Bk)` tiles and `Bq` values.
+    fn len((bq, bk): (usize, usize), masked: bool) -> usize {
+        (2 + usize::from(masked)) * bq * bk + bq
+    }
+
+    /// The task's tiles carved from `buffer` of at least [`Scratch::len`] elements.
+    fn new(buffer: &'a mut [F], (bq, bk): (usize, usize), masked: bool) -> Self {
+        let tile = |values: &'a mut [F]| {
+            ArrayViewMut2::from_shape((bq, bk), values)
+                .unwrap_or_else(|e| unreachable!("the scratch holds whole tiles: {e}"))
+        };
+        let (probs, rest) = buffer.split_at_mut(bq * bk);
+        let (d_probs, rest) = rest.split_at_mut(bq * bk);
+        let (dropped, delta) = if masked {
+            let (dropped, rest) = rest.split_at_mut(bq * bk);
+            (Some(tile(dropped)), rest)
+        } else {
+            (None, rest)
+        };
         Self {
-            probs: Array2::zeros((bq, bk)),
-            d_probs: Array2::zeros((bq, bk)),
-            dropped: masked.then(|| Array2::zeros((bq, bk))),
-            delta: vec![F::zero(); bq],
+            probs: tile(probs),
+            d_probs: tile(d_probs),
+            dropped,
+            delta: &mut delta[..bq],
         }
     }
 }

@@ -26,6 +26,7 @@ pub(crate) mod matmul;
 pub(crate) mod reduce;
 pub mod rms_norm;
 pub mod rope;
+pub(crate) mod scratch;
 pub mod softmax;
 pub mod swiglu;
 pub mod tied_head;
