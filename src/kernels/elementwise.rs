@@ -8,7 +8,7 @@
 
 use std::mem::MaybeUninit;
 
-use ndarray::{Array, ArrayView, Dimension, Zip};
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
 use rayon::prelude::*;
 
 use crate::Float;
@@ -30,6 +30,30 @@ pub(crate) fn map_binary<F: Float>(x: &[F], y: &[F], f: impl Fn(F, F) -> F + Syn
     // SAFETY: `map_binary_into` wrote every one of the first `len` elements.
     unsafe { out.set_len(len) };
     out
+}
+
+/// `f(x, y)` for every pair of elements of `x` and `y` written into `out`, all three of the
+/// same shape (checked by the caller): [`zip_map_array`] into an existing array instead of a
+/// new one (a layer's buffer kept from one step to the next).
+pub(crate) fn zip_map_to<F: Float, D: Dimension>(
+    x: ArrayView<'_, F, D>,
+    y: ArrayView<'_, F, D>,
+    mut out: ArrayViewMut<'_, F, D>,
+    f: impl Fn(F, F) -> F + Sync,
+) {
+    match (x.as_slice(), y.as_slice(), out.as_slice_mut()) {
+        (Some(xs), Some(ys), Some(out)) => {
+            let len = out.len().min(xs.len()).min(ys.len());
+            let out = std::ptr::from_mut(&mut out[..len]) as *mut [MaybeUninit<F>];
+            // SAFETY: `MaybeUninit<F>` has `F`'s layout, the slice is uniquely borrowed for
+            // the call, and only initialised values are written through it.
+            map_binary_into(xs, ys, unsafe { &mut *out }, f);
+        }
+        _ => Zip::from(&mut out)
+            .and(&x)
+            .and(&y)
+            .for_each(|o, &x, &y| *o = f(x, y)),
+    }
 }
 
 /// `f` applied to every element of `x`: on the vectorised parallel path for standard-layout
@@ -197,6 +221,21 @@ mod tests {
         );
         fill_zero(&mut grid);
         assert!(grid.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn zip_map_to_writes_every_element_on_both_paths() {
+        for n in [0, 5, PARALLEL_MIN_LEN + 7] {
+            let x = ndarray::Array1::from_shape_fn(n, |i| i as f64);
+            let y = ndarray::Array1::from_shape_fn(n, |i| (i % 7) as f64);
+            let mut out = ndarray::Array1::from_elem(n, f64::NAN);
+            zip_map_to(x.view(), y.view(), out.view_mut(), |a, b| a - b);
+            assert_eq!(out, &x - &y);
+        }
+        let x = ndarray::Array2::from_shape_fn((3, 4), |(i, j)| (i * 4 + j) as f64);
+        let mut out = ndarray::Array2::from_elem((4, 3), f64::NAN);
+        zip_map_to(x.t(), x.t(), out.view_mut(), |a, b| a + b);
+        assert_eq!(out, &x.t() * 2.0);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! Element-wise, so any shape works; the output has the input's shape.
 
-use ndarray::{Array, ArrayView, Dimension};
+use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
 
-use super::elementwise::{map_array, zip_map_array};
+use super::elementwise::{map_array, zip_map_array, zip_map_to};
 use super::fast_math::gelu_tanh;
 use crate::error::check_shape;
 use crate::{Float, Result};
@@ -14,9 +14,23 @@ const CUBIC: f64 = 0.044_715;
 
 /// Applies tanh-GELU element-wise: any shape in, the same shape out.
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
-    let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
-    let gelu = move |x: F| half * x * (F::one() + gelu_tanh(s * (x + a * x * x * x)));
+    let gelu = gelu::<F>();
     map_array(x, gelu)
+}
+
+/// [`gelu_forward`] written into `out`, of `x`'s shape (checked by the caller).
+pub(crate) fn gelu_forward_to<F: Float, D: Dimension>(
+    x: ArrayView<'_, F, D>,
+    out: ArrayViewMut<'_, F, D>,
+) {
+    let gelu = gelu::<F>();
+    zip_map_to(x.view(), x.view(), out, move |x, _| gelu(x));
+}
+
+/// `x ↦ ½·x·(1 + tanh(u))`.
+fn gelu<F: Float>() -> impl Fn(F) -> F + Sync + Copy {
+    let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
+    move |x: F| half * x * (F::one() + gelu_tanh(s * (x + a * x * x * x)))
 }
 
 /// Backward of [`gelu_forward`]: `dx = dy · gelu'(x)`, with `x` the forward's input.
@@ -34,18 +48,47 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     x: ArrayView<'_, F, D>,
     dy: ArrayView<'_, F, D>,
 ) -> Result<Array<F, D>> {
+    check_same_shape("dy", &x, &dy)?;
+    Ok(zip_map_array(x, dy, d_gelu::<F>()))
+}
+
+/// [`gelu_backward`] written into `dx`, of `x`'s shape.
+///
+/// # Errors
+/// As [`gelu_backward`], also for `dx`; then `dx` is unchanged.
+pub(crate) fn gelu_backward_to<F: Float, D: Dimension>(
+    x: ArrayView<'_, F, D>,
+    dy: ArrayView<'_, F, D>,
+    dx: ArrayViewMut<'_, F, D>,
+) -> Result<()> {
+    check_same_shape("dy", &x, &dy)?;
+    check_same_shape("dx", &x, &dx.view())?;
+    zip_map_to(x, dy, dx, d_gelu::<F>());
+    Ok(())
+}
+
+/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch), naming `what`, unless `other` has
+/// `x`'s shape.
+fn check_same_shape<F, D: Dimension>(
+    what: &'static str,
+    x: &ArrayView<'_, F, D>,
+    other: &ArrayView<'_, F, D>,
+) -> Result<()> {
     let expected: Vec<Option<usize>> = x.shape().iter().map(|&n| Some(n)).collect();
-    check_shape("gelu", "dy", dy.shape(), &expected)?;
+    check_shape("gelu", what, other.shape(), &expected)
+}
+
+/// `(x, dy) ↦ dy · gelu'(x)`, the two terms of [`gelu_backward`]'s derivation.
+fn d_gelu<F: Float>() -> impl Fn(F, F) -> F + Sync + Copy {
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
     let three_a = F::of(3.0 * CUBIC);
-    let d_gelu = move |x: F, dy: F| {
+    move |x: F, dy: F| {
         let x2 = x * x;
         let th = gelu_tanh(s * (x + a * x2 * x));
         let term_1 = half * (F::one() + th);
         let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
         dy * (term_1 + term_2)
-    };
-    Ok(zip_map_array(x, dy, d_gelu))
+    }
 }
 
 #[cfg(test)]

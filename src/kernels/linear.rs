@@ -50,6 +50,32 @@ pub fn linear_forward<F: Float>(
     })
 }
 
+/// [`linear_forward`] written into `y (N, C_out)` (a buffer kept from one step to the next).
+///
+/// # Errors
+/// As [`linear_forward`], also when `y` is misshapen; then `y` is unchanged.
+pub(crate) fn linear_forward_to<F: Float>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    b: Option<ArrayView1<'_, F>>,
+    y: &mut ArrayViewMut2<'_, F>,
+) -> Result<()> {
+    let (c_in, c_out) = w.dim();
+    check_shape(KERNEL, "x", x.shape(), &[None, Some(c_in)])?;
+    check_shape(KERNEL, "y", y.shape(), &[Some(x.nrows()), Some(c_out)])?;
+    match b {
+        Some(b) => {
+            check_shape(KERNEL, "b", b.shape(), &[Some(c_out)])?;
+            // As in `linear_forward`: the bias in every row, the product added onto it.
+            for_each_split!(x.nrows() * c_out, Zip::from(y.rows_mut()), |mut row| row
+                .assign(&b));
+            matmul_into(F::one(), x, w, F::one(), y);
+        }
+        None => matmul_into(F::one(), x, w, F::zero(), y),
+    }
+    Ok(())
+}
+
 /// Backward of [`linear_forward`]; returns `dx (N, C_in)` and **adds** into `d_w` and `d_b`.
 ///
 /// With `y_nj = Σ_i x_ni W_ij + b_j`:
@@ -86,18 +112,43 @@ pub(crate) fn linear_backward_add<F: Float>(
     d_w: ArrayViewMut2<'_, F>,
     dx: &mut ArrayViewMut2<'_, F>,
 ) -> Result<()> {
+    backward_into(x, w, dy, (d_w, None), F::one(), dx)
+}
+
+/// [`linear_backward`] that writes `dx (N, C_in)` into an existing buffer instead of
+/// returning a new one.
+pub(crate) fn linear_backward_to<F: Float>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    dy: ArrayView2<'_, F>,
+    (d_w, d_b): (ArrayViewMut2<'_, F>, Option<ArrayViewMut1<'_, F>>),
+    dx: &mut ArrayViewMut2<'_, F>,
+) -> Result<()> {
+    backward_into(x, w, dy, (d_w, d_b), F::zero(), dx)
+}
+
+/// The backward with `dx = dy·Wᵀ + beta·dx` into `dx`: every shape is checked before
+/// anything is written.
+fn backward_into<F: Float>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    dy: ArrayView2<'_, F>,
+    (d_w, d_b): (ArrayViewMut2<'_, F>, Option<ArrayViewMut1<'_, F>>),
+    beta: F,
+    dx: &mut ArrayViewMut2<'_, F>,
+) -> Result<()> {
     check_shape(
         KERNEL,
         "dx",
         dx.shape(),
         &[Some(x.nrows()), Some(w.nrows())],
     )?;
-    check_param_grads(x, w, dy, &d_w, &None)?;
+    check_param_grads(x, w, dy, &d_w, &d_b)?;
     join_products(
         x.len() * w.ncols(),
-        || add_param_grads(x, dy, d_w, None),
-        // (dx), accumulated
-        || matmul_into(F::one(), dy, w.t(), F::one(), dx),
+        || add_param_grads(x, dy, d_w, d_b),
+        // (dx)
+        || matmul_into(F::one(), dy, w.t(), beta, dx),
     );
     Ok(())
 }

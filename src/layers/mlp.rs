@@ -4,8 +4,10 @@ use ndarray::{Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::Linear;
-use crate::kernels::{gelu_backward, gelu_forward};
-use crate::layer::rows::rows_reusing;
+use crate::kernels::gelu::{gelu_backward_to, gelu_forward_to};
+use crate::kernels::gelu_forward;
+use crate::kernels::scratch::with_scratch;
+use crate::layer::rows::{rows_reusing, scratch_rows};
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::Params;
 use crate::{Float, Layer, Result, params};
@@ -97,10 +99,26 @@ impl<F: Float> Mlp<F> {
     }
 
     /// The computation on rows `x (N, C)`: the output `(N, C)` and the hidden rows `h` and
-    /// `a = gelu(h)`.
-    fn apply(&self, x: ArrayView2<'_, F>) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
-        let h = self.fc.forward_rows(x)?;
-        let a = gelu_forward(h.view());
+    /// `a = gelu(h)`, written into `buffers` (the previous forward's `h` and `a`) when they
+    /// have the shape `(N, hidden)`, so a training step allocates no hidden rows.
+    fn apply(
+        &self,
+        x: ArrayView2<'_, F>,
+        buffers: Option<(Array2<F>, Array2<F>)>,
+    ) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
+        let shape = (x.nrows(), self.fc.c_out());
+        let (h, a) = match buffers {
+            Some((mut h, mut a)) if h.dim() == shape && a.dim() == shape => {
+                self.fc.forward_rows_to(x, &mut h.view_mut())?;
+                gelu_forward_to(h.view(), a.view_mut());
+                (h, a)
+            }
+            _ => {
+                let h = self.fc.forward_rows(x)?;
+                let a = gelu_forward(h.view());
+                (h, a)
+            }
+        };
         let y = self.proj.forward_rows(a.view())?;
         Ok((y, h, a))
     }
@@ -114,10 +132,14 @@ impl<F: Float> Layer<F> for Mlp<F> {
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
         // The previous forward is forgotten first (its buffer is reused): a failed forward
         // leaves nothing to backpropagate.
-        let buffer = self.cache.take().map(|old| old.x);
+        let old = self.cache.take();
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
+        let (buffer, hidden) = match old {
+            Some(MlpCache { x, h, a }) => (Some(x), Some((h, a))),
+            None => (None, None),
+        };
         let x = rows_reusing(buffer, x.view());
-        let (y, h, a) = self.apply(x.view())?;
+        let (y, h, a) = self.apply(x.view(), hidden)?;
         let y = from_rows(LAYER, y, bt)?;
         self.cache.store(MlpCache { x, h, a }, y.dim());
         Ok(y)
@@ -125,17 +147,28 @@ impl<F: Float> Layer<F> for Mlp<F> {
 
     fn infer_with(&self, x: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        from_rows(LAYER, self.apply(rows(x.view()).view())?.0, bt)
+        from_rows(LAYER, self.apply(rows(x.view()).view(), None)?.0, bt)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
         let cache = self.cache.get(LAYER, dy)?;
         let (b, t, _) = dy.dim();
-        let da = self
-            .proj
-            .backward_rows(cache.a.view(), rows(dy.view()).view())?;
-        let dh = gelu_backward(cache.h.view(), da.view())?;
-        let dx = self.fc.backward_rows(cache.x.view(), dh.view())?;
+        let shape = cache.h.dim();
+        let len = shape.0 * shape.1;
+        // da and dh (N, hidden) live only within this call: they are lent from the thread's
+        // scratch buffers rather than allocated on every step.
+        let dx = with_scratch::<F, _>(len, |da| {
+            with_scratch::<F, _>(len, |dh| {
+                let (mut da, mut dh) = (
+                    scratch_rows(LAYER, shape, da)?,
+                    scratch_rows(LAYER, shape, dh)?,
+                );
+                self.proj
+                    .backward_rows_to(cache.a.view(), rows(dy.view()).view(), &mut da)?;
+                gelu_backward_to(cache.h.view(), da.view(), dh.view_mut())?;
+                self.fc.backward_rows(cache.x.view(), dh.view())
+            })
+        })?;
         from_rows(LAYER, dx, (b, t))
     }
 }

@@ -4,10 +4,11 @@ use ndarray::{Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
-use crate::kernels::linear::linear_backward_add;
-use crate::kernels::swiglu::swiglu_backward_in_place;
-use crate::kernels::{linear_backward, linear_forward, swiglu_forward};
-use crate::layer::rows::rows_reusing;
+use crate::kernels::linear::{linear_backward_add, linear_backward_to, linear_forward_to};
+use crate::kernels::scratch::with_scratch;
+use crate::kernels::swiglu::{swiglu_backward_in_place, swiglu_forward_to};
+use crate::kernels::{linear_backward, linear_forward};
+use crate::layer::rows::{rows_reusing, scratch_rows};
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::{Param2, Params};
 use crate::{Float, Layer, Result, params};
@@ -118,12 +119,31 @@ impl<F: Float> SwiGlu<F> {
     }
 
     /// The computation on rows `x (N, C)`: the output `(N, C)` and the hidden rows
-    /// `g = x·W_gate` and `u = x·W_up`.
-    fn apply(&self, x: ArrayView2<'_, F>) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
-        let gate = linear_forward(x, self.w_gate.value.view(), None)?;
-        let up = linear_forward(x, self.w_up.value.view(), None)?;
-        let a = swiglu_forward(gate.view(), up.view())?;
-        let y = linear_forward(a.view(), self.w_down.value.view(), None)?;
+    /// `g = x·W_gate` and `u = x·W_up`, written into `buffers` (the previous forward's) when
+    /// they have the shape `(N, H)`; the gated rows `a (N, H)` are lent from the thread's
+    /// scratch, so a training step allocates no hidden rows.
+    fn apply(
+        &self,
+        x: ArrayView2<'_, F>,
+        buffers: Option<(Array2<F>, Array2<F>)>,
+    ) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
+        let shape = (x.nrows(), self.hidden());
+        let (gate, up) = match buffers {
+            Some((mut gate, mut up)) if gate.dim() == shape && up.dim() == shape => {
+                linear_forward_to(x, self.w_gate.value.view(), None, &mut gate.view_mut())?;
+                linear_forward_to(x, self.w_up.value.view(), None, &mut up.view_mut())?;
+                (gate, up)
+            }
+            _ => (
+                linear_forward(x, self.w_gate.value.view(), None)?,
+                linear_forward(x, self.w_up.value.view(), None)?,
+            ),
+        };
+        let y = with_scratch::<F, _>(shape.0 * shape.1, |a| {
+            let mut a = scratch_rows(LAYER, shape, a)?;
+            swiglu_forward_to(gate.view(), up.view(), a.view_mut());
+            linear_forward(a.view(), self.w_down.value.view(), None)
+        })?;
         Ok((y, gate, up))
     }
 }
@@ -136,10 +156,14 @@ impl<F: Float> Layer<F> for SwiGlu<F> {
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
         // The previous forward is forgotten first (its input buffer is reused): a failed
         // forward leaves nothing to backpropagate.
-        let buffer = self.cache.take().map(|old| old.x);
+        let old = self.cache.take();
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
+        let (buffer, hidden) = match old {
+            Some(SwiGluCache { x, gate, up }) => (Some(x), Some((gate, up))),
+            None => (None, None),
+        };
         let x = rows_reusing(buffer, x.view());
-        let (y, gate, up) = self.apply(x.view())?;
+        let (y, gate, up) = self.apply(x.view(), hidden)?;
         let y = from_rows(LAYER, y, bt)?;
         self.cache.store(SwiGluCache { x, gate, up }, y.dim());
         Ok(y)
@@ -147,46 +171,58 @@ impl<F: Float> Layer<F> for SwiGlu<F> {
 
     fn infer_with(&self, x: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        from_rows(LAYER, self.apply(rows(x.view()).view())?.0, bt)
+        from_rows(LAYER, self.apply(rows(x.view()).view(), None)?.0, bt)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
         let cache = self.cache.get(LAYER, dy)?;
         let (b, t, _) = dy.dim();
         // Every shape below follows from the cache, checked against dy just above, so no
-        // call can fail after a gradient has been added to.
-        let mut a = swiglu_forward(cache.gate.view(), cache.up.view())?;
-        // dW_down += aᵀ·dy, da = dy·W_downᵀ
-        let mut d = linear_backward(
-            a.view(),
-            self.w_down.value.view(),
-            rows(dy.view()).view(),
-            self.w_down.grad.view_mut(),
-            None,
-        )?;
-        // a is spent: its buffer takes du, and da's becomes dg.
-        swiglu_backward_in_place(
-            cache.gate.view(),
-            cache.up.view(),
-            d.view_mut(),
-            a.view_mut(),
-        );
-        let (d_gate, d_up) = (d, a);
-        // dW_gate += xᵀ·dg, dx = dg·W_gateᵀ; then dW_up += xᵀ·du, dx += du·W_upᵀ
-        let mut dx = linear_backward(
-            cache.x.view(),
-            self.w_gate.value.view(),
-            d_gate.view(),
-            self.w_gate.grad.view_mut(),
-            None,
-        )?;
-        linear_backward_add(
-            cache.x.view(),
-            self.w_up.value.view(),
-            d_up.view(),
-            self.w_up.grad.view_mut(),
-            &mut dx.view_mut(),
-        )?;
+        // call can fail after a gradient has been added to. The two (N, H) buffers live only
+        // within this call and are lent from the thread's scratch.
+        let shape = cache.gate.dim();
+        let len = shape.0 * shape.1;
+        let dx = with_scratch::<F, _>(len, |a| {
+            with_scratch::<F, _>(len, |d| {
+                let (mut a, mut d) = (
+                    scratch_rows(LAYER, shape, a)?,
+                    scratch_rows(LAYER, shape, d)?,
+                );
+                swiglu_forward_to(cache.gate.view(), cache.up.view(), a.view_mut());
+                // dW_down += aᵀ·dy, da = dy·W_downᵀ
+                linear_backward_to(
+                    a.view(),
+                    self.w_down.value.view(),
+                    rows(dy.view()).view(),
+                    (self.w_down.grad.view_mut(), None),
+                    &mut d,
+                )?;
+                // a is spent: its buffer takes du, and da's becomes dg.
+                swiglu_backward_in_place(
+                    cache.gate.view(),
+                    cache.up.view(),
+                    d.view_mut(),
+                    a.view_mut(),
+                );
+                let (d_gate, d_up) = (d, a);
+                // dW_gate += xᵀ·dg, dx = dg·W_gateᵀ; then dW_up += xᵀ·du, dx += du·W_upᵀ
+                let mut dx = linear_backward(
+                    cache.x.view(),
+                    self.w_gate.value.view(),
+                    d_gate.view(),
+                    self.w_gate.grad.view_mut(),
+                    None,
+                )?;
+                linear_backward_add(
+                    cache.x.view(),
+                    self.w_up.value.view(),
+                    d_up.view(),
+                    self.w_up.grad.view_mut(),
+                    &mut dx.view_mut(),
+                )?;
+                Ok::<_, crate::Error>(dx)
+            })
+        })?;
         from_rows(LAYER, dx, (b, t))
     }
 }
