@@ -52,21 +52,6 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     Ok(zip_map_array(x, dy, d_gelu::<F>()))
 }
 
-/// [`gelu_backward`] written into `dx`, of `x`'s shape.
-///
-/// # Errors
-/// As [`gelu_backward`], also for `dx`; then `dx` is unchanged.
-pub(crate) fn gelu_backward_to<F: Float, D: Dimension>(
-    x: ArrayView<'_, F, D>,
-    dy: ArrayView<'_, F, D>,
-    dx: ArrayViewMut<'_, F, D>,
-) -> Result<()> {
-    check_same_shape("dy", &x, &dy)?;
-    check_same_shape("dx", &x, &dx.view())?;
-    zip_map_to(x, dy, dx, d_gelu::<F>());
-    Ok(())
-}
-
 /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch), naming `what`, unless `other` has
 /// `x`'s shape.
 fn check_same_shape<F, D: Dimension>(

@@ -112,43 +112,18 @@ pub(crate) fn linear_backward_add<F: Float>(
     d_w: ArrayViewMut2<'_, F>,
     dx: &mut ArrayViewMut2<'_, F>,
 ) -> Result<()> {
-    backward_into(x, w, dy, (d_w, None), F::one(), dx)
-}
-
-/// [`linear_backward`] that writes `dx (N, C_in)` into an existing buffer instead of
-/// returning a new one.
-pub(crate) fn linear_backward_to<F: Float>(
-    x: ArrayView2<'_, F>,
-    w: ArrayView2<'_, F>,
-    dy: ArrayView2<'_, F>,
-    (d_w, d_b): (ArrayViewMut2<'_, F>, Option<ArrayViewMut1<'_, F>>),
-    dx: &mut ArrayViewMut2<'_, F>,
-) -> Result<()> {
-    backward_into(x, w, dy, (d_w, d_b), F::zero(), dx)
-}
-
-/// The backward with `dx = dy·Wᵀ + beta·dx` into `dx`: every shape is checked before
-/// anything is written.
-fn backward_into<F: Float>(
-    x: ArrayView2<'_, F>,
-    w: ArrayView2<'_, F>,
-    dy: ArrayView2<'_, F>,
-    (d_w, d_b): (ArrayViewMut2<'_, F>, Option<ArrayViewMut1<'_, F>>),
-    beta: F,
-    dx: &mut ArrayViewMut2<'_, F>,
-) -> Result<()> {
     check_shape(
         KERNEL,
         "dx",
         dx.shape(),
         &[Some(x.nrows()), Some(w.nrows())],
     )?;
-    check_param_grads(x, w, dy, &d_w, &d_b)?;
+    check_param_grads(x, w, dy, &d_w, &None)?;
     join_products(
         x.len() * w.ncols(),
-        || add_param_grads(x, dy, d_w, d_b),
-        // (dx)
-        || matmul_into(F::one(), dy, w.t(), beta, dx),
+        || add_param_grads(x, dy, d_w, None),
+        // (dx), accumulated
+        || matmul_into(F::one(), dy, w.t(), F::one(), dx),
     );
     Ok(())
 }

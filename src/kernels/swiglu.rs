@@ -7,7 +7,7 @@
 
 use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
 
-use super::elementwise::{map_array, zip_map_array, zip_map_to};
+use super::elementwise::{map_array, zip_map_array};
 use crate::error::check_shape;
 use crate::exec::for_each_split;
 use crate::{Float, Result};
@@ -83,15 +83,6 @@ pub fn swiglu_forward<F: Float, D: Dimension>(
 ) -> Result<Array<F, D>> {
     same_shape("swiglu", "up", gate.shape(), up.shape())?;
     Ok(zip_map_array(gate, up, |g, u| silu(g) * u))
-}
-
-/// [`swiglu_forward`] written into `a`, of `gate`'s shape (all three checked by the caller).
-pub(crate) fn swiglu_forward_to<F: Float, D: Dimension>(
-    gate: ArrayView<'_, F, D>,
-    up: ArrayView<'_, F, D>,
-    a: ArrayViewMut<'_, F, D>,
-) {
-    zip_map_to(gate, up, a, |g, u| silu(g) * u);
 }
 
 /// Backward of [`swiglu_forward`]: returns `(d_gate, d_up)`, both of `gate`'s shape.

@@ -3,7 +3,7 @@
 //! Activations cross layer boundaries as `(B, T, C)`; position-wise kernels work on rows
 //! `(N, C)` with `N = B·T`, row `n` being position `(n / T, n % T)`.
 
-use ndarray::{Array2, Array3, ArrayView3, ArrayViewMut2, CowArray, Ix2};
+use ndarray::{Array2, Array3, ArrayView3, CowArray, Ix2};
 
 use crate::error::{ExpectedShape, check_shape};
 use crate::{Error, Float, Result};
@@ -62,24 +62,6 @@ pub(crate) fn rows_reusing<F: Float>(buffer: Option<Array2<F>>, x: ArrayView3<'_
         }
         _ => rows(x).into_owned(),
     }
-}
-
-/// A scratch slice of `N·W` elements (lent by `kernels::scratch`) as `(N, W)` rows.
-///
-/// # Errors
-/// [`Error::ShapeMismatch`] (naming `layer`) when the slice does not hold `N·W` elements.
-pub(crate) fn scratch_rows<'a, F>(
-    layer: &'static str,
-    shape: (usize, usize),
-    values: &'a mut [F],
-) -> Result<ArrayViewMut2<'a, F>> {
-    let len = values.len();
-    ArrayViewMut2::from_shape(shape, values).map_err(|_| Error::ShapeMismatch {
-        layer,
-        what: "scratch rows",
-        expected: ExpectedShape(vec![shape.0.checked_mul(shape.1)]),
-        actual: vec![len],
-    })
 }
 
 /// Reshapes `(B·T, C)` rows back to `(B, T, C)`, moving when `y` is in standard layout.

@@ -5,7 +5,7 @@ use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
 use crate::error::check_shape;
-use crate::kernels::linear::{linear_backward_to, linear_forward_to};
+use crate::kernels::linear::linear_forward_to;
 use crate::kernels::{linear_backward, linear_forward};
 use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
@@ -131,25 +131,6 @@ impl<F: Float> Linear<F> {
             self.w.value.view(),
             self.b.as_ref().map(|b| b.value.view()),
             y,
-        )
-    }
-
-    /// [`Linear::backward_rows`] with `dx (N, C_in)` written into an existing buffer.
-    pub(crate) fn backward_rows_to(
-        &mut self,
-        x: ArrayView2<'_, F>,
-        dy: ArrayView2<'_, F>,
-        dx: &mut ArrayViewMut2<'_, F>,
-    ) -> Result<()> {
-        linear_backward_to(
-            x,
-            self.w.value.view(),
-            dy,
-            (
-                self.w.grad.view_mut(),
-                self.b.as_mut().map(|b| b.grad.view_mut()),
-            ),
-            dx,
         )
     }
 

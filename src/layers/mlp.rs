@@ -4,10 +4,9 @@ use ndarray::{Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::Linear;
-use crate::kernels::gelu::{gelu_backward_to, gelu_forward_to};
-use crate::kernels::gelu_forward;
-use crate::kernels::scratch::with_scratch;
-use crate::layer::rows::{rows_reusing, scratch_rows};
+use crate::kernels::gelu::gelu_forward_to;
+use crate::kernels::{gelu_backward, gelu_forward};
+use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::Params;
 use crate::{Float, Layer, Result, params};
@@ -153,22 +152,11 @@ impl<F: Float> Layer<F> for Mlp<F> {
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
         let cache = self.cache.get(LAYER, dy)?;
         let (b, t, _) = dy.dim();
-        let shape = cache.h.dim();
-        let len = shape.0 * shape.1;
-        // da and dh (N, hidden) live only within this call: they are lent from the thread's
-        // scratch buffers rather than allocated on every step.
-        let dx = with_scratch::<F, _>(len, |da| {
-            with_scratch::<F, _>(len, |dh| {
-                let (mut da, mut dh) = (
-                    scratch_rows(LAYER, shape, da)?,
-                    scratch_rows(LAYER, shape, dh)?,
-                );
-                self.proj
-                    .backward_rows_to(cache.a.view(), rows(dy.view()).view(), &mut da)?;
-                gelu_backward_to(cache.h.view(), da.view(), dh.view_mut())?;
-                self.fc.backward_rows(cache.x.view(), dh.view())
-            })
-        })?;
+        let da = self
+            .proj
+            .backward_rows(cache.a.view(), rows(dy.view()).view())?;
+        let dh = gelu_backward(cache.h.view(), da.view())?;
+        let dx = self.fc.backward_rows(cache.x.view(), dh.view())?;
         from_rows(LAYER, dx, (b, t))
     }
 }

@@ -4,11 +4,10 @@ use ndarray::{Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
-use crate::kernels::linear::{linear_backward_add, linear_backward_to, linear_forward_to};
-use crate::kernels::scratch::with_scratch;
-use crate::kernels::swiglu::{swiglu_backward_in_place, swiglu_forward_to};
-use crate::kernels::{linear_backward, linear_forward};
-use crate::layer::rows::{rows_reusing, scratch_rows};
+use crate::kernels::linear::{linear_backward_add, linear_forward_to};
+use crate::kernels::swiglu::swiglu_backward_in_place;
+use crate::kernels::{linear_backward, linear_forward, swiglu_forward};
+use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::{Param2, Params};
 use crate::{Float, Layer, Result, params};
@@ -120,8 +119,7 @@ impl<F: Float> SwiGlu<F> {
 
     /// The computation on rows `x (N, C)`: the output `(N, C)` and the hidden rows
     /// `g = x·W_gate` and `u = x·W_up`, written into `buffers` (the previous forward's) when
-    /// they have the shape `(N, H)`; the gated rows `a (N, H)` are lent from the thread's
-    /// scratch, so a training step allocates no hidden rows.
+    /// they have the shape `(N, H)`.
     fn apply(
         &self,
         x: ArrayView2<'_, F>,
@@ -139,11 +137,8 @@ impl<F: Float> SwiGlu<F> {
                 linear_forward(x, self.w_up.value.view(), None)?,
             ),
         };
-        let y = with_scratch::<F, _>(shape.0 * shape.1, |a| {
-            let mut a = scratch_rows(LAYER, shape, a)?;
-            swiglu_forward_to(gate.view(), up.view(), a.view_mut());
-            linear_forward(a.view(), self.w_down.value.view(), None)
-        })?;
+        let a = swiglu_forward(gate.view(), up.view())?;
+        let y = linear_forward(a.view(), self.w_down.value.view(), None)?;
         Ok((y, gate, up))
     }
 }
@@ -178,51 +173,39 @@ impl<F: Float> Layer<F> for SwiGlu<F> {
         let cache = self.cache.get(LAYER, dy)?;
         let (b, t, _) = dy.dim();
         // Every shape below follows from the cache, checked against dy just above, so no
-        // call can fail after a gradient has been added to. The two (N, H) buffers live only
-        // within this call and are lent from the thread's scratch.
-        let shape = cache.gate.dim();
-        let len = shape.0 * shape.1;
-        let dx = with_scratch::<F, _>(len, |a| {
-            with_scratch::<F, _>(len, |d| {
-                let (mut a, mut d) = (
-                    scratch_rows(LAYER, shape, a)?,
-                    scratch_rows(LAYER, shape, d)?,
-                );
-                swiglu_forward_to(cache.gate.view(), cache.up.view(), a.view_mut());
-                // dW_down += aᵀ·dy, da = dy·W_downᵀ
-                linear_backward_to(
-                    a.view(),
-                    self.w_down.value.view(),
-                    rows(dy.view()).view(),
-                    (self.w_down.grad.view_mut(), None),
-                    &mut d,
-                )?;
-                // a is spent: its buffer takes du, and da's becomes dg.
-                swiglu_backward_in_place(
-                    cache.gate.view(),
-                    cache.up.view(),
-                    d.view_mut(),
-                    a.view_mut(),
-                );
-                let (d_gate, d_up) = (d, a);
-                // dW_gate += xᵀ·dg, dx = dg·W_gateᵀ; then dW_up += xᵀ·du, dx += du·W_upᵀ
-                let mut dx = linear_backward(
-                    cache.x.view(),
-                    self.w_gate.value.view(),
-                    d_gate.view(),
-                    self.w_gate.grad.view_mut(),
-                    None,
-                )?;
-                linear_backward_add(
-                    cache.x.view(),
-                    self.w_up.value.view(),
-                    d_up.view(),
-                    self.w_up.grad.view_mut(),
-                    &mut dx.view_mut(),
-                )?;
-                Ok::<_, crate::Error>(dx)
-            })
-        })?;
+        // call can fail after a gradient has been added to.
+        let mut a = swiglu_forward(cache.gate.view(), cache.up.view())?;
+        // dW_down += aᵀ·dy, da = dy·W_downᵀ
+        let mut d = linear_backward(
+            a.view(),
+            self.w_down.value.view(),
+            rows(dy.view()).view(),
+            self.w_down.grad.view_mut(),
+            None,
+        )?;
+        // a is spent: its buffer takes du, and da's becomes dg.
+        swiglu_backward_in_place(
+            cache.gate.view(),
+            cache.up.view(),
+            d.view_mut(),
+            a.view_mut(),
+        );
+        let (d_gate, d_up) = (d, a);
+        // dW_gate += xᵀ·dg, dx = dg·W_gateᵀ; then dW_up += xᵀ·du, dx += du·W_upᵀ
+        let mut dx = linear_backward(
+            cache.x.view(),
+            self.w_gate.value.view(),
+            d_gate.view(),
+            self.w_gate.grad.view_mut(),
+            None,
+        )?;
+        linear_backward_add(
+            cache.x.view(),
+            self.w_up.value.view(),
+            d_up.view(),
+            self.w_up.grad.view_mut(),
+            &mut dx.view_mut(),
+        )?;
         from_rows(LAYER, dx, (b, t))
     }
 }
