@@ -600,11 +600,15 @@ fn forward_head<F: Float>(
         let (scores, stats) = buffer.split_at_mut(bq * bk);
         let (max, stats) = stats.split_at_mut(bq);
         let (sum, alpha) = stats.split_at_mut(bq);
-        // (bq, bk) from a slice of bq·bk elements.
-        let scores = ArrayViewMut2::from_shape((bq, bk), scores)
-            .unwrap_or_else(|e| unreachable!("the scratch holds a whole tile: {e}"));
+        let scores = tile_view((bq, bk), scores);
         forward_blocks(q, k, v, (ctx, lse), head, scores, (max, sum, alpha));
     });
+}
+
+/// A `(Bq, Bk)` tile over the first `Bq·Bk` elements of a scratch slice carved to hold it.
+fn tile_view<F>((bq, bk): (usize, usize), values: &mut [F]) -> ArrayViewMut2<'_, F> {
+    ArrayViewMut2::from_shape((bq, bk), values)
+        .unwrap_or_else(|e| unreachable!("the scratch holds whole tiles: {e}"))
 }
 
 /// [`forward_head`]'s loop over query blocks, with its scratch: the `(Bq, Bk)` scores tile
@@ -820,10 +824,7 @@ impl<'a, F: Float> Scratch<'a, F> {
 
     /// The task's tiles carved from `buffer` of at least [`Scratch::len`] elements.
     fn new(buffer: &'a mut [F], (bq, bk): (usize, usize), masked: bool) -> Self {
-        let tile = |values: &'a mut [F]| {
-            ArrayViewMut2::from_shape((bq, bk), values)
-                .unwrap_or_else(|e| unreachable!("the scratch holds whole tiles: {e}"))
-        };
+        let tile = |values| tile_view((bq, bk), values);
         let (probs, rest) = buffer.split_at_mut(bq * bk);
         let (d_probs, rest) = rest.split_at_mut(bq * bk);
         let (dropped, delta) = if masked {

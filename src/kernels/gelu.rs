@@ -2,7 +2,7 @@
 //!
 //! Element-wise, so any shape works; the output has the input's shape.
 
-use ndarray::{Array, ArrayView, ArrayViewMut, Dimension};
+use ndarray::{Array, ArrayView, Dimension};
 
 use super::elementwise::{map_array, zip_map_array, zip_map_to};
 use super::fast_math::gelu_tanh;
@@ -14,17 +14,23 @@ const CUBIC: f64 = 0.044_715;
 
 /// Applies tanh-GELU element-wise: any shape in, the same shape out.
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
-    let gelu = gelu::<F>();
-    map_array(x, gelu)
+    map_array(x, gelu::<F>())
 }
 
-/// [`gelu_forward`] written into `out`, of `x`'s shape (checked by the caller).
-pub(crate) fn gelu_forward_to<F: Float, D: Dimension>(
+/// [`gelu_forward`] written into `buffer` when it has `x`'s shape (a buffer kept from one
+/// step to the next), otherwise into a new array.
+pub(crate) fn gelu_forward_reusing<F: Float, D: Dimension>(
     x: ArrayView<'_, F, D>,
-    out: ArrayViewMut<'_, F, D>,
-) {
-    let gelu = gelu::<F>();
-    zip_map_to(x.view(), x.view(), out, move |x, _| gelu(x));
+    buffer: Option<Array<F, D>>,
+) -> Array<F, D> {
+    match buffer {
+        Some(mut out) if out.raw_dim() == x.raw_dim() => {
+            let gelu = gelu::<F>();
+            zip_map_to(x.view(), x.view(), out.view_mut(), move |x, _| gelu(x));
+            out
+        }
+        _ => gelu_forward(x),
+    }
 }
 
 /// `x ↦ ½·x·(1 + tanh(u))`.
@@ -48,32 +54,18 @@ pub fn gelu_backward<F: Float, D: Dimension>(
     x: ArrayView<'_, F, D>,
     dy: ArrayView<'_, F, D>,
 ) -> Result<Array<F, D>> {
-    check_same_shape("dy", &x, &dy)?;
-    Ok(zip_map_array(x, dy, d_gelu::<F>()))
-}
-
-/// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch), naming `what`, unless `other` has
-/// `x`'s shape.
-fn check_same_shape<F, D: Dimension>(
-    what: &'static str,
-    x: &ArrayView<'_, F, D>,
-    other: &ArrayView<'_, F, D>,
-) -> Result<()> {
     let expected: Vec<Option<usize>> = x.shape().iter().map(|&n| Some(n)).collect();
-    check_shape("gelu", what, other.shape(), &expected)
-}
-
-/// `(x, dy) ↦ dy · gelu'(x)`, the two terms of [`gelu_backward`]'s derivation.
-fn d_gelu<F: Float>() -> impl Fn(F, F) -> F + Sync + Copy {
+    check_shape("gelu", "dy", dy.shape(), &expected)?;
     let (s, a, half) = (F::of(SQRT_2_OVER_PI), F::of(CUBIC), F::of(0.5));
     let three_a = F::of(3.0 * CUBIC);
-    move |x: F, dy: F| {
+    let d_gelu = move |x: F, dy: F| {
         let x2 = x * x;
         let th = gelu_tanh(s * (x + a * x2 * x));
         let term_1 = half * (F::one() + th);
         let term_2 = half * x * (F::one() - th * th) * s * (F::one() + three_a * x2);
         dy * (term_1 + term_2)
-    }
+    };
+    Ok(zip_map_array(x, dy, d_gelu))
 }
 
 #[cfg(test)]

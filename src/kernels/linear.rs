@@ -24,11 +24,8 @@ pub fn linear_forward<F: Float>(
     w: ArrayView2<'_, F>,
     b: Option<ArrayView1<'_, F>>,
 ) -> Result<Array2<F>> {
-    let (c_in, c_out) = w.dim();
-    check_shape(KERNEL, "x", x.shape(), &[None, Some(c_in)])?;
-    if let Some(b) = &b {
-        check_shape(KERNEL, "b", b.shape(), &[Some(c_out)])?;
-    }
+    check_forward(x, w, b)?;
+    let c_out = w.ncols();
     crate::limits::check_alloc::<F>(KERNEL, "y", &[x.nrows(), c_out])?;
     Ok(match b {
         // Start from the bias in every row and accumulate the product onto it: one pass
@@ -50,28 +47,45 @@ pub fn linear_forward<F: Float>(
     })
 }
 
-/// [`linear_forward`] written into `y (N, C_out)` (a buffer kept from one step to the next).
+/// [`linear_forward`] written into `buffer` when it has the output's shape `(N, C_out)` (a
+/// buffer kept from one step to the next), otherwise into a new array.
 ///
 /// # Errors
-/// As [`linear_forward`], also when `y` is misshapen; then `y` is unchanged.
-pub(crate) fn linear_forward_to<F: Float>(
+/// As [`linear_forward`].
+pub(crate) fn linear_forward_reusing<F: Float>(
     x: ArrayView2<'_, F>,
     w: ArrayView2<'_, F>,
     b: Option<ArrayView1<'_, F>>,
-    y: &mut ArrayViewMut2<'_, F>,
+    buffer: Option<Array2<F>>,
+) -> Result<Array2<F>> {
+    match buffer {
+        Some(mut y) if y.dim() == (x.nrows(), w.ncols()) => {
+            check_forward(x, w, b)?;
+            // As in `linear_forward`: the bias in every row, the product added onto it.
+            let beta = match b {
+                Some(b) => {
+                    for_each_split!(y.len(), Zip::from(y.rows_mut()), |mut row| row.assign(&b));
+                    F::one()
+                }
+                None => F::zero(),
+            };
+            matmul_into(F::one(), x, w, beta, &mut y.view_mut());
+            Ok(y)
+        }
+        _ => linear_forward(x, w, b),
+    }
+}
+
+/// The shape checks of [`linear_forward`].
+fn check_forward<F>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    b: Option<ArrayView1<'_, F>>,
 ) -> Result<()> {
     let (c_in, c_out) = w.dim();
     check_shape(KERNEL, "x", x.shape(), &[None, Some(c_in)])?;
-    check_shape(KERNEL, "y", y.shape(), &[Some(x.nrows()), Some(c_out)])?;
-    match b {
-        Some(b) => {
-            check_shape(KERNEL, "b", b.shape(), &[Some(c_out)])?;
-            // As in `linear_forward`: the bias in every row, the product added onto it.
-            for_each_split!(x.nrows() * c_out, Zip::from(y.rows_mut()), |mut row| row
-                .assign(&b));
-            matmul_into(F::one(), x, w, F::one(), y);
-        }
-        None => matmul_into(F::one(), x, w, F::zero(), y),
+    if let Some(b) = &b {
+        check_shape(KERNEL, "b", b.shape(), &[Some(c_out)])?;
     }
     Ok(())
 }

@@ -1,11 +1,11 @@
 //! [`Linear`]: `y = x·W + b` applied at every position.
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayViewMut2};
+use ndarray::{Array1, Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
 use crate::error::check_shape;
-use crate::kernels::linear::linear_forward_to;
+use crate::kernels::linear::linear_forward_reusing;
 use crate::kernels::{linear_backward, linear_forward};
 use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
@@ -120,17 +120,18 @@ impl<F: Float> Linear<F> {
         )
     }
 
-    /// [`Linear::forward_rows`] written into `y (N, C_out)`.
-    pub(crate) fn forward_rows_to(
+    /// [`Linear::forward_rows`] written into `buffer` when it is `(N, C_out)` (a cache kept
+    /// from one step to the next), otherwise into a new array.
+    pub(crate) fn forward_rows_reusing(
         &self,
         x: ArrayView2<'_, F>,
-        y: &mut ArrayViewMut2<'_, F>,
-    ) -> Result<()> {
-        linear_forward_to(
+        buffer: Option<Array2<F>>,
+    ) -> Result<Array2<F>> {
+        linear_forward_reusing(
             x,
             self.w.value.view(),
             self.b.as_ref().map(|b| b.value.view()),
-            y,
+            buffer,
         )
     }
 

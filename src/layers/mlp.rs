@@ -4,8 +4,8 @@ use ndarray::{Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::Linear;
-use crate::kernels::gelu::gelu_forward_to;
-use crate::kernels::{gelu_backward, gelu_forward};
+use crate::kernels::gelu::gelu_forward_reusing;
+use crate::kernels::gelu_backward;
 use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::Params;
@@ -98,26 +98,16 @@ impl<F: Float> Mlp<F> {
     }
 
     /// The computation on rows `x (N, C)`: the output `(N, C)` and the hidden rows `h` and
-    /// `a = gelu(h)`, written into `buffers` (the previous forward's `h` and `a`) when they
+    /// `a = gelu(h)`, written into `buffers` (the previous forward's `h` and `a`) where they
     /// have the shape `(N, hidden)`, so a training step allocates no hidden rows.
     fn apply(
         &self,
         x: ArrayView2<'_, F>,
         buffers: Option<(Array2<F>, Array2<F>)>,
     ) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
-        let shape = (x.nrows(), self.fc.c_out());
-        let (h, a) = match buffers {
-            Some((mut h, mut a)) if h.dim() == shape && a.dim() == shape => {
-                self.fc.forward_rows_to(x, &mut h.view_mut())?;
-                gelu_forward_to(h.view(), a.view_mut());
-                (h, a)
-            }
-            _ => {
-                let h = self.fc.forward_rows(x)?;
-                let a = gelu_forward(h.view());
-                (h, a)
-            }
-        };
+        let (h, a) = buffers.unzip();
+        let h = self.fc.forward_rows_reusing(x, h)?;
+        let a = gelu_forward_reusing(h.view(), a);
         let y = self.proj.forward_rows(a.view())?;
         Ok((y, h, a))
     }
@@ -131,12 +121,8 @@ impl<F: Float> Layer<F> for Mlp<F> {
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
         // The previous forward is forgotten first (its buffer is reused): a failed forward
         // leaves nothing to backpropagate.
-        let old = self.cache.take();
+        let (buffer, hidden) = self.cache.take().map(|old| (old.x, (old.h, old.a))).unzip();
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        let (buffer, hidden) = match old {
-            Some(MlpCache { x, h, a }) => (Some(x), Some((h, a))),
-            None => (None, None),
-        };
         let x = rows_reusing(buffer, x.view());
         let (y, h, a) = self.apply(x.view(), hidden)?;
         let y = from_rows(LAYER, y, bt)?;

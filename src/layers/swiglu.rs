@@ -4,7 +4,7 @@ use ndarray::{Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
-use crate::kernels::linear::{linear_backward_add, linear_forward_to};
+use crate::kernels::linear::{linear_backward_add, linear_forward_reusing};
 use crate::kernels::swiglu::swiglu_backward_in_place;
 use crate::kernels::{linear_backward, linear_forward, swiglu_forward};
 use crate::layer::rows::rows_reusing;
@@ -118,25 +118,16 @@ impl<F: Float> SwiGlu<F> {
     }
 
     /// The computation on rows `x (N, C)`: the output `(N, C)` and the hidden rows
-    /// `g = x·W_gate` and `u = x·W_up`, written into `buffers` (the previous forward's) when
+    /// `g = x·W_gate` and `u = x·W_up`, written into `buffers` (the previous forward's) where
     /// they have the shape `(N, H)`.
     fn apply(
         &self,
         x: ArrayView2<'_, F>,
         buffers: Option<(Array2<F>, Array2<F>)>,
     ) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
-        let shape = (x.nrows(), self.hidden());
-        let (gate, up) = match buffers {
-            Some((mut gate, mut up)) if gate.dim() == shape && up.dim() == shape => {
-                linear_forward_to(x, self.w_gate.value.view(), None, &mut gate.view_mut())?;
-                linear_forward_to(x, self.w_up.value.view(), None, &mut up.view_mut())?;
-                (gate, up)
-            }
-            _ => (
-                linear_forward(x, self.w_gate.value.view(), None)?,
-                linear_forward(x, self.w_up.value.view(), None)?,
-            ),
-        };
+        let (gate, up) = buffers.unzip();
+        let gate = linear_forward_reusing(x, self.w_gate.value.view(), None, gate)?;
+        let up = linear_forward_reusing(x, self.w_up.value.view(), None, up)?;
         let a = swiglu_forward(gate.view(), up.view())?;
         let y = linear_forward(a.view(), self.w_down.value.view(), None)?;
         Ok((y, gate, up))
@@ -151,12 +142,12 @@ impl<F: Float> Layer<F> for SwiGlu<F> {
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
         // The previous forward is forgotten first (its input buffer is reused): a failed
         // forward leaves nothing to backpropagate.
-        let old = self.cache.take();
+        let (buffer, hidden) = self
+            .cache
+            .take()
+            .map(|old| (old.x, (old.gate, old.up)))
+            .unzip();
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        let (buffer, hidden) = match old {
-            Some(SwiGluCache { x, gate, up }) => (Some(x), Some((gate, up))),
-            None => (None, None),
-        };
         let x = rows_reusing(buffer, x.view());
         let (y, gate, up) = self.apply(x.view(), hidden)?;
         let y = from_rows(LAYER, y, bt)?;
