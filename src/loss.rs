@@ -3,7 +3,7 @@
 use ndarray::{Array2, Array3};
 
 use crate::error::check_shape;
-use crate::kernels::{cross_entropy_backward, cross_entropy_forward};
+use crate::kernels::{cross_entropy_backward, cross_entropy_forward, recycle};
 use crate::layer::InferState;
 use crate::param::Params;
 use crate::{Error, Float, Layer, Result, params};
@@ -60,7 +60,7 @@ impl<F: Float> CrossEntropy<F> {
     /// [`Error::ShapeMismatch`] for a targets shape other than `(B, T)`;
     /// [`Error::TargetOutOfRange`] for a target `≥ V`.
     pub fn loss(&mut self, logits: &Array3<F>, targets: &Array2<usize>) -> Result<F> {
-        self.probs = None;
+        self.clear();
         let (loss, probs) = cross_entropy_forward(logits.view(), targets.view())?;
         self.targets = Some(targets.clone());
         self.probs = Some(probs);
@@ -91,7 +91,9 @@ impl<F: Float> CrossEntropy<F> {
 
     /// Forgets the last loss: [`CrossEntropy::backward_loss`] is refused until the next.
     pub fn clear(&mut self) {
-        self.probs = None;
+        if let Some(probs) = self.probs.take() {
+            recycle::give(probs);
+        }
     }
 
     fn targets(&self) -> Result<&Array2<usize>> {
@@ -113,7 +115,7 @@ impl<F: Float> Layer<F> for CrossEntropy<F> {
 
     /// The loss as a `(1, 1, 1)` array; targets must have been set.
     fn forward(&mut self, logits: &Array3<F>) -> Result<Array3<F>> {
-        self.probs = None;
+        self.clear();
         let (loss, probs) = cross_entropy_forward(logits.view(), self.targets()?.view())?;
         self.probs = Some(probs);
         Ok(Array3::from_elem((1, 1, 1), loss))

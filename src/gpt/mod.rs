@@ -7,6 +7,8 @@ pub mod families;
 mod head;
 pub(crate) mod meta;
 pub mod parts;
+#[cfg(test)]
+mod tests;
 
 use ndarray::{Array2, Array3, Array4};
 use rand::rngs::StdRng;
@@ -18,7 +20,7 @@ pub use head::Head;
 
 use crate::error::check_shape;
 use crate::exec::in_pool_if_small;
-use crate::kernels::cross_entropy_forward;
+use crate::kernels::{cross_entropy_forward, recycle};
 use crate::layer::{Cache, DropoutMode, DropoutSite, InferState, KvCache};
 use crate::layers::{Attention, Block, Dropout, Embedding};
 use crate::param::{ParamMap, Params};
@@ -244,6 +246,7 @@ impl<F: Float> Gpt<F> {
         let passes = self.dropout_passes();
         let logits = self.forward(ids)?;
         let loss = self.loss_head.loss(&logits, targets);
+        recycle::give(logits);
         if loss.is_err() {
             // A refused loss draws no mask: the sites are set back to where they were.
             self.restore_passes(&passes);
@@ -303,7 +306,9 @@ impl<F: Float> Gpt<F> {
     /// forward or parameter import.
     pub fn backward_loss(&mut self) -> Result<()> {
         let d_logits = self.loss_head.backward_loss()?;
-        Layer::backward(self, &d_logits)
+        let done = Layer::backward(self, &d_logits);
+        recycle::give(d_logits);
+        done
     }
 
     /// The attention probabilities of every block for one stateless forward of `ids (B, T)`,
@@ -383,12 +388,16 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
         let logits = in_pool_if_small(self.activations(ids.len()), || {
             let mut x = self.embed.forward(ids)?;
             if let Some(drop) = &mut self.embed_drop {
-                x = drop.forward(&x)?;
+                let dropped = drop.forward(&x)?;
+                recycle::give(std::mem::replace(&mut x, dropped));
             }
             for layer in self.trunk_mut() {
-                x = layer.forward(&x)?;
+                let next = layer.forward(&x)?;
+                recycle::give(std::mem::replace(&mut x, next));
             }
-            self.head.forward(&x, self.embed.token_table())
+            let logits = self.head.forward(&x, self.embed.token_table());
+            recycle::give(x);
+            logits
         })
         .inspect_err(|_| self.restore_passes(&passes))?;
         self.done.store((), logits.dim());
@@ -400,9 +409,12 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             let mut x = self.embed.infer_with(ids, state)?;
             // The embedding dropout is the identity in inference (nothing to copy).
             for layer in self.trunk() {
-                x = layer.infer_with(&x, state)?;
+                let next = layer.infer_with(&x, state)?;
+                recycle::give(std::mem::replace(&mut x, next));
             }
-            self.head.infer_with(&x, state, self.embed.token_table())
+            let logits = self.head.infer_with(&x, state, self.embed.token_table());
+            recycle::give(x);
+            logits
         })
     }
 
@@ -414,12 +426,16 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             // its own at the end: the table's gradient is the sum of both uses.
             let mut d = self.head.backward(d_logits, self.embed.token_table_mut())?;
             for layer in self.trunk_mut().rev() {
-                d = layer.backward(&d)?;
+                let next = layer.backward(&d)?;
+                recycle::give(std::mem::replace(&mut d, next));
             }
             if let Some(drop) = &mut self.embed_drop {
-                d = drop.backward(&d)?;
+                let next = drop.backward(&d)?;
+                recycle::give(std::mem::replace(&mut d, next));
             }
-            self.embed.backward(&d)
+            let done = self.embed.backward(&d);
+            recycle::give(d);
+            done
         })
     }
 

@@ -12,13 +12,13 @@
 //! Per batch `b` and head `h`, with `g = h / (H / H_kv)`: `S = Q_h·K_gᵀ / √D`,
 //! `P = causal_softmax(S)`, `ctx_h = P·V_g`.
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use ndarray::{Array2, Array3, Array4, ArrayView3, Axis, Zip, s};
 
 use super::dropout::DropoutMask;
 use super::matmul::{matmul_into, matmul_uninit};
+use super::recycle;
 use super::softmax::{causal_softmax_forward, softmax_backward_in_place};
 use crate::error::check_shape;
 use crate::exec::{QUERY_BLOCK, for_each_split, on_one_thread};
@@ -199,9 +199,9 @@ fn forward_blocked<F: Float>(
     let offset = t_k - t_q;
     // Every element of both is written below (per head and query block: the visible keys'
     // probabilities, zeros for the hidden ones, and the head's columns of the context), so
-    // they start uninitialised rather than zeroed.
-    let mut probs = Array4::<F>::uninit((b, n_heads, t_q, t_k));
-    let mut ctx = Array3::<F>::uninit((b, t_q, c));
+    // they start from recycled buffers rather than zeroed ones.
+    let mut probs = recycle::array((b, n_heads, t_q, t_k));
+    let mut ctx = recycle::array((b, t_q, c));
     // Sequences are independent: one task per batch element, heads in turn within it.
     for_each_split!(
         b * t_q * t_k * c,
@@ -220,12 +220,12 @@ fn forward_blocked<F: Float>(
                 let mut probs = probs.index_axis_mut(Axis(0), h);
                 let mut ctx = ctx.slice_mut(cols);
                 for (rows, keys) in query_blocks(t_q, offset, block) {
-                    let (visible, mut hidden) =
+                    let (mut p, mut hidden) =
                         probs.multi_slice_mut((s![rows.clone(), ..keys], s![rows.clone(), keys..]));
-                    hidden.fill(MaybeUninit::new(F::zero()));
+                    hidden.fill(F::zero());
                     let query_rows = q.slice(s![rows.clone(), ..]);
-                    let mut p =
-                        matmul_uninit(scale, query_rows, k.slice(s![..keys, ..]).t(), visible);
+                    let visible_keys = k.slice(s![..keys, ..]);
+                    matmul_into(scale, query_rows, visible_keys.t(), F::zero(), &mut p);
                     causal_softmax_forward(p.view_mut(), offset + rows.start);
                     // With dropout, the context uses P ⊙ M; probs keeps P.
                     let dropped = mask.map(|mask| {
@@ -238,20 +238,18 @@ fn forward_blocked<F: Float>(
                         );
                         pm
                     });
-                    matmul_uninit(
+                    matmul_into(
                         F::one(),
                         dropped.as_ref().map_or(p.view(), |pm| pm.view()),
                         v.slice(s![..keys, ..]),
-                        ctx.slice_mut(s![rows, ..]),
+                        F::zero(),
+                        &mut ctx.slice_mut(s![rows, ..]),
                     );
                 }
             }
         })
     );
-    // SAFETY: the heads' column slices cover all `C` columns and the query blocks all `T_q`
-    // rows, each block writing all `T_k` probabilities of its rows, so every element of both
-    // arrays was written.
-    Ok(unsafe { (ctx.assume_init(), probs.assume_init()) })
+    Ok((ctx, probs))
 }
 
 /// Backward of [`attention_forward`]; returns `(dq, dk, dv)` shaped like `q`, `k`, `v`.
@@ -370,10 +368,10 @@ fn backward_blocked<F: Float>(
     let scale = F::one() / F::of(d as f64).sqrt();
     let offset = t_k - t_q;
     // dq is written whole, block by block; dk and dv accumulate over the blocks.
-    let mut dq = Array3::<F>::uninit((b, t_q, c));
+    let mut dq = recycle::array((b, t_q, c));
     let c_kv = k.dim().2;
-    let mut dk = Array3::<F>::zeros((b, t_k, c_kv));
-    let mut dv = Array3::<F>::zeros((b, t_k, c_kv));
+    let mut dk = recycle::zeros((b, t_k, c_kv));
+    let mut dv = recycle::zeros((b, t_k, c_kv));
     for_each_split!(
         b * t_q * t_k * c,
         Zip::indexed(dq.outer_iter_mut())
@@ -436,11 +434,12 @@ fn backward_blocked<F: Float>(
                     // The shapes agree by construction (both are this block's rows and keys).
                     let _ = softmax_backward_in_place(p, d_scores.view_mut());
                     // (dq, dk)
-                    matmul_uninit(
+                    matmul_into(
                         scale,
                         d_scores.view(),
                         k.slice(s![..keys, ..]),
-                        dq.slice_mut(s![rows.clone(), ..]),
+                        F::zero(),
+                        &mut dq.slice_mut(s![rows.clone(), ..]),
                     );
                     matmul_into(
                         scale,
@@ -453,9 +452,9 @@ fn backward_blocked<F: Float>(
             }
         })
     );
-    // SAFETY: the heads' column slices cover all `C` columns and the query blocks all `T_q`
-    // rows of dq, so every element was written.
-    Ok((unsafe { dq.assume_init() }, dk, dv))
+    // The heads' column slices cover all `C` columns and the query blocks all `T_q` rows of
+    // dq, so every element was written.
+    Ok((dq, dk, dv))
 }
 
 /// Naive loops over every index: the reference the fast path is tested against.

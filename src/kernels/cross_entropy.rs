@@ -60,7 +60,7 @@ pub fn cross_entropy_forward<F: Float>(
     }
     check_targets(targets, v)?;
     // Every row of probabilities is written whole below.
-    let mut probs = Array3::<F>::uninit((b, t, v));
+    let mut probs = super::recycle::array((b, t, v));
     let mut row_losses = Array2::zeros((b, t));
     for_each_split!(
         b * t * v,
@@ -74,12 +74,10 @@ pub fn cross_entropy_forward<F: Float>(
             let lse = max + sum_exp.ln();
             *row_loss = lse - z[target];
             Zip::from(&mut p).and(&z).for_each(|p, &z| {
-                p.write(exp_nonpositive(z - lse));
+                *p = exp_nonpositive(z - lse);
             });
         }
     );
-    // SAFETY: the loop above wrote every row of `probs` (the lanes along the last axis).
-    let probs = unsafe { probs.assume_init() };
     // Summed in a fixed order, so the loss does not depend on the thread count.
     Ok((row_losses.sum() / F::of((b * t) as f64), probs))
 }

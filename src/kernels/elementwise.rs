@@ -14,21 +14,18 @@ use rayon::prelude::*;
 use crate::Float;
 use crate::exec::{ELEMENTWISE_CHUNK, PARALLEL_MIN_LEN};
 
-/// `[f(x[0]), f(x[1]), …]` as a new vector, each element written once (no zero fill first).
+/// `[f(x[0]), f(x[1]), …]` as a new vector, as [`map_binary`].
 ///
 /// It runs on the two-input path with `x` read twice, so one compiled loop serves both.
 pub(crate) fn map_unary<F: Float>(x: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> {
     map_binary(x, x, move |v, _| f(v))
 }
 
-/// `[f(x[0], y[0]), …]` as a new vector, as [`map_unary`] with two inputs of the same length
-/// (the shorter one bounds it).
+/// `[f(x[0], y[0]), …]` as a new vector (the shorter input bounds it), each element written
+/// once; a large vector is a [recycled](super::recycle) one.
 pub(crate) fn map_binary<F: Float>(x: &[F], y: &[F], f: impl Fn(F, F) -> F + Sync) -> Vec<F> {
-    let len = x.len().min(y.len());
-    let mut out = Vec::with_capacity(len);
-    map_binary_into(x, y, &mut out.spare_capacity_mut()[..len], f);
-    // SAFETY: `map_binary_into` wrote every one of the first `len` elements.
-    unsafe { out.set_len(len) };
+    let mut out = super::recycle::vec(x.len().min(y.len()));
+    map_binary_over(x, y, &mut out, f);
     out
 }
 
@@ -42,18 +39,21 @@ pub(crate) fn zip_map_to<F: Float, D: Dimension>(
     f: impl Fn(F, F) -> F + Sync,
 ) {
     match (x.as_slice(), y.as_slice(), out.as_slice_mut()) {
-        (Some(xs), Some(ys), Some(out)) => {
-            let len = out.len().min(xs.len()).min(ys.len());
-            let out = std::ptr::from_mut(&mut out[..len]) as *mut [MaybeUninit<F>];
-            // SAFETY: `MaybeUninit<F>` has `F`'s layout, the slice is uniquely borrowed for
-            // the call, and only initialised values are written through it.
-            map_binary_into(xs, ys, unsafe { &mut *out }, f);
-        }
+        (Some(xs), Some(ys), Some(out)) => map_binary_over(xs, ys, out, f),
         _ => Zip::from(&mut out)
             .and(&x)
             .and(&y)
             .for_each(|o, &x, &y| *o = f(x, y)),
     }
+}
+
+/// Writes `f(x[i], y[i])` over the first `min` of the three lengths of `out`.
+fn map_binary_over<F: Float>(x: &[F], y: &[F], out: &mut [F], f: impl Fn(F, F) -> F + Sync) {
+    let len = out.len().min(x.len()).min(y.len());
+    let out = std::ptr::from_mut(&mut out[..len]) as *mut [MaybeUninit<F>];
+    // SAFETY: `MaybeUninit<F>` has `F`'s layout, the slice is uniquely borrowed for the
+    // call, and only initialised values are written through it.
+    map_binary_into(x, y, unsafe { &mut *out }, f);
 }
 
 /// `f` applied to every element of `x`: on the vectorised parallel path for standard-layout

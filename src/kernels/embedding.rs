@@ -54,7 +54,7 @@ pub fn embedding_forward<F: Float>(
     check_ids(KERNEL, ids, v, pos.nrows())?;
     let (b, t) = ids.dim();
     crate::limits::check_alloc::<F>(KERNEL, "y", &[b, t, c])?;
-    let mut y = Array3::zeros((b, t, c));
+    let mut y = super::recycle::array((b, t, c)); // every row is written below
     for ((bi, ti), &id) in ids.indexed_iter() {
         let mut row = y.slice_mut(s![bi, ti, ..]);
         Zip::from(&mut row)
@@ -131,7 +131,7 @@ pub fn token_embedding_forward<F: Float>(
     check_ids(KERNEL, ids, v, usize::MAX)?;
     let (b, t) = ids.dim();
     crate::limits::check_alloc::<F>(KERNEL, "y", &[b, t, c])?;
-    let mut y = Array3::zeros((b, t, c));
+    let mut y = super::recycle::array((b, t, c)); // every row is written below
     for ((bi, ti), &id) in ids.indexed_iter() {
         y.slice_mut(s![bi, ti, ..]).assign(&tok.row(id));
     }

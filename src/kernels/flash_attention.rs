@@ -535,7 +535,7 @@ pub(crate) fn forward_tiled<F: Float>(
         check_mask_indices(b, n_heads, t_q, t_k)?;
     }
     // The accumulators are the context itself, so it starts at zero.
-    let mut ctx = Array3::<F>::zeros((b, t_q, c));
+    let mut ctx = super::recycle::zeros((b, t_q, c));
     let mut lse = Array3::<F>::zeros((b, n_heads, t_q));
     if b == 0 || t_q == 0 || d == 0 {
         return Ok(FlashOutput { ctx, lse });
@@ -751,9 +751,9 @@ pub(crate) fn backward_tiled<F: Float>(
     }
     // All three accumulate over tiles (dq over key blocks, dk and dv over query blocks and
     // heads), so they start at zero.
-    let mut dq = Array3::<F>::zeros((b, t_q, c));
-    let mut dk = Array3::<F>::zeros((b, t_k, c_kv));
-    let mut dv = Array3::<F>::zeros((b, t_k, c_kv));
+    let mut dq = super::recycle::zeros((b, t_q, c));
+    let mut dk = super::recycle::zeros((b, t_k, c_kv));
+    let mut dv = super::recycle::zeros((b, t_k, c_kv));
     if b == 0 || t_q == 0 || d == 0 {
         return Ok((dq, dk, dv));
     }

@@ -37,9 +37,10 @@ pub fn layer_norm_forward<F: Float>(
     check_shape(KERNEL, "gamma", gamma.shape(), &[Some(c)])?;
     check_shape(KERNEL, "beta", beta.shape(), &[Some(c)])?;
     let inv_c = F::one() / F::of(c as f64);
-    let mut x_hat = Array2::zeros((n, c));
+    // Every element of the three is written below.
+    let mut x_hat = super::recycle::array((n, c));
     let mut rstd = Array1::zeros(n);
-    let mut y = Array2::zeros((n, c));
+    let mut y = super::recycle::array((n, c));
     for_each_split!(
         n * c,
         Zip::from(x.rows())
@@ -96,7 +97,7 @@ pub fn layer_norm_backward<F: Float>(
     add_column_sums(d_beta.view_mut(), dy, None);
     // (dx)
     let inv_c = F::one() / F::of(c as f64);
-    let mut dx = Array2::zeros((n, c));
+    let mut dx = super::recycle::array((n, c)); // written whole below
     for_each_split!(
         n * c,
         Zip::from(dx.rows_mut())

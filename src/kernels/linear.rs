@@ -25,30 +25,14 @@ pub fn linear_forward<F: Float>(
     b: Option<ArrayView1<'_, F>>,
 ) -> Result<Array2<F>> {
     check_forward(x, w, b)?;
-    let c_out = w.ncols();
-    crate::limits::check_alloc::<F>(KERNEL, "y", &[x.nrows(), c_out])?;
-    Ok(match b {
-        // Start from the bias in every row and accumulate the product onto it: one pass
-        // over y instead of a product followed by a broadcast add.
-        Some(b) => {
-            let n = x.nrows();
-            let mut y = Array2::<F>::uninit((n, c_out));
-            for_each_split!(n * c_out, Zip::from(y.rows_mut()), |mut row| {
-                Zip::from(&mut row).and(&b).for_each(|y, &b| {
-                    y.write(b);
-                });
-            });
-            // SAFETY: every row was set to the bias just above.
-            let mut y = unsafe { y.assume_init() };
-            matmul_into(F::one(), x, w, F::one(), &mut y.view_mut());
-            y
-        }
-        None => matmul(x, w),
-    })
+    let shape = (x.nrows(), w.ncols());
+    crate::limits::check_alloc::<F>(KERNEL, "y", &[shape.0, shape.1])?;
+    Ok(linear_over(x, w, b, super::recycle::array(shape)))
 }
 
 /// [`linear_forward`] written into `buffer` when it has the output's shape `(N, C_out)` (a
-/// buffer kept from one step to the next), otherwise into a new array.
+/// buffer kept from one step to the next), otherwise into a new array (and `buffer` is
+/// [recycled](super::recycle)).
 ///
 /// # Errors
 /// As [`linear_forward`].
@@ -59,21 +43,37 @@ pub(crate) fn linear_forward_reusing<F: Float>(
     buffer: Option<Array2<F>>,
 ) -> Result<Array2<F>> {
     match buffer {
-        Some(mut y) if y.dim() == (x.nrows(), w.ncols()) => {
+        Some(y) if y.dim() == (x.nrows(), w.ncols()) => {
             check_forward(x, w, b)?;
-            // As in `linear_forward`: the bias in every row, the product added onto it.
-            let beta = match b {
-                Some(b) => {
-                    for_each_split!(y.len(), Zip::from(y.rows_mut()), |mut row| row.assign(&b));
-                    F::one()
-                }
-                None => F::zero(),
-            };
-            matmul_into(F::one(), x, w, beta, &mut y.view_mut());
-            Ok(y)
+            Ok(linear_over(x, w, b, y))
         }
-        _ => linear_forward(x, w, b),
+        other => {
+            if let Some(old) = other {
+                super::recycle::give(old);
+            }
+            linear_forward(x, w, b)
+        }
     }
+}
+
+/// `x·W + b` written over `y (N, C_out)`, whose values are not read; the caller checked the
+/// shapes. With a bias, every row starts from it and the product is accumulated onto it: one
+/// pass over `y` instead of a product followed by a broadcast add.
+pub(crate) fn linear_over<F: Float>(
+    x: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    b: Option<ArrayView1<'_, F>>,
+    mut y: Array2<F>,
+) -> Array2<F> {
+    let beta = match b {
+        Some(b) => {
+            for_each_split!(y.len(), Zip::from(y.rows_mut()), |mut row| row.assign(&b));
+            F::one()
+        }
+        None => F::zero(),
+    };
+    matmul_into(F::one(), x, w, beta, &mut y.view_mut());
+    y
 }
 
 /// The shape checks of [`linear_forward`].

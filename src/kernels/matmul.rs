@@ -26,11 +26,11 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
 /// `a · b` for `a` of shape `(M, K)` and `b` of shape `(K, N)`, giving `(M, N)`.
 ///
 /// Callers check that the inner dimensions agree.
+/// A large result is written into a [recycled](super::recycle) buffer.
 pub(crate) fn matmul<F: Float>(a: ArrayView2<'_, F>, b: ArrayView2<'_, F>) -> Array2<F> {
-    let mut c = Array2::<F>::uninit((a.nrows(), b.ncols()));
-    matmul_uninit(F::one(), a, b, c.view_mut());
-    // SAFETY: `matmul_uninit` wrote every element of `c`.
-    unsafe { c.assume_init() }
+    let mut c = super::recycle::array((a.nrows(), b.ncols()));
+    matmul_into(F::one(), a, b, F::zero(), &mut c.view_mut());
+    c
 }
 
 /// `c = alpha · a · b` into an uninitialised `c (M, N)`, returned as an initialised view:

@@ -23,6 +23,7 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub(crate) mod matmul;
+pub(crate) mod recycle;
 pub(crate) mod reduce;
 pub mod rms_norm;
 pub mod rope;

@@ -83,7 +83,7 @@ fn rotate<F: Float>(
     };
     let cos = Array2::from_shape_fn((t, half), |(ti, i)| F::of(angle(ti, i).cos()));
     let sin = Array2::from_shape_fn((t, half), |(ti, i)| F::of(sign * angle(ti, i).sin()));
-    let mut y = Array3::<F>::zeros((b, t, c));
+    let mut y = super::recycle::zeros((b, t, c));
     Zip::indexed(y.lanes_mut(Axis(2)))
         .and(x.lanes(Axis(2)))
         .for_each(|(_, ti), mut y, x| {

@@ -103,8 +103,9 @@ pub fn swiglu_backward<F: Float, D: Dimension>(
 ) -> Result<(Array<F, D>, Array<F, D>)> {
     same_shape("swiglu", "up", gate.shape(), up.shape())?;
     same_shape("swiglu", "da", gate.shape(), da.shape())?;
-    let mut d_gate = da.to_owned();
-    let mut d_up = Array::zeros(gate.raw_dim());
+    let mut d_gate = super::recycle::array(gate.raw_dim());
+    d_gate.assign(&da);
+    let mut d_up = super::recycle::zeros(gate.raw_dim());
     swiglu_backward_in_place(gate, up, d_gate.view_mut(), d_up.view_mut());
     Ok((d_gate, d_up))
 }

@@ -4,12 +4,12 @@
 //! same array the embedding looks rows up in), optional `b (V)`, `y (N, V)`. The table is
 //! used as stored, token-major: no transposed copy is made in either direction.
 
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Zip};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 use super::matmul::{matmul, matmul_into};
 use super::reduce::add_column_sums;
 use crate::error::check_shape;
-use crate::exec::{for_each_split, join_products};
+use crate::exec::join_products;
 use crate::{Float, Result};
 
 const KERNEL: &str = "tied_head";
@@ -32,23 +32,9 @@ pub fn tied_head_forward<F: Float>(
         check_shape(KERNEL, "b", b.shape(), &[Some(v)])?;
     }
     crate::limits::check_alloc::<F>(KERNEL, "y", &[x.nrows(), v])?;
-    Ok(match b {
-        Some(b) => {
-            // Every row starts as the bias and the product accumulates onto it.
-            let n = x.nrows();
-            let mut y = Array2::<F>::uninit((n, v));
-            for_each_split!(n * v, Zip::from(y.rows_mut()), |mut row| {
-                Zip::from(&mut row).and(&b).for_each(|y, &b| {
-                    y.write(b);
-                });
-            });
-            // SAFETY: every row was set to the bias just above.
-            let mut y = unsafe { y.assume_init() };
-            matmul_into(F::one(), x, table.t(), F::one(), &mut y.view_mut());
-            y
-        }
-        None => matmul(x, table.t()),
-    })
+    // The linear map with `W = tableᵀ`, a strided view (no copy).
+    let y = super::recycle::array((x.nrows(), v));
+    Ok(super::linear::linear_over(x, table.t(), b, y))
 }
 
 /// Backward of [`tied_head_forward`]; returns `dx (N, C)` and **adds** into `d_table (V, C)`

@@ -8,6 +8,7 @@ use rand::Rng;
 use super::init::{check_matrix, check_positive, glorot_uniform};
 use crate::kernels::dropout::{DropoutMask, check_probability};
 use crate::kernels::linear::linear_backward_add;
+use crate::kernels::recycle;
 use crate::kernels::{
     FlashView, attention_dropout_backward, attention_dropout_forward, flash_attention_backward,
     flash_attention_forward,
@@ -44,6 +45,20 @@ struct Heads<F> {
     v: Array3<F>,
     softmax: Softmax<F>,
     ctx_rows: Array2<F>,
+}
+
+impl<F: Float> Heads<F> {
+    /// Hands the arrays back for the next forward to [reuse](crate::kernels::recycle).
+    fn recycle(self) {
+        for array in [self.q, self.k, self.v] {
+            recycle::give(array);
+        }
+        match self.softmax {
+            Softmax::Probs(probs) => recycle::give(probs),
+            Softmax::Lse(lse) => recycle::give(lse),
+        }
+        recycle::give(self.ctx_rows);
+    }
 }
 
 /// What the attention backward keeps of the softmax: the plain kernel's probabilities, or the
@@ -412,8 +427,12 @@ impl<F: Float> Attention<F> {
             project(&self.w_v, &self.b_v)?,
         );
         if let Some(theta) = self.config.rope_theta {
-            q = rope_forward(q.view(), self.head_dim(), start, theta)?;
-            k = rope_forward(k.view(), self.head_dim(), start, theta)?;
+            let (rq, rk) = (
+                rope_forward(q.view(), self.head_dim(), start, theta)?,
+                rope_forward(k.view(), self.head_dim(), start, theta)?,
+            );
+            recycle::give(std::mem::replace(&mut q, rq));
+            recycle::give(std::mem::replace(&mut k, rk));
         }
         let (h, h_kv) = (self.config.n_heads, self.config.n_kv_heads);
         let heads = |keys: ArrayView3<'_, F>, values: ArrayView3<'_, F>| {
@@ -468,8 +487,11 @@ impl<F: Float> Layer<F> for Attention<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        // Forgotten first (and its buffer reused): a failed forward leaves no cache.
-        let buffer = self.cache.take().map(|old| old.x_rows);
+        // Forgotten first (and its buffers reused): a failed forward leaves no cache.
+        let buffer = self.cache.take().map(|old| {
+            old.heads.recycle();
+            old.x_rows
+        });
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         let x_rows = rows_reusing(buffer, x.view());
         let mask = self.attn_drop.as_mut().and_then(DropoutSite::next_mask);
@@ -525,9 +547,9 @@ impl<F: Float> Layer<F> for Attention<F> {
             self.w_o.grad.view_mut(),
             self.b_o.as_mut().map(|b| b.grad.view_mut()),
         )?;
-        let d_ctx = from_rows(LAYER, d_ctx, (b, t))?;
+        let d_ctx_owned = from_rows(LAYER, d_ctx, (b, t))?;
         let (q, k, v) = (heads.q.view(), heads.k.view(), heads.v.view());
-        let (h_kv, d_ctx) = (self.config.n_kv_heads, d_ctx.view());
+        let (h_kv, d_ctx) = (self.config.n_kv_heads, d_ctx_owned.view());
         let (mut dq, mut dk, dv) = match (&heads.softmax, mask) {
             (Softmax::Probs(probs), None) => {
                 grouped_attention_backward(q, k, v, probs.view(), d_ctx, h_kv)?
@@ -548,8 +570,12 @@ impl<F: Float> Layer<F> for Attention<F> {
         if let Some(theta) = self.config.rope_theta {
             // Training passes are at positions 0..T.
             let d = self.width() / self.config.n_heads;
-            dq = rope_backward(dq.view(), d, 0, theta)?;
-            dk = rope_backward(dk.view(), d, 0, theta)?;
+            let (rq, rk) = (
+                rope_backward(dq.view(), d, 0, theta)?,
+                rope_backward(dk.view(), d, 0, theta)?,
+            );
+            recycle::give(std::mem::replace(&mut dq, rq));
+            recycle::give(std::mem::replace(&mut dk, rk));
         }
         // dx = dq·W_qᵀ + dk·W_kᵀ + dv·W_vᵀ, accumulated in place by the products.
         let x_rows = x_rows.view();
@@ -577,6 +603,12 @@ impl<F: Float> Layer<F> for Attention<F> {
                 // (db): the bias is added to every row.
                 bias.grad += &d_rows.sum_axis(Axis(0));
             }
+            drop(d_rows);
+            recycle::give(d);
+        }
+        drop(dq_rows);
+        for used in [dq, d_ctx_owned] {
+            recycle::give(used);
         }
         from_rows(LAYER, dx, (b, t))
     }

@@ -8,6 +8,7 @@ use rand::Rng;
 use super::{Attention, LayerNorm, Mlp};
 use crate::kernels::DropoutMask;
 use crate::kernels::elementwise::add_assign;
+use crate::kernels::recycle;
 use crate::layer::{Cache, DropoutMode, DropoutSite, InferState};
 use crate::param::Params;
 use crate::{Float, Layer, Result, params};
@@ -195,7 +196,8 @@ type Masks = [Option<DropoutMask>; 2];
 
 /// The block's computation, written once for training and inference: `apply` runs one part,
 /// `masks` drop the branch outputs (none in inference). The masks and the residuals are
-/// applied in place to the branch outputs, which are fresh arrays.
+/// applied in place to the branch outputs, which are fresh arrays; the intermediates are
+/// [recycled](crate::kernels::recycle) once used.
 fn residual_pass<F: Float>(
     x: &Array3<F>,
     masks: &Masks,
@@ -204,16 +206,19 @@ fn residual_pass<F: Float>(
     let [attn_mask, mlp_mask] = masks;
     let normed = apply(Part::Ln1, x)?;
     let mut h = apply(Part::Attn, &normed)?;
+    recycle::give(normed);
     if let Some(mask) = attn_mask {
         mask.apply_in_place(h.view_mut(), 0);
     }
     add_assign(&mut h, x);
     let normed = apply(Part::Ln2, &h)?;
     let mut y = apply(Part::Mlp, &normed)?;
+    recycle::give(normed);
     if let Some(mask) = mlp_mask {
         mask.apply_in_place(y.view_mut(), 0);
     }
     add_assign(&mut y, &h);
+    recycle::give(h);
     Ok(y)
 }
 
@@ -258,14 +263,15 @@ impl<F: Float> Layer<F> for Block<F> {
     /// `dh = dy + ln2ᵀ(mlpᵀ(m₂ ⊙ dy))`, then `dx = dh + ln1ᵀ(attnᵀ(m₁ ⊙ dh))`.
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
         let [attn_mask, mlp_mask] = *self.done.get(LAYER, dy)?;
-        let mut dh = self
-            .ln2
-            .backward(&self.mlp.backward(&masked(dy, mlp_mask.as_ref()))?)?;
+        let d_mlp = self.mlp.backward(&masked(dy, mlp_mask.as_ref()))?;
+        let mut dh = self.ln2.backward(&d_mlp)?;
+        recycle::give(d_mlp);
         add_assign(&mut dh, dy); // (dh)
-        let mut dx = self
-            .ln1
-            .backward(&self.attn.backward(&masked(&dh, attn_mask.as_ref()))?)?;
+        let d_attn = self.attn.backward(&masked(&dh, attn_mask.as_ref()))?;
+        let mut dx = self.ln1.backward(&d_attn)?;
+        recycle::give(d_attn);
         add_assign(&mut dx, &dh); // (dx)
+        recycle::give(dh);
         Ok(dx)
     }
 

@@ -3,7 +3,7 @@
 use ndarray::{Array1, Array3};
 
 use super::init::check_positive;
-use crate::kernels::{LayerNormCache, layer_norm_backward, layer_norm_forward};
+use crate::kernels::{LayerNormCache, layer_norm_backward, layer_norm_forward, recycle};
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::{Param1, Params};
 use crate::{Error, Float, Layer, Result, params};
@@ -111,7 +111,9 @@ impl<F: Float> Layer<F> for LayerNorm<F> {
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
         // A forward forgets the previous one first, so a failed forward leaves nothing to
         // backpropagate (architecture.md, §6).
-        self.cache.clear();
+        if let Some(old) = self.cache.take() {
+            recycle::give(old.x_hat); // for this forward's x̂
+        }
         let (y, cache) = self.apply(x)?;
         self.cache.store(cache, y.dim());
         Ok(y)

@@ -5,7 +5,7 @@ use rand::Rng;
 
 use super::Linear;
 use crate::kernels::gelu::gelu_forward_reusing;
-use crate::kernels::gelu_backward;
+use crate::kernels::{gelu_backward, recycle};
 use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::Params;
@@ -143,6 +143,9 @@ impl<F: Float> Layer<F> for Mlp<F> {
             .backward_rows(cache.a.view(), rows(dy.view()).view())?;
         let dh = gelu_backward(cache.h.view(), da.view())?;
         let dx = self.fc.backward_rows(cache.x.view(), dh.view())?;
+        for used in [da, dh] {
+            recycle::give(used);
+        }
         from_rows(LAYER, dx, (b, t))
     }
 }

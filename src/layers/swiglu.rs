@@ -6,7 +6,7 @@ use rand::Rng;
 use super::init::{check_matrix, check_positive, glorot_uniform};
 use crate::kernels::linear::{linear_backward_add, linear_forward_reusing};
 use crate::kernels::swiglu::swiglu_backward_in_place;
-use crate::kernels::{linear_backward, linear_forward, swiglu_forward};
+use crate::kernels::{linear_backward, linear_forward, recycle, swiglu_forward};
 use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::{Param2, Params};
@@ -197,6 +197,9 @@ impl<F: Float> Layer<F> for SwiGlu<F> {
             self.w_up.grad.view_mut(),
             &mut dx.view_mut(),
         )?;
+        for used in [d_gate, d_up] {
+            recycle::give(used);
+        }
         from_rows(LAYER, dx, (b, t))
     }
 }
