@@ -6,7 +6,7 @@ use ndarray::Array2;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::kernels::recycle::POISON;
+use crate::kernels::recycle::{POISON, exclusive};
 use crate::param::Params;
 use crate::{Gpt, GptConfig};
 
@@ -44,6 +44,7 @@ impl Drop for Antidote {
 /// before it is written would change the loss or a gradient.
 #[test]
 fn a_step_on_buffers_full_of_nan_computes_what_a_clean_step_does() {
+    let _only_us = exclusive();
     let gpt = GptConfig::with_sizes(23, 256, 4, 1, 256);
     let mut llama = GptConfig::llama(23, 256, 4, 2, 1, 256);
     llama.mlp_hidden = 512;

@@ -4,7 +4,7 @@
 //! output `(B, T, C)`: `y[b, t] = tok[ids[b, t]] + pos[t]`, or `y[b, t] = tok[ids[b, t]]`
 //! without positions (a model whose positions enter elsewhere, e.g. rotary embeddings).
 
-use ndarray::{Array1, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Zip, s};
+use ndarray::{Array1, Array3, ArrayView2, ArrayView3, ArrayViewMut2, Zip, s};
 
 use crate::error::check_shape;
 use crate::{Error, Float, Result};
@@ -90,8 +90,15 @@ pub fn embedding_backward<F: Float>(
     check_ids(KERNEL, ids, v, d_pos.nrows())?;
     scatter_add(ids, dy, d_tok);
     // (dpos)
+    // Σ_b dy[b] summed on its own first (so one call adds the same sum whatever `d_pos` holds),
+    // in a recycled (T, C) buffer.
+    let mut sum = super::recycle::zeros((t, c));
+    for dy_b in dy.outer_iter() {
+        sum += &dy_b;
+    }
     let mut d_pos_used = d_pos.slice_mut(s![..t, ..]);
-    d_pos_used += &dy.sum_axis(Axis(0));
+    d_pos_used += &sum;
+    super::recycle::give(sum);
     Ok(())
 }
 

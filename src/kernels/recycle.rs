@@ -118,6 +118,17 @@ pub(crate) fn give_vec<F: Float>(values: Vec<F>) {
 #[cfg(test)]
 pub(crate) static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Held by the unit tests that set [`POISON`] or look at which buffer they get, so that they
+/// do not run at the same time.
+#[cfg(test)]
+pub(crate) static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// [`EXCLUSIVE`], locked (a test that failed while holding it does not stop the others).
+#[cfg(test)]
+pub(crate) fn exclusive() -> MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// `values`, filled with NaN while [`POISON`] is set (unit tests only).
 fn poisoned<F: Float>(mut values: Vec<F>) -> Vec<F> {
     #[cfg(test)]
@@ -144,6 +155,7 @@ mod tests {
 
     #[test]
     fn a_given_buffer_is_taken_again_with_its_old_values() {
+        let _only_us = exclusive();
         let len = MIB_F32 + 11;
         let mut a = vec::<f32>(len);
         a.fill(7.0);
@@ -159,6 +171,7 @@ mod tests {
 
     #[test]
     fn a_request_never_takes_a_buffer_twice_its_size_or_too_small() {
+        let _only_us = exclusive();
         let len = 3 * MIB_F32 + 13;
         let big = vec::<f32>(2 * len + 2);
         let at = address(&big);
@@ -178,6 +191,7 @@ mod tests {
 
     #[test]
     fn small_buffers_and_other_types_are_not_mixed_in() {
+        let _only_us = exclusive();
         let small = vec::<f32>(100);
         give_vec(small);
         let len = 5 * MIB_F32 + 17;
@@ -192,6 +206,7 @@ mod tests {
 
     #[test]
     fn the_idle_list_is_bounded() {
+        let _only_us = exclusive();
         let len = 7 * MIB_F32 / 8 + MIB_F32 / 4 + 19;
         for _ in 0..MAX_IDLE + 5 {
             give_vec(vec![0.0f32; len]);

@@ -130,6 +130,7 @@ impl<F: Float> SwiGlu<F> {
         let up = linear_forward_reusing(x, self.w_up.value.view(), None, up)?;
         let a = swiglu_forward(gate.view(), up.view())?;
         let y = linear_forward(a.view(), self.w_down.value.view(), None)?;
+        recycle::give(a); // the backward recomputes it
         Ok((y, gate, up))
     }
 }
