@@ -389,11 +389,11 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             let mut x = self.embed.forward(ids)?;
             if let Some(drop) = &mut self.embed_drop {
                 let dropped = drop.forward(&x)?;
-                recycle::give(std::mem::replace(&mut x, dropped));
+                recycle::replace(&mut x, dropped);
             }
             for layer in self.trunk_mut() {
                 let next = layer.forward(&x)?;
-                recycle::give(std::mem::replace(&mut x, next));
+                recycle::replace(&mut x, next);
             }
             let logits = self.head.forward(&x, self.embed.token_table());
             recycle::give(x);
@@ -410,7 +410,7 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             // The embedding dropout is the identity in inference (nothing to copy).
             for layer in self.trunk() {
                 let next = layer.infer_with(&x, state)?;
-                recycle::give(std::mem::replace(&mut x, next));
+                recycle::replace(&mut x, next);
             }
             let logits = self.head.infer_with(&x, state, self.embed.token_table());
             recycle::give(x);
@@ -427,11 +427,11 @@ impl<F: Float> Layer<F, Array2<usize>> for Gpt<F> {
             let mut d = self.head.backward(d_logits, self.embed.token_table_mut())?;
             for layer in self.trunk_mut().rev() {
                 let next = layer.backward(&d)?;
-                recycle::give(std::mem::replace(&mut d, next));
+                recycle::replace(&mut d, next);
             }
             if let Some(drop) = &mut self.embed_drop {
                 let next = drop.backward(&d)?;
-                recycle::give(std::mem::replace(&mut d, next));
+                recycle::replace(&mut d, next);
             }
             let done = self.embed.backward(&d);
             recycle::give(d);

@@ -6,9 +6,7 @@
 //! three times — for AVX-512, for AVX2 with FMA, and for the baseline — and the widest one
 //! the running CPU supports is chosen at run time.
 
-use std::mem::MaybeUninit;
-
-use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, Zip};
+use ndarray::{Array, ArrayView, Dimension, Zip};
 use rayon::prelude::*;
 
 use crate::Float;
@@ -25,35 +23,8 @@ pub(crate) fn map_unary<F: Float>(x: &[F], f: impl Fn(F) -> F + Sync) -> Vec<F> 
 /// once; a large vector is a [recycled](super::recycle) one.
 pub(crate) fn map_binary<F: Float>(x: &[F], y: &[F], f: impl Fn(F, F) -> F + Sync) -> Vec<F> {
     let mut out = super::recycle::vec(x.len().min(y.len()));
-    map_binary_over(x, y, &mut out, f);
+    map_binary_into(x, y, &mut out, f);
     out
-}
-
-/// `f(x, y)` for every pair of elements of `x` and `y` written into `out`, all three of the
-/// same shape (checked by the caller): [`zip_map_array`] into an existing array instead of a
-/// new one (a layer's buffer kept from one step to the next).
-pub(crate) fn zip_map_to<F: Float, D: Dimension>(
-    x: ArrayView<'_, F, D>,
-    y: ArrayView<'_, F, D>,
-    mut out: ArrayViewMut<'_, F, D>,
-    f: impl Fn(F, F) -> F + Sync,
-) {
-    match (x.as_slice(), y.as_slice(), out.as_slice_mut()) {
-        (Some(xs), Some(ys), Some(out)) => map_binary_over(xs, ys, out, f),
-        _ => Zip::from(&mut out)
-            .and(&x)
-            .and(&y)
-            .for_each(|o, &x, &y| *o = f(x, y)),
-    }
-}
-
-/// Writes `f(x[i], y[i])` over the first `min` of the three lengths of `out`.
-fn map_binary_over<F: Float>(x: &[F], y: &[F], out: &mut [F], f: impl Fn(F, F) -> F + Sync) {
-    let len = out.len().min(x.len()).min(y.len());
-    let out = std::ptr::from_mut(&mut out[..len]) as *mut [MaybeUninit<F>];
-    // SAFETY: `MaybeUninit<F>` has `F`'s layout, the slice is uniquely borrowed for the
-    // call, and only initialised values are written through it.
-    map_binary_into(x, y, unsafe { &mut *out }, f);
 }
 
 /// `f` applied to every element of `x`: on the vectorised parallel path for standard-layout
@@ -90,12 +61,7 @@ fn from_standard_vec<F: Float, D: Dimension>(shape: D, values: Vec<F>) -> Array<
 }
 
 /// Writes `f(x[i], y[i])` into every element of `out` (all three the same length).
-fn map_binary_into<F: Float>(
-    x: &[F],
-    y: &[F],
-    out: &mut [MaybeUninit<F>],
-    f: impl Fn(F, F) -> F + Sync,
-) {
+fn map_binary_into<F: Float>(x: &[F], y: &[F], out: &mut [F], f: impl Fn(F, F) -> F + Sync) {
     if x.len() >= PARALLEL_MIN_LEN {
         out.par_chunks_mut(ELEMENTWISE_CHUNK)
             .zip(
@@ -149,7 +115,7 @@ fn add_slices<F: Float>(dst: &mut [F], src: &[F]) {
 struct BinaryLoop<'a, F, G> {
     x: &'a [F],
     y: &'a [F],
-    out: &'a mut [MaybeUninit<F>],
+    out: &'a mut [F],
     f: &'a G,
 }
 
@@ -159,7 +125,7 @@ impl<F: Copy, G: Fn(F, F) -> F> WideLoop for BinaryLoop<'_, F, G> {
     #[inline(always)]
     fn run(self) {
         for ((o, &x), &y) in self.out.iter_mut().zip(self.x).zip(self.y) {
-            o.write((self.f)(x, y));
+            *o = (self.f)(x, y);
         }
     }
 }
@@ -221,21 +187,6 @@ mod tests {
         );
         fill_zero(&mut grid);
         assert!(grid.iter().all(|&v| v == 0.0));
-    }
-
-    #[test]
-    fn zip_map_to_writes_every_element_on_both_paths() {
-        for n in [0, 5, PARALLEL_MIN_LEN + 7] {
-            let x = ndarray::Array1::from_shape_fn(n, |i| i as f64);
-            let y = ndarray::Array1::from_shape_fn(n, |i| (i % 7) as f64);
-            let mut out = ndarray::Array1::from_elem(n, f64::NAN);
-            zip_map_to(x.view(), y.view(), out.view_mut(), |a, b| a - b);
-            assert_eq!(out, &x - &y);
-        }
-        let x = ndarray::Array2::from_shape_fn((3, 4), |(i, j)| (i * 4 + j) as f64);
-        let mut out = ndarray::Array2::from_elem((4, 3), f64::NAN);
-        zip_map_to(x.t(), x.t(), out.view_mut(), |a, b| a + b);
-        assert_eq!(out, &x.t() * 2.0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use ndarray::{Array, ArrayView, Dimension};
 
-use super::elementwise::{map_array, zip_map_array, zip_map_to};
+use super::elementwise::{map_array, zip_map_array};
 use super::fast_math::gelu_tanh;
 use crate::error::check_shape;
 use crate::{Float, Result};
@@ -15,22 +15,6 @@ const CUBIC: f64 = 0.044_715;
 /// Applies tanh-GELU element-wise: any shape in, the same shape out.
 pub fn gelu_forward<F: Float, D: Dimension>(x: ArrayView<'_, F, D>) -> Array<F, D> {
     map_array(x, gelu::<F>())
-}
-
-/// [`gelu_forward`] written into `buffer` when it has `x`'s shape (a buffer kept from one
-/// step to the next), otherwise into a new array.
-pub(crate) fn gelu_forward_reusing<F: Float, D: Dimension>(
-    x: ArrayView<'_, F, D>,
-    buffer: Option<Array<F, D>>,
-) -> Array<F, D> {
-    match buffer {
-        Some(mut out) if out.raw_dim() == x.raw_dim() => {
-            let gelu = gelu::<F>();
-            zip_map_to(x.view(), x.view(), out.view_mut(), move |x, _| gelu(x));
-            out
-        }
-        _ => gelu_forward(x),
-    }
 }
 
 /// `x ↦ ½·x·(1 + tanh(u))`.

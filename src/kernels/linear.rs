@@ -30,32 +30,6 @@ pub fn linear_forward<F: Float>(
     Ok(linear_over(x, w, b, super::recycle::array(shape)))
 }
 
-/// [`linear_forward`] written into `buffer` when it has the output's shape `(N, C_out)` (a
-/// buffer kept from one step to the next), otherwise into a new array (and `buffer` is
-/// [recycled](super::recycle)).
-///
-/// # Errors
-/// As [`linear_forward`].
-pub(crate) fn linear_forward_reusing<F: Float>(
-    x: ArrayView2<'_, F>,
-    w: ArrayView2<'_, F>,
-    b: Option<ArrayView1<'_, F>>,
-    buffer: Option<Array2<F>>,
-) -> Result<Array2<F>> {
-    match buffer {
-        Some(y) if y.dim() == (x.nrows(), w.ncols()) => {
-            check_forward(x, w, b)?;
-            Ok(linear_over(x, w, b, y))
-        }
-        other => {
-            if let Some(old) = other {
-                super::recycle::give(old);
-            }
-            linear_forward(x, w, b)
-        }
-    }
-}
-
 /// `x·W + b` written over `y (N, C_out)`, whose values are not read; the caller checked the
 /// shapes. With a bias, every row starts from it and the product is accumulated onto it: one
 /// pass over `y` instead of a product followed by a broadcast add.

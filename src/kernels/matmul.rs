@@ -25,8 +25,8 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
 
 /// `a · b` for `a` of shape `(M, K)` and `b` of shape `(K, N)`, giving `(M, N)`.
 ///
-/// Callers check that the inner dimensions agree.
-/// A large result is written into a [recycled](super::recycle) buffer.
+/// Callers check that the inner dimensions agree. A large result is written into a
+/// [recycled](super::recycle) buffer.
 pub(crate) fn matmul<F: Float>(a: ArrayView2<'_, F>, b: ArrayView2<'_, F>) -> Array2<F> {
     let mut c = super::recycle::array((a.nrows(), b.ncols()));
     matmul_into(F::one(), a, b, F::zero(), &mut c.view_mut());

@@ -98,6 +98,12 @@ pub(crate) fn give<F: Float, D: Dimension>(array: Array<F, D>) {
     give_vec(array.into_raw_vec_and_offset().0);
 }
 
+/// Puts `new` in `slot` and [gives](give) back what was there: `x = f(&x)` for a pass whose
+/// input is spent.
+pub(crate) fn replace<F: Float, D: Dimension>(slot: &mut Array<F, D>, new: Array<F, D>) {
+    give(std::mem::replace(slot, new));
+}
+
 /// [`give`] for a vector.
 pub(crate) fn give_vec<F: Float>(values: Vec<F>) {
     if !recycled::<F>(values.capacity()) {
@@ -130,13 +136,15 @@ pub(crate) fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 /// `values`, filled with NaN while [`POISON`] is set (unit tests only).
-fn poisoned<F: Float>(mut values: Vec<F>) -> Vec<F> {
+fn poisoned<F: Float>(values: Vec<F>) -> Vec<F> {
     #[cfg(test)]
-    if POISON.load(std::sync::atomic::Ordering::Relaxed) {
-        values.fill(F::nan());
-    }
-    #[cfg(not(test))]
-    let _ = &mut values;
+    let values = {
+        let mut values = values;
+        if POISON.load(std::sync::atomic::Ordering::Relaxed) {
+            values.fill(F::nan());
+        }
+        values
+    };
     values
 }
 

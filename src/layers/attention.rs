@@ -431,8 +431,8 @@ impl<F: Float> Attention<F> {
                 rope_forward(q.view(), self.head_dim(), start, theta)?,
                 rope_forward(k.view(), self.head_dim(), start, theta)?,
             );
-            recycle::give(std::mem::replace(&mut q, rq));
-            recycle::give(std::mem::replace(&mut k, rk));
+            recycle::replace(&mut q, rq);
+            recycle::replace(&mut k, rk);
         }
         let (h, h_kv) = (self.config.n_heads, self.config.n_kv_heads);
         let heads = |keys: ArrayView3<'_, F>, values: ArrayView3<'_, F>| {
@@ -574,8 +574,8 @@ impl<F: Float> Layer<F> for Attention<F> {
                 rope_backward(dq.view(), d, 0, theta)?,
                 rope_backward(dk.view(), d, 0, theta)?,
             );
-            recycle::give(std::mem::replace(&mut dq, rq));
-            recycle::give(std::mem::replace(&mut dk, rk));
+            recycle::replace(&mut dq, rq);
+            recycle::replace(&mut dk, rk);
         }
         // dx = dq·W_qᵀ + dk·W_kᵀ + dv·W_vᵀ, accumulated in place by the products.
         let x_rows = x_rows.view();

@@ -5,7 +5,6 @@ use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
 use crate::error::check_shape;
-use crate::kernels::linear::linear_forward_reusing;
 use crate::kernels::{linear_backward, linear_forward};
 use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
@@ -117,21 +116,6 @@ impl<F: Float> Linear<F> {
             x,
             self.w.value.view(),
             self.b.as_ref().map(|b| b.value.view()),
-        )
-    }
-
-    /// [`Linear::forward_rows`] written into `buffer` when it is `(N, C_out)` (a cache kept
-    /// from one step to the next), otherwise into a new array.
-    pub(crate) fn forward_rows_reusing(
-        &self,
-        x: ArrayView2<'_, F>,
-        buffer: Option<Array2<F>>,
-    ) -> Result<Array2<F>> {
-        linear_forward_reusing(
-            x,
-            self.w.value.view(),
-            self.b.as_ref().map(|b| b.value.view()),
-            buffer,
         )
     }
 

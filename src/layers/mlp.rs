@@ -4,8 +4,7 @@ use ndarray::{Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::Linear;
-use crate::kernels::gelu::gelu_forward_reusing;
-use crate::kernels::{gelu_backward, recycle};
+use crate::kernels::{gelu_backward, gelu_forward, recycle};
 use crate::layer::rows::rows_reusing;
 use crate::layer::{Cache, InferState, check_width, from_rows, rows};
 use crate::param::Params;
@@ -98,16 +97,10 @@ impl<F: Float> Mlp<F> {
     }
 
     /// The computation on rows `x (N, C)`: the output `(N, C)` and the hidden rows `h` and
-    /// `a = gelu(h)`, written into `buffers` (the previous forward's `h` and `a`) where they
-    /// have the shape `(N, hidden)`, so a training step allocates no hidden rows.
-    fn apply(
-        &self,
-        x: ArrayView2<'_, F>,
-        buffers: Option<(Array2<F>, Array2<F>)>,
-    ) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
-        let (h, a) = buffers.unzip();
-        let h = self.fc.forward_rows_reusing(x, h)?;
-        let a = gelu_forward_reusing(h.view(), a);
+    /// `a = gelu(h)`, `(N, hidden)`.
+    fn apply(&self, x: ArrayView2<'_, F>) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
+        let h = self.fc.forward_rows(x)?;
+        let a = gelu_forward(h.view());
         let y = self.proj.forward_rows(a.view())?;
         Ok((y, h, a))
     }
@@ -119,12 +112,16 @@ impl<F: Float> Layer<F> for Mlp<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        // The previous forward is forgotten first (its buffer is reused): a failed forward
-        // leaves nothing to backpropagate.
-        let (buffer, hidden) = self.cache.take().map(|old| (old.x, (old.h, old.a))).unzip();
+        // The previous forward is forgotten first (its buffers reused, the hidden rows
+        // through the recycled ones): a failed forward leaves nothing to backpropagate.
+        let buffer = self.cache.take().map(|old| {
+            recycle::give(old.h);
+            recycle::give(old.a);
+            old.x
+        });
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         let x = rows_reusing(buffer, x.view());
-        let (y, h, a) = self.apply(x.view(), hidden)?;
+        let (y, h, a) = self.apply(x.view())?;
         let y = from_rows(LAYER, y, bt)?;
         self.cache.store(MlpCache { x, h, a }, y.dim());
         Ok(y)
@@ -132,7 +129,7 @@ impl<F: Float> Layer<F> for Mlp<F> {
 
     fn infer_with(&self, x: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        from_rows(LAYER, self.apply(rows(x.view()).view(), None)?.0, bt)
+        from_rows(LAYER, self.apply(rows(x.view()).view())?.0, bt)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {

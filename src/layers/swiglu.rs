@@ -4,7 +4,7 @@ use ndarray::{Array2, Array3, ArrayView2};
 use rand::Rng;
 
 use super::init::{check_matrix, check_positive, glorot_uniform};
-use crate::kernels::linear::{linear_backward_add, linear_forward_reusing};
+use crate::kernels::linear::linear_backward_add;
 use crate::kernels::swiglu::swiglu_backward_in_place;
 use crate::kernels::{linear_backward, linear_forward, recycle, swiglu_forward};
 use crate::layer::rows::rows_reusing;
@@ -118,16 +118,10 @@ impl<F: Float> SwiGlu<F> {
     }
 
     /// The computation on rows `x (N, C)`: the output `(N, C)` and the hidden rows
-    /// `g = x·W_gate` and `u = x·W_up`, written into `buffers` (the previous forward's) where
-    /// they have the shape `(N, H)`.
-    fn apply(
-        &self,
-        x: ArrayView2<'_, F>,
-        buffers: Option<(Array2<F>, Array2<F>)>,
-    ) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
-        let (gate, up) = buffers.unzip();
-        let gate = linear_forward_reusing(x, self.w_gate.value.view(), None, gate)?;
-        let up = linear_forward_reusing(x, self.w_up.value.view(), None, up)?;
+    /// `g = x·W_gate` and `u = x·W_up`, `(N, H)`.
+    fn apply(&self, x: ArrayView2<'_, F>) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
+        let gate = linear_forward(x, self.w_gate.value.view(), None)?;
+        let up = linear_forward(x, self.w_up.value.view(), None)?;
         let a = swiglu_forward(gate.view(), up.view())?;
         let y = linear_forward(a.view(), self.w_down.value.view(), None)?;
         recycle::give(a); // the backward recomputes it
@@ -141,16 +135,16 @@ impl<F: Float> Layer<F> for SwiGlu<F> {
     }
 
     fn forward(&mut self, x: &Array3<F>) -> Result<Array3<F>> {
-        // The previous forward is forgotten first (its input buffer is reused): a failed
-        // forward leaves nothing to backpropagate.
-        let (buffer, hidden) = self
-            .cache
-            .take()
-            .map(|old| (old.x, (old.gate, old.up)))
-            .unzip();
+        // The previous forward is forgotten first (its buffers reused, the hidden rows
+        // through the recycled ones): a failed forward leaves nothing to backpropagate.
+        let buffer = self.cache.take().map(|old| {
+            recycle::give(old.gate);
+            recycle::give(old.up);
+            old.x
+        });
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
         let x = rows_reusing(buffer, x.view());
-        let (y, gate, up) = self.apply(x.view(), hidden)?;
+        let (y, gate, up) = self.apply(x.view())?;
         let y = from_rows(LAYER, y, bt)?;
         self.cache.store(SwiGluCache { x, gate, up }, y.dim());
         Ok(y)
@@ -158,7 +152,7 @@ impl<F: Float> Layer<F> for SwiGlu<F> {
 
     fn infer_with(&self, x: &Array3<F>, _: &mut InferState<'_, F>) -> Result<Array3<F>> {
         let bt = check_width(LAYER, "input", x.view(), self.width())?;
-        from_rows(LAYER, self.apply(rows(x.view()).view(), None)?.0, bt)
+        from_rows(LAYER, self.apply(rows(x.view()).view())?.0, bt)
     }
 
     fn backward(&mut self, dy: &Array3<F>) -> Result<Array3<F>> {
